@@ -1,0 +1,154 @@
+"""The `medfed` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import AllowedPeer, ConfigError, load_config
+from .config_template import render_config
+from .identity import IdentityError, NodeIdentity
+
+app = typer.Typer(help="medfed: a peer-to-peer federation of hospital imaging nodes.",
+                  no_args_is_help=True, add_completion=False)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(Path("medfed.toml"), "--config", "-c", help="The node's TOML file.")
+
+
+def _load(config: Path):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="Folder for the node (created)."),
+         ae_title: str = typer.Option("MEDFED", "--ae-title"),
+         dicom_port: int = typer.Option(11112, "--dicom-port"),
+         http_port: int = typer.Option(8080, "--http-port"),
+         peer_port: int = typer.Option(8443, "--peer-port"),
+         dht_port: int = typer.Option(8468, "--dht-port"),
+         name: str = typer.Option("medfed node", "--name"),
+         allow: list[str] = typer.Option([], "--allow", help="Calling AE allowed, AE@HOST."),
+         destination: list[str] = typer.Option([], "--destination",
+                                                help="C-MOVE destination, AE=HOST:PORT."),
+         force: bool = typer.Option(False, "--force", help="Overwrite an existing config.")) -> None:
+    """Write a commented config and create the node's data folder and keys."""
+    cfg_path = directory / "medfed.toml"
+    if cfg_path.exists() and not force:
+        err.print(f"[red]{cfg_path} exists[/red]; use --force to overwrite it")
+        raise typer.Exit(1)
+    try:
+        for entry in allow:
+            AllowedPeer.parse(entry)
+        dests = dict(d.split("=", 1) for d in destination)
+    except (ConfigError, ValueError) as exc:
+        err.print(f"[red]invalid option:[/red] {exc}")
+        raise typer.Exit(2)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = render_config(config_path=str(cfg_path), name=name, ae_title=ae_title,
+                         dicom_host="127.0.0.1", dicom_port=dicom_port, http_port=http_port,
+                         peer_port=peer_port, dht_port=dht_port, allow=list(allow),
+                         destinations=dests)
+    cfg_path.write_text(text)
+    cfg = _load(cfg_path)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    ident = NodeIdentity.load_or_create(cfg.key_dir)
+    console.print(f"[green]created[/green] {cfg_path}")
+    console.print(f"node id  {ident.node_id_hex}")
+    console.print(f"data dir {cfg.data_dir}")
+
+
+@app.command()
+def run(config: Path = ConfigOpt,
+        log_level: str = typer.Option("INFO", "--log-level")) -> None:
+    """Run the node until SIGINT/SIGTERM."""
+    from .logsetup import setup_logging
+    from .node import Node
+
+    cfg = _load(config)
+    setup_logging(cfg.log_path, log_level)
+
+    async def main() -> None:
+        node = Node(cfg)
+        await node.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.request_stop)
+        console.print(f"[green]medfed node {cfg.name!r} running[/green]: DICOM "
+                      f"{cfg.dicom.ae_title}@{cfg.dicom.host}:{node.ports.dicom}", highlight=False)
+        try:
+            await node.run_until_stopped()
+        finally:
+            await node.stop()
+            console.print("node stopped cleanly")
+
+    try:
+        asyncio.run(main())
+    except IdentityError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+
+
+@app.command()
+def status(config: Path = ConfigOpt) -> None:
+    """Counts of patients/studies/series/instances, disk use, pending jobs."""
+    from .store.db import MetadataStore
+
+    cfg = _load(config)
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with MetadataStore(cfg.db_path) as store:
+            return await store.counts()
+
+    counts = asyncio.run(main())
+    table = Table(title=f"medfed node {cfg.name}", show_header=False)
+    for label, value in (("patients", counts.patients), ("studies", counts.studies),
+                         ("series", counts.series), ("instances", counts.instances),
+                         ("stored bytes", f"{counts.bytes:,}"),
+                         ("pending jobs", counts.pending_jobs)):
+        table.add_row(label, str(value))
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(config: Path = ConfigOpt) -> None:
+    """Check the audit log's hash chain and signed head; exit 1 on any problem."""
+    from .audit import verify
+
+    cfg = _load(config)
+    ident = NodeIdentity.load(cfg.key_dir)
+    report = verify(cfg.audit_path, ident.verify_key)
+    if report.ok:
+        console.print(f"[green]audit log intact[/green]: {report.entries} entries")
+        return
+    console.print(f"[red]audit log damaged[/red]: {len(report.problems)} problem(s) "
+                  f"in {report.entries} entries")
+    for problem in report.problems:
+        console.print(f"  {problem}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files here.")) -> None:
+    """Start a small local node, send it synthetic images, query and retrieve them."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(workdir))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,267 @@
+"""One NodeConfig, read from the node's TOML file.
+
+Every other part takes plain values from here through its constructor, so that the
+simulator can build hundreds of nodes in one process without touching files.
+Paths in the file are relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing a value or holds one that cannot work."""
+
+
+@dataclass(frozen=True)
+class AllowedPeer:
+    """A calling AE title and the host it must come from ('*' = any host)."""
+
+    ae_title: str
+    host: str = "*"
+
+    @classmethod
+    def parse(cls, text: str) -> "AllowedPeer":
+        ae, _, host = text.partition("@")
+        ae = ae.strip()
+        if not AE_TITLE_RE.match(ae) or "\\" in ae or not ae.strip():
+            raise ConfigError(f"invalid AE title in allowlist entry {text!r}")
+        host = host.strip() or "*"
+        return cls(ae, host)
+
+    def matches(self, ae_title: str, host: str) -> bool:
+        return self.ae_title == ae_title.strip() and self.host in ("*", host)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-MOVE destination: AE title -> host:port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    ae_title: str = "MEDFED"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allow: tuple[AllowedPeer, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    federation_ae_title: str = "FEDERATION"
+    max_pdu: int = 0  # 0 = unlimited
+    network_timeout_s: float = 30.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 30.0
+
+    def destination(self, ae_title: str) -> Destination | None:
+        for dest in self.destinations:
+            if dest.ae_title == ae_title.strip():
+                return dest
+        return None
+
+    def is_allowed(self, ae_title: str, host: str) -> bool:
+        return any(p.matches(ae_title, host) for p in self.allow)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """An existing PACS the node fronts without modifying it."""
+
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str = ""  # defaults to the node's own AE title
+    sync_interval_s: float = 300.0
+    sync_lookback_days: int = 1
+    cache_max_mb: float = 2048.0
+    retrieve: str = "get"  # "get" (C-GET) or "move" (C-MOVE to this node)
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    data_dir: Path
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 8443
+    dht_port: int = 8468
+    upstream: UpstreamConfig | None = None
+    series_idle_s: float = 30.0
+    durability: str = "full"  # sqlite synchronous level: "full" or "normal"
+    source: Path | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "medfed.sqlite"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.log"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "medfed.log"
+
+
+# -- loading -----------------------------------------------------------------
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _port(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    port = _get(table, key, int, default, where)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}.{key} = {port} is not a TCP/UDP port (0-65535)")
+    return port
+
+
+def _ae(value: str, where: str) -> str:
+    if not AE_TITLE_RE.match(value) or "\\" in value or not value.strip():
+        raise ConfigError(f"{where} = {value!r} is not a valid AE title (1-16 printable chars)")
+    return value.strip()
+
+
+def _host(value: str, where: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.-]+$", value):
+            raise ConfigError(f"{where} = {value!r} is not a host name or address") from None
+    return value
+
+
+def _hostport(text: str, where: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where} = {text!r} must be HOST:PORT")
+    return _host(host, where), int(port)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> NodeConfig:
+    node = _section(raw, "node")
+    dicom = _section(raw, "dicom")
+    http = _section(raw, "http")
+    peer = _section(raw, "peer")
+    dht = _section(raw, "dht")
+    ingest = _section(raw, "ingest")
+
+    name = _get(node, "name", str, "medfed node", "node")
+    data_dir = Path(_get(node, "data_dir", str, "data", "node"))
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+
+    allow = tuple(AllowedPeer.parse(x) for x in _get(dicom, "allow", list, [], "dicom"))
+    dest_table = _get(dicom, "destinations", dict, {}, "dicom")
+    destinations = []
+    for ae, target in dest_table.items():
+        if not isinstance(target, str):
+            raise ConfigError(f"dicom.destinations.{ae} must be \"HOST:PORT\"")
+        host, port = _hostport(target, f"dicom.destinations.{ae}")
+        destinations.append(Destination(_ae(ae, "dicom.destinations"), host, port))
+
+    dicom_cfg = DicomConfig(
+        ae_title=_ae(_get(dicom, "ae_title", str, "MEDFED", "dicom"), "dicom.ae_title"),
+        host=_host(_get(dicom, "host", str, "127.0.0.1", "dicom"), "dicom.host"),
+        port=_port(dicom, "port", 11112, "dicom"),
+        allow=allow,
+        destinations=tuple(destinations),
+        federation_ae_title=_ae(_get(dicom, "federation_ae_title", str, "FEDERATION", "dicom"),
+                                "dicom.federation_ae_title"),
+        max_pdu=_get(dicom, "max_pdu", int, 0, "dicom"),
+        network_timeout_s=_get(dicom, "network_timeout_s", float, 30.0, "dicom"),
+        acse_timeout_s=_get(dicom, "acse_timeout_s", float, 30.0, "dicom"),
+        dimse_timeout_s=_get(dicom, "dimse_timeout_s", float, 30.0, "dicom"),
+    )
+
+    upstream_cfg = None
+    if "upstream" in raw:
+        up = _section(raw, "upstream")
+        retrieve = _get(up, "retrieve", str, "get", "upstream")
+        if retrieve not in ("get", "move"):
+            raise ConfigError("upstream.retrieve must be \"get\" or \"move\"")
+        upstream_cfg = UpstreamConfig(
+            ae_title=_ae(_get(up, "ae_title", str, "", "upstream"), "upstream.ae_title"),
+            host=_host(_get(up, "host", str, "127.0.0.1", "upstream"), "upstream.host"),
+            port=_port(up, "port", 4242, "upstream"),
+            calling_ae_title=_get(up, "calling_ae_title", str, "", "upstream"),
+            sync_interval_s=_get(up, "sync_interval_s", float, 300.0, "upstream"),
+            sync_lookback_days=_get(up, "sync_lookback_days", int, 1, "upstream"),
+            cache_max_mb=_get(up, "cache_max_mb", float, 2048.0, "upstream"),
+            retrieve=retrieve,
+            timeout_s=_get(up, "timeout_s", float, 30.0, "upstream"),
+        )
+
+    durability = _get(ingest, "durability", str, "full", "ingest")
+    if durability not in ("full", "normal"):
+        raise ConfigError("ingest.durability must be \"full\" or \"normal\"")
+
+    return NodeConfig(
+        name=name,
+        data_dir=data_dir,
+        dicom=dicom_cfg,
+        http_host=_host(_get(http, "host", str, "127.0.0.1", "http"), "http.host"),
+        http_port=_port(http, "port", 8080, "http"),
+        peer_host=_host(_get(peer, "host", str, "127.0.0.1", "peer"), "peer.host"),
+        peer_port=_port(peer, "port", 8443, "peer"),
+        dht_port=_port(dht, "port", 8468, "dht"),
+        upstream=upstream_cfg,
+        series_idle_s=_get(ingest, "series_idle_s", float, 30.0, "ingest"),
+        durability=durability,
+        source=source,
+    )
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(raw, path.parent.resolve(), source=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

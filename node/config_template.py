@@ -1,0 +1,82 @@
+"""The commented TOML that `medfed init` writes: the file a PACS team reads and edits."""
+
+from __future__ import annotations
+
+import json
+
+TEMPLATE = """\
+# medfed node configuration. Paths are relative to this file.
+# Edit, then start the node with:  medfed run --config {config_path}
+
+[node]
+# Shown to other sites and in the audit log.
+name = {name}
+# Where images (objects/), the SQLite metadata, keys and the audit log live.
+data_dir = "data"
+
+[dicom]
+# This node's own AE title and the port its DICOM service (SCP) listens on.
+ae_title = {ae_title}
+host = {dicom_host}
+port = {dicom_port}
+# Calling AE titles allowed to associate, as "AE@HOST" ("AE@*" = from any host).
+# Unknown callers are rejected at association time and logged.
+allow = {allow}
+# Called AE title a viewer uses to query the whole federation (C-FIND).
+federation_ae_title = "FEDERATION"
+# Seconds before an idle or stuck association is dropped.
+network_timeout_s = 30
+acse_timeout_s = 30
+dimse_timeout_s = 30
+
+# C-MOVE destinations this node may send to: AE title = "HOST:PORT".
+[dicom.destinations]
+{destinations}
+[http]
+# Web UI and DICOMweb for clinicians (never the peer API).
+host = "127.0.0.1"
+port = {http_port}
+
+[peer]
+# Peer API for other federation members (mutual TLS).
+host = "127.0.0.1"
+port = {peer_port}
+
+[dht]
+port = {dht_port}
+
+[ingest]
+# A series counts as complete after this many seconds without a new instance.
+series_idle_s = 30
+# "full": every acknowledged C-STORE survives a power cut (SQLite synchronous=FULL).
+# "normal": survives a process crash, may lose the last commits on power loss.
+durability = "full"
+
+# Front an existing PACS (it is never modified): uncomment and fill in.
+# [upstream]
+# ae_title = "ORTHANC"
+# host = "127.0.0.1"
+# port = 4242
+# calling_ae_title = ""      # defaults to this node's AE title; the PACS must know it
+# sync_interval_s = 300      # metadata sync by C-FIND
+# sync_lookback_days = 1     # re-check studies this many days before the last sync
+# cache_max_mb = 2048        # bound of the scratch cache for retrieved instances
+# retrieve = "get"           # "get" (C-GET) or "move" (C-MOVE to this node)
+"""
+
+
+def toml_str(value: str) -> str:
+    return json.dumps(value)
+
+
+def render_config(*, config_path: str, name: str, ae_title: str, dicom_host: str,
+                  dicom_port: int, http_port: int, peer_port: int, dht_port: int,
+                  allow: list[str], destinations: dict[str, str]) -> str:
+    dest_lines = "".join(f"{k} = {toml_str(v)}\n" for k, v in destinations.items())
+    return TEMPLATE.format(
+        config_path=config_path, name=toml_str(name), ae_title=toml_str(ae_title),
+        dicom_host=toml_str(dicom_host), dicom_port=dicom_port, http_port=http_port,
+        peer_port=peer_port, dht_port=dht_port,
+        allow="[" + ", ".join(toml_str(a) for a in allow) + "]",
+        destinations=dest_lines or "# VIEWER = \"127.0.0.1:11113\"\n",
+    )

@@ -1,0 +1,98 @@
+"""Ingest of one received instance: validate, write the file, commit the rows.
+
+Runs in the DICOM association's thread (file I/O in parallel across associations);
+the metadata commit hops onto the node's event loop, where the one store connection
+lives. The success status is returned only after both the file and the rows are
+durable, so an acknowledged C-STORE survives kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from ..store.db import MetadataStore, StoredFile, StoreError
+from ..store.files import FileStoreError, ObjectFiles
+from ..store.records import record_from_dataset
+from . import status
+from .validate import InvalidInstance, validate_instance
+
+log = logging.getLogger("medfed.ingest")
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    status: int
+    reason: str = ""
+    instance_id: int | None = None
+    duplicate: bool = False
+
+    def as_dataset(self) -> Dataset:
+        rsp = Dataset()
+        rsp.Status = self.status
+        if self.reason:
+            rsp.ErrorComment = self.reason[:64]
+        return rsp
+
+
+class Ingestor:
+    def __init__(self, store: MetadataStore, files: ObjectFiles,
+                 loop: asyncio.AbstractEventLoop, *, series_idle_s: float = 30.0,
+                 source: str = "local", commit_timeout_s: float = 60.0) -> None:
+        self.store = store
+        self.files = files
+        self.loop = loop
+        self.series_idle_s = series_idle_s
+        self.source = source
+        self.commit_timeout_s = commit_timeout_s
+        self._stripes = [threading.Lock() for _ in range(64)]
+
+    def ingest(self, ds: Dataset, encoded_file: bytes, *, context_sop_class: str,
+               affected_sop_instance: str, transfer_syntax: str) -> IngestOutcome:
+        """Store one instance; ``encoded_file`` is the Part-10 byte stream as received."""
+        ts = UID(transfer_syntax)
+        try:
+            _cls, sop_uid, study_uid, series_uid = validate_instance(
+                ds, context_sop_class=context_sop_class,
+                affected_sop_instance=affected_sop_instance, transfer_syntax=ts)
+            record = record_from_dataset(ds, str(ts))
+            rel = self.files.relpath(study_uid, series_uid, sop_uid)
+        except InvalidInstance as exc:
+            return IngestOutcome(exc.status, exc.reason)
+        except Exception as exc:  # a malformed value pydicom could not convert
+            log.info("rejected an instance: dataset cannot be parsed (%s)", type(exc).__name__)
+            return IngestOutcome(status.CANNOT_PARSE, "dataset cannot be parsed")
+
+        with self._stripes[zlib.crc32(sop_uid.encode()) % len(self._stripes)]:
+            known = self._run(self.store.instance_file(sop_uid))
+            if known is not None:
+                # Idempotent: the stored copy stays; a differing resend is logged.
+                if hashlib.sha256(encoded_file).hexdigest() != known.sha256:
+                    log.warning("a resent instance differs from the stored copy; "
+                                "kept the stored copy")
+                return IngestOutcome(status.SUCCESS, "", None, duplicate=True)
+            try:
+                size, sha = self.files.write_atomic(rel, (encoded_file,))
+            except FileStoreError as exc:
+                log.error("%s", exc)
+                return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
+            try:
+                result = self._run(self.store.ingest(
+                    record, StoredFile(rel, size, sha), self.source,
+                    jobs=[("publish", series_uid, self.series_idle_s)]))
+            except Exception as exc:
+                self.files.remove(rel)
+                log.error("metadata commit failed, instance not stored: %s",
+                          type(exc).__name__ if not isinstance(exc, StoreError) else exc)
+                return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
+        return IngestOutcome(status.SUCCESS, "", result.instance_id, result.duplicate)
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.commit_timeout_s)

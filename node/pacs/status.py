@@ -1,0 +1,21 @@
+"""DIMSE status codes the node answers with, named (PS3.4 Annex B, C and PS3.7 C)."""
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+
+# C-STORE
+OUT_OF_RESOURCES = 0xA700          # disk full, database unavailable
+DATASET_MISMATCH = 0xA900          # data set does not match SOP class
+CANNOT_UNDERSTAND = 0xC000         # 0xCxxx: cannot understand
+CANNOT_PARSE = 0xC210
+ELEMENT_MISSING = 0xC211
+PIXEL_DATA_INVALID = 0xC212
+
+# Q/R
+QR_OUT_OF_RESOURCES = 0xA700
+QR_SUBOPS_OUT_OF_RESOURCES = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_MISMATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+SUBOPS_WARNING = 0xB000

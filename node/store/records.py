@@ -1,0 +1,131 @@
+"""The metadata record of one instance, taken from its dataset (pure, no I/O).
+
+The same record serves C-STORE ingest and upstream sync (where a C-FIND answer gives
+only part of it). PHI fields are kept apart in the record as in the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class PatientRec:
+    pid: str
+    issuer: str = ""
+    name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+    @property
+    def birth_year(self) -> int | None:
+        return int(self.birth_date[:4]) if self.birth_date[:4].isdigit() else None
+
+
+@dataclass(frozen=True)
+class StudyRec:
+    uid: str
+    date: str = ""
+    time: str = ""
+    accession: str = ""
+    study_id: str = ""
+    description: str = ""
+    referring_physician: str = ""
+    institution: str = ""
+
+
+@dataclass(frozen=True)
+class SeriesRec:
+    uid: str
+    modality: str = ""
+    body_part: str = ""
+    number: int | None = None
+    date: str = ""
+    time: str = ""
+    description: str = ""
+    operators: str = ""
+    station: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceRec:
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    frames: int | None = None
+    position_z: float | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    patient: PatientRec
+    study: StudyRec
+    series: SeriesRec
+    instance: InstanceRec
+
+
+def patient_from(ds: Dataset) -> PatientRec:
+    return PatientRec(
+        pid=_text(ds, "PatientID"), issuer=_text(ds, "IssuerOfPatientID"),
+        name=_text(ds, "PatientName"), birth_date=_text(ds, "PatientBirthDate"),
+        sex=_text(ds, "PatientSex").upper())
+
+
+def study_from(ds: Dataset) -> StudyRec:
+    return StudyRec(
+        uid=_text(ds, "StudyInstanceUID"), date=_text(ds, "StudyDate"),
+        time=_text(ds, "StudyTime"), accession=_text(ds, "AccessionNumber"),
+        study_id=_text(ds, "StudyID"), description=_text(ds, "StudyDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        institution=_text(ds, "InstitutionName"))
+
+
+def series_from(ds: Dataset) -> SeriesRec:
+    return SeriesRec(
+        uid=_text(ds, "SeriesInstanceUID"), modality=_text(ds, "Modality").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(), number=_int(ds, "SeriesNumber"),
+        date=_text(ds, "SeriesDate"), time=_text(ds, "SeriesTime"),
+        description=_text(ds, "SeriesDescription"), operators=_text(ds, "OperatorsName"),
+        station=_text(ds, "StationName"))
+
+
+def instance_from(ds: Dataset, transfer_syntax: str) -> InstanceRec:
+    z = None
+    ipp = ds.get("ImagePositionPatient")
+    try:
+        if ipp is not None and len(ipp) == 3:
+            z = float(ipp[2])
+    except (TypeError, ValueError):
+        z = None
+    return InstanceRec(
+        sop_uid=_text(ds, "SOPInstanceUID"), sop_class_uid=_text(ds, "SOPClassUID"),
+        transfer_syntax=transfer_syntax, number=_int(ds, "InstanceNumber"),
+        rows=_int(ds, "Rows"), columns=_int(ds, "Columns"),
+        frames=_int(ds, "NumberOfFrames"), position_z=z)
+
+
+def record_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceRecord:
+    return InstanceRecord(patient_from(ds), study_from(ds), series_from(ds),
+                          instance_from(ds, transfer_syntax))
