@@ -130,16 +130,44 @@ def audit_verify(config: Path = ConfigOpt) -> None:
     from .audit import verify
 
     cfg = _load(config)
-    ident = NodeIdentity.load(cfg.key_dir)
-    report = verify(cfg.audit_path, ident.verify_key)
-    if report.ok:
-        console.print(f"[green]audit log intact[/green]: {report.entries} entries")
-        return
-    console.print(f"[red]audit log damaged[/red]: {len(report.problems)} problem(s) "
-                  f"in {report.entries} entries")
-    for problem in report.problems:
-        console.print(f"  {problem}")
-    raise typer.Exit(1)
+    try:
+        ident = NodeIdentity.load(cfg.key_dir)
+    except IdentityError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    r = verify(cfg.audit_path, ident.verify_key)
+    table = Table(title=f"audit log {cfg.audit_path}", show_header=False)
+    for label, value in (("entries", r.entries), ("last seq", r.last_seq),
+                         ("signed head seq", r.head_seq if r.head_seq is not None else "none"),
+                         ("head signature checked", "yes" if r.head_signature_checked else "no"),
+                         ("result", "[green]intact[/green]" if r.ok else
+                          f"[red]{len(r.problems)} problem(s)[/red]")):
+        table.add_row(label, str(value))
+    console.print(table)
+    for problem in r.problems:
+        console.print(f"  [red]-[/red] {problem}")
+    if not r.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def synth(out: Path = typer.Argument(..., help="Output folder (must not hold these files)."),
+          patients: int = typer.Option(3), studies: int = typer.Option(1),
+          series: int = typer.Option(2), slices: int = typer.Option(64),
+          modality: str = typer.Option("CT", help="CT or MR"),
+          size: int = typer.Option(256, help="rows = columns"),
+          seed: int = typer.Option(1)) -> None:
+    """Write synthetic DICOM studies (fake patients with planted PHI) for tests and demos."""
+    from .synth import SynthError, synth_command
+
+    try:
+        r = synth_command(out, patients, studies, series, slices, modality, size, seed)
+    except SynthError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    s = r.summary
+    console.print(f"{s.instances} files ({s.bytes / 1e6:.1f} MB): {s.patients} patients, "
+                  f"{s.studies} studies, {s.series} series -> {out}")
 
 
 @app.command()

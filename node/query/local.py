@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-try:  # TEMP until node/pacs/find.py lands
-    from ..pacs.find import MatchError, find, select_instances
-except ImportError:
-    MatchError = ValueError
+from ..pacs.find import find, select_instances
+from ..pacs.matching import MatchError
 from ..pacs.scp import QueryRefused, RetrieveItem
 from ..store.db import MetadataStore
 from ..store.files import ObjectFiles

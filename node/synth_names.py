@@ -1,0 +1,32 @@
+"""Word lists that make synthetic PHI look like the real thing (to de-identification code,
+viewers and humans) while every combination stays fictional."""
+
+from __future__ import annotations
+
+FAMILY = (
+    "DOE", "SMITH", "JOHNSON", "MARTIN", "GARCIA", "MUELLER", "ROSSI", "DUBOIS", "NOVAK",
+    "JANSEN", "SILVA", "KOWALSKI", "NIELSEN", "LEHMANN", "MORENO", "FISCHER", "BERNARD",
+    "ANDERSSON", "COSTA", "HUBER", "OKAFOR", "TANAKA", "NGUYEN", "PATEL", "COHEN",
+    "VOGEL", "LAMBERT", "RICCI", "HORVATH", "WALSH", "BRENNAN", "PETROV",
+)
+FEMALE = (
+    "JANE", "MARIA", "ANNA", "SOPHIE", "ELENA", "CLARA", "LAURA", "EMMA", "JULIA",
+    "HANNAH", "IRIS", "NORA", "GRETA", "LUCIA", "INES", "MARTA", "ROSA", "ALICE",
+)
+MALE = (
+    "JOHN", "PETER", "LUCAS", "MARCO", "JAN", "PAUL", "THOMAS", "DAVID", "MIGUEL",
+    "HENRIK", "KARL", "LEON", "OSCAR", "TOMAS", "LUIS", "FELIX", "ANDRE", "SIMON",
+)
+INSTITUTIONS = (
+    "ST. ELSEWHERE GENERAL HOSPITAL", "NORTHVALE UNIVERSITY MEDICAL CENTER",
+    "RIVERSIDE COUNTY HOSPITAL", "LAKESHORE CLINIC", "MOUNT HOPE REGIONAL HOSPITAL",
+    "WESTBROOK CHILDRENS HOSPITAL", "EASTGATE IMAGING CENTER", "HIGHFIELD INFIRMARY",
+)
+STUDY_TITLES = {
+    ("CT", "CHEST"): "CT CHEST W/O CONTRAST",
+    ("CT", "ABDOMEN"): "CT ABDOMEN PELVIS W CONTRAST",
+    ("CT", "HEAD"): "CT HEAD W/O CONTRAST",
+    ("MR", "CHEST"): "MR CHEST W/WO CONTRAST",
+    ("MR", "ABDOMEN"): "MR ABDOMEN W/WO CONTRAST",
+    ("MR", "HEAD"): "MR BRAIN W/WO CONTRAST",
+}
