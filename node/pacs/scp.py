@@ -242,7 +242,8 @@ class DicomService:
         return self._call(self.backend.select(event.identifier, _model(event)))
 
     def _send_items(self, event: evt.Event, items: list[RetrieveItem], action: str,
-                    calling: str) -> Iterator[tuple[int, Dataset | None]]:
+                    calling: str, accepted: dict[str, set[str]] | None = None
+                    ) -> Iterator[tuple[int, Dataset | None]]:
         for n, item in enumerate(items):
             if event.is_cancelled:
                 self.audit.append(action, calling, "cancelled", sent=n, total=len(items))
@@ -257,6 +258,14 @@ class DicomService:
                                   reason="stored file unreadable")
                 yield status.QR_SUBOPS_OUT_OF_RESOURCES, None
                 return
+            if accepted is not None:
+                try:
+                    ds = fit_to_contexts(ds, item, accepted)
+                except ValueError as exc:
+                    # Sent anyway: pynetdicom finds no context, counts the sub-operation
+                    # as failed and carries on with the rest.
+                    log.warning("%s: instance %d of %d cannot be sent: %s", action, n + 1,
+                                len(items), exc)
             yield status.PENDING, ds
         self.audit.append(action, calling, "ok", instances=len(items))
 
@@ -273,7 +282,8 @@ class DicomService:
             yield _failure(status.UNABLE_TO_PROCESS, "retrieve failed on this node"), None
             return
         yield len(items)
-        yield from self._send_items(event, items, "dicom.get", calling)
+        yield from self._send_items(event, items, "dicom.get", calling,
+                                    accepted_syntaxes(event.assoc.accepted_contexts))
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
         calling, _host = _peer(event)
@@ -320,6 +330,34 @@ def _failure(code: int, text: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
     ds.ErrorComment = text[:64]
+    return ds
+
+
+def accepted_syntaxes(contexts: list[Any]) -> dict[str, set[str]]:
+    """SOP class -> transfer syntaxes the peer accepted for receiving it (C-GET)."""
+    out: dict[str, set[str]] = {}
+    for cx in contexts:
+        out.setdefault(cx.abstract_syntax, set()).update(cx.transfer_syntax)
+    return out
+
+
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+
+
+def fit_to_contexts(ds: Dataset, item: RetrieveItem, accepted: dict[str, set[str]]) -> Dataset:
+    """Send as stored when the receiver accepts that syntax; otherwise decompress to an
+    uncompressed syntax it accepts. Raises ValueError (the sub-operation then counts as
+    failed, with a log line) when neither works."""
+    syntaxes = accepted.get(item.sop_class_uid, set())
+    stored = ds.file_meta.TransferSyntaxUID
+    if stored in syntaxes or not stored.is_compressed:
+        return ds  # as stored, or pynetdicom converts between uncompressed syntaxes
+    if not any(ts in syntaxes for ts in UNCOMPRESSED):
+        raise ValueError(f"receiver accepts none of the syntaxes this instance can be sent in")
+    try:
+        ds.decompress()
+    except Exception as exc:
+        raise ValueError(f"cannot transcode from {stored.name}: {exc}") from exc
     return ds
 
 
