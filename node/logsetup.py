@@ -25,3 +25,5 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
         root.addHandler(handler)
     # pynetdicom logs every PDU at INFO; keep its warnings only.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom's validation warnings quote element values (names, IDs): keep them out.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -25,12 +25,12 @@ class LocalBackend:
             return [ds async for ds in find(self.store, identifier, model,
                                             retrieve_ae=self.ae_title, limit=self.limit)]
         except MatchError as exc:
-            raise QueryRefused(str(exc)) from exc
+            raise QueryRefused(exc.reason, exc.status) from exc
 
     async def select(self, identifier: Dataset, model: str) -> list[RetrieveItem]:
         try:
             rows = await select_instances(self.store, identifier, model)
         except MatchError as exc:
-            raise QueryRefused(str(exc)) from exc
+            raise QueryRefused(exc.reason, exc.status) from exc
         return [RetrieveItem(self.files.path(r.path), r.sop_class_uid, r.transfer_syntax)
                 for r in rows if r.path]

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS patient_phi (
 );
 CREATE INDEX IF NOT EXISTS patient_phi_pid ON patient_phi(pid);
 CREATE INDEX IF NOT EXISTS patient_phi_name ON patient_phi(name);
+-- PN matching in C-FIND is case-insensitive (= ... COLLATE NOCASE, LIKE): needs this one.
+CREATE INDEX IF NOT EXISTS patient_phi_name_nocase ON patient_phi(name COLLATE NOCASE);
 
 CREATE TABLE IF NOT EXISTS studies (
     id INTEGER PRIMARY KEY,

@@ -1,0 +1,64 @@
+"""C-FIND answered from the site's SQLite, and the instance list behind C-GET/C-MOVE.
+
+One indexed SQL statement per request (computed attributes are subqueries in it);
+rows are read in batches and turned into response identifiers as the caller consumes
+them, so a large answer never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from pydicom.dataset import Dataset
+
+from ..store.db import MetadataStore
+from .matching import DEFAULT_LIMIT, InfoModel, build_query, build_retrieve_query
+from .response import response_dataset
+
+log = logging.getLogger("medfed.find")
+
+_BATCH = 256
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One instance a retrieve names; ``path`` is None when the file is not local
+    (NEARLINE: it must first be fetched from the upstream PACS)."""
+
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str | None
+    size: int
+    series_uid: str
+    study_uid: str
+
+
+async def find(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
+               retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> AsyncIterator[Dataset]:
+    """Response identifiers for a C-FIND request, best first by the level's natural
+    order. Raises MatchError (before the first result) for a malformed identifier."""
+    query = build_query(identifier, model, limit=limit)
+    sent = 0
+    async with store.db.execute(query.sql, query.params) as cursor:
+        while rows := await cursor.fetchmany(_BATCH):
+            for row in rows:
+                if sent == limit:
+                    log.warning("C-FIND at %s level matched more than %d records; the "
+                                "answer was truncated (raise the query limit or narrow "
+                                "the query)", query.level, limit)
+                    return
+                sent += 1
+                yield response_dataset(query, row, retrieve_ae)
+
+
+async def select_instances(store: MetadataStore, identifier: Dataset,
+                           model: InfoModel | str) -> list[InstanceRow]:
+    """The instances a C-GET/C-MOVE identifier means, in study/series/instance order.
+    Raises MatchError for a malformed identifier."""
+    sql, params = build_retrieve_query(identifier, model)
+    rows = await store.fetchall(sql, params)
+    return [InstanceRow(str(r[0]), str(r[1]), str(r[2]), r[3], int(r[4]), str(r[5]),
+                        str(r[6])) for r in rows]
