@@ -1,0 +1,120 @@
+"""Outgoing RPCs: deadlines, contact failure accounting, reply parsing and paging.
+
+A contact that misses ``evict_after_failures`` deadlines in a row leaves the routing
+table (upstream evicted on the first miss, which churns tables under packet loss).
+Contacts learnt from replies are kept only if they are members; records from replies
+are verified by the keeper before anyone sees them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from node.dht.codec import DecodeError
+from node.dht.config import DHTConfig
+from node.dht.ids import Address, Contact
+from node.dht.keeper import RecordKeeper
+from node.dht.lookup import Reply
+from node.dht.membership import Membership
+from node.dht.messages import (FindNodeRequest, FindValueRequest, Kind, NodesResponse,
+                               StoreRequest, StoreStatus, ValuesResponse, decode_store_ack)
+from node.dht.protocol import DHTProtocol
+from node.dht.records import Record
+from node.dht.routing import RoutingTable
+from node.dht.wire import Datagram
+
+
+class RpcClient:
+    def __init__(self, protocol: DHTProtocol, routing: RoutingTable, keeper: RecordKeeper,
+                 membership: Membership, stats: Counter[str], config: DHTConfig) -> None:
+        self.protocol = protocol
+        self.routing = routing
+        self.keeper = keeper
+        self.membership = membership
+        self.stats = stats
+        self.config = config
+        self._failures: Counter[bytes] = Counter()
+
+    async def call(self, contact: Contact, kind: Kind, body: bytes) -> Datagram | None:
+        reply = await self.protocol.request(contact.address, kind, body, contact.id,
+                                            self.config.rpc_timeout)
+        if reply is None:
+            self._failures[contact.id] += 1
+            if self._failures[contact.id] >= self.config.evict_after_failures:
+                del self._failures[contact.id]
+                self.routing.remove_contact(contact)
+                self.stats["contacts_evicted"] += 1
+        else:
+            self._failures.pop(contact.id, None)
+        return reply
+
+    async def ping_address(self, address: Address) -> Datagram | None:
+        """Ping an address whose node id we do not know yet (bootstrap)."""
+        return await self.protocol.request(address, Kind.PING, b"", None,
+                                           self.config.rpc_timeout)
+
+    async def ping(self, contact: Contact) -> bool:
+        """One probe, no failure accounting (used to test a full bucket's oldest)."""
+        return await self.protocol.request(contact.address, Kind.PING, b"", contact.id,
+                                           self.config.rpc_timeout) is not None
+
+    def members(self, contacts: list[Contact]) -> list[Contact]:
+        kept = [c for c in contacts if self.membership.is_member(c.verify_key)]
+        self.stats["contacts_dropped_non_member"] += len(contacts) - len(kept)
+        return kept
+
+    def _malformed(self) -> None:
+        self.stats["dropped_malformed"] += 1
+
+    async def find_node(self, contact: Contact, target_id: bytes) -> Reply | None:
+        dgram = await self.call(contact, Kind.FIND_NODE, FindNodeRequest(target_id).encode())
+        if dgram is None:
+            return None
+        try:
+            return Reply(self.members(NodesResponse.decode(dgram.body).contacts))
+        except DecodeError:
+            self._malformed()
+            return None
+
+    async def _values_page(self, contact: Contact, request: FindValueRequest
+                           ) -> ValuesResponse | None:
+        dgram = await self.call(contact, Kind.FIND_VALUE, request.encode())
+        if dgram is None:
+            return None
+        try:
+            page = ValuesResponse.decode(dgram.body)
+        except DecodeError:
+            self._malformed()
+            return None
+        if page.key != request.key:
+            self._malformed()
+            return None
+        return page
+
+    async def find_value(self, contact: Contact, key: bytes) -> Reply | None:
+        """First page with contacts, then records-only pages while the holder has more."""
+        first = await self._values_page(contact, FindValueRequest(key))
+        if first is None:
+            return None
+        records: list[Record] = list(first.records)
+        rpcs, more = 1, first.more
+        after = first.records[-1].publisher if first.records else None
+        while more and rpcs < self.config.max_value_pages:
+            page = await self._values_page(contact, FindValueRequest(key, after, False))
+            rpcs += 1
+            if page is None or not page.records or (
+                    after is not None and page.records[0].publisher <= after):
+                break  # holder gone or not making progress: keep what we have
+            records.extend(page.records)
+            after, more = page.records[-1].publisher, page.more
+        return Reply(self.members(first.contacts), self.keeper.verified(records, key), rpcs)
+
+    async def store(self, contact: Contact, record: Record) -> StoreStatus | None:
+        dgram = await self.call(contact, Kind.STORE, StoreRequest(record).encode())
+        if dgram is None:
+            return None
+        try:
+            return decode_store_ack(dgram.body)
+        except DecodeError:
+            self._malformed()
+            return None

@@ -1,0 +1,51 @@
+"""Tunables of one DHT node, validated up front so a bad config fails at start-up
+with a message naming the setting, not later as a confusing network symptom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_K = 20   # k contacts (IPv6) must fit in one bounded datagram
+
+
+class DHTConfigError(ValueError):
+    """A DHT setting is out of range."""
+
+
+@dataclass(frozen=True)
+class DHTConfig:
+    k: int = 8                          # replication / bucket size
+    alpha: int = 3                      # parallel queries per lookup
+    rpc_timeout: float = 1.0            # seconds per RPC (every RPC has this deadline)
+    record_ttl: float = 24 * 3600.0     # default lifetime of a published record
+    max_record_ttl: float = 48 * 3600.0 # longer-lived records are refused
+    republish_after: float = 0.5        # republish once this fraction of the TTL passed
+    maintenance_interval: float = 30.0  # sweep / republish / refresh tick
+    refresh_interval: float = 3600.0    # refresh buckets not used for this long
+    save_interval: float = 300.0        # write the routing table this often (and at stop)
+    max_skew: float = 30.0              # accepted clock difference for datagrams/records
+    evict_after_failures: int = 2       # consecutive timeouts before a contact is dropped
+    max_inflight: int = 256             # concurrent incoming requests served
+    max_value_pages: int = 64           # FIND_VALUE pages fetched from one holder
+    routing_path: Path | None = None    # JSON routing table; None = not persisted
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.k <= MAX_K, f"k must be within 1..{MAX_K}"),
+            (1 <= self.alpha <= self.k, "alpha must be within 1..k"),
+            (self.rpc_timeout > 0, "rpc_timeout must be > 0 seconds"),
+            (0 < self.record_ttl <= self.max_record_ttl,
+             "record_ttl must be > 0 and <= max_record_ttl"),
+            (0 < self.republish_after < 1, "republish_after must be within (0, 1)"),
+            (self.maintenance_interval > 0, "maintenance_interval must be > 0"),
+            (self.refresh_interval > 0 and self.save_interval > 0,
+             "refresh_interval and save_interval must be > 0"),
+            (self.max_skew > 0, "max_skew must be > 0"),
+            (self.evict_after_failures >= 1, "evict_after_failures must be >= 1"),
+            (self.max_inflight >= 1 and self.max_value_pages >= 1,
+             "max_inflight and max_value_pages must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DHTConfigError(f"invalid DHT setting: {message}")

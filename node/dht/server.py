@@ -1,0 +1,310 @@
+"""One DHT node: lifecycle, bootstrap, publish / get, republish, expiry, persistence.
+
+No global state: everything hangs off the ``DHTServer`` instance, so the simulator can
+run hundreds in one process, each with its own socket, store, stats and link model.
+A node publishes its own records and re-signs them before they expire (publisher-driven
+republish); holders drop records at expiry. Results carry lookup statistics (hops,
+RPCs) for the simulator's report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kademlia.node import Node
+from kademlia.routing import KBucket
+
+from node.dht.client import RpcClient
+from node.dht.config import DHTConfig
+from node.dht.ids import Address, Contact, distance, random_id_between, target
+from node.dht.keeper import RecordKeeper, newest_per_publisher
+from node.dht.link import LinkModel
+from node.dht.lookup import LookupOutcome, LookupStats, iterative_lookup
+from node.dht.membership import Membership
+from node.dht.messages import StoreStatus
+from node.dht.protocol import DHTProtocol
+from node.dht.records import PayloadKind, Record, sign_record
+from node.dht.routing import RoutingTable
+from node.dht.routing_state import RoutingStateError, load_routing_file, save_routing_file
+from node.dht.service import RequestService
+from node.dht.storage import MemoryRecordStore, RecordStore
+from node.dht.wire import Datagram
+from node.identity import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+
+class DHTStateError(RuntimeError):
+    """The DHT node was used while stopped, or started twice."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    accepted: int          # holders that now have this record (stored or already newer)
+    refused: int           # holders that refused it (invalid, full)
+    unreachable: int       # holders that missed the deadline
+    stored_locally: bool
+    lookup: LookupStats
+
+
+@dataclass(frozen=True)
+class GetResult:
+    records: list[Record]  # verified, unexpired, newest per publisher
+    lookup: LookupStats
+
+
+@dataclass
+class _Publication:
+    record: Record
+    ttl_ms: int
+
+
+class DHTServer:
+    def __init__(self, identity: NodeIdentity, membership: Membership,
+                 config: DHTConfig | None = None, storage: RecordStore | None = None,
+                 link: LinkModel | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.identity = identity
+        self.membership = membership
+        self.config = config or DHTConfig()
+        self._link = link
+        self.stats: Counter[str] = Counter()
+        self._clock = clock
+        self._rng = random.Random()
+        self.routing = RoutingTable(Node(identity.node_id), self.config.k,
+                                    on_full=self._probe_head,
+                                    lonely_after=self.config.refresh_interval)
+        self.keeper = RecordKeeper(storage or MemoryRecordStore(), membership, self.stats,
+                                   self.now_ms, int(self.config.max_record_ttl * 1000),
+                                   int(self.config.max_skew * 1000))
+        self._service = RequestService(self.routing, self.keeper, self.config.k)
+        self._protocol: DHTProtocol | None = None
+        self._client: RpcClient | None = None
+        self._published: dict[bytes, _Publication] = {}
+        self._last_issued = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probing: set[bytes] = set()
+        self._last_refresh = self._last_save = time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------------
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    @property
+    def address(self) -> Address:
+        return self._require().local_address
+
+    @property
+    def link(self) -> LinkModel | None:
+        return self._link
+
+    @link.setter
+    def link(self, link: LinkModel | None) -> None:
+        """Swap the link model at run time (the simulator changes faults mid-run)."""
+        self._link = link
+        if self._protocol is not None:
+            self._protocol.link = link
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
+        if self._protocol is not None:
+            raise DHTStateError("DHT node is already started")
+        saved = (load_routing_file(self.config.routing_path, self.node_id)
+                 if self.config.routing_path else [])
+        protocol = DHTProtocol(self.identity, self.membership, self.stats,
+                               self._service.handle, self._learn, self._link,
+                               self.config.max_skew, self.config.max_inflight, self._clock)
+        try:
+            await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: protocol, local_addr=(host, port))
+        except OSError as exc:
+            raise DHTStateError(
+                f"cannot listen for DHT datagrams on {host}:{port} ({exc.strerror}); "
+                "choose a free DHT port in the node configuration") from exc
+        self._protocol = protocol
+        self._client = RpcClient(protocol, self.routing, self.keeper, self.membership,
+                                 self.stats, self.config)
+        for contact in saved:
+            if self.membership.is_member(contact.verify_key):
+                self.routing.add_contact(contact)
+        self._spawn(self._maintain())
+        return protocol.local_address
+
+    async def stop(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        self._protocol = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        protocol.close()
+        await protocol.drain()
+        try:
+            self.save_routing_table()
+        except RoutingStateError as exc:   # stopping must still complete
+            self.stats["routing_save_errors"] += 1
+            log.warning("%s", exc)
+
+    def _require(self) -> DHTProtocol:
+        if self._protocol is None:
+            raise DHTStateError("DHT node is not running; call start() first")
+        return self._protocol
+
+    def _rpc(self) -> RpcClient:
+        self._require()
+        assert self._client is not None
+        return self._client
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- routing upkeep ------------------------------------------------------------
+    def _learn(self, dgram: Datagram, address: Address) -> None:
+        """Every authenticated member we hear from refreshes our routing table."""
+        try:
+            self.routing.add_contact(Contact(dgram.sender_key, address[0], address[1]))
+        except ValueError:
+            self.stats["contacts_unaddressable"] += 1
+
+    def _probe_head(self, head: Contact) -> None:
+        """A full bucket: keep its oldest contact only if it still answers."""
+        if head.id in self._probing or self._protocol is None:
+            return
+        self._probing.add(head.id)
+
+        async def probe() -> None:
+            try:
+                if not await self._rpc().ping(head):
+                    self.routing.remove_contact(head)
+            finally:
+                self._probing.discard(head.id)
+
+        self._spawn(probe())
+
+    def save_routing_table(self) -> None:
+        """Write the routing table JSON now (also done periodically and at stop)."""
+        if self.config.routing_path is not None:
+            save_routing_file(self.config.routing_path, self.node_id, self.routing.contacts())
+            self._last_save = time.monotonic()
+
+    async def ping(self, address: Address) -> float | None:
+        """Round-trip time in seconds to a DHT node, or None when it did not answer."""
+        started = time.perf_counter()
+        reply = await self._rpc().ping_address(address)
+        return None if reply is None else time.perf_counter() - started
+
+    async def bootstrap(self, addresses: Iterable[Address] = (), refresh: bool = True) -> int:
+        """Join via known addresses (and/or the saved table); returns contacts known."""
+        client = self._rpc()
+        await asyncio.gather(*(client.ping_address(a) for a in addresses))
+        if len(self.routing) == 0:
+            return 0
+        await self.find_node(self.node_id)
+        if refresh:
+            await self._refresh(self.routing.buckets)
+        return len(self.routing)
+
+    async def _refresh(self, buckets: list[KBucket]) -> None:
+        own = self.routing.get_bucket_for(Node(self.node_id))
+        ids = [random_id_between(b.range[0], b.range[1], self._rng)
+               for i, b in enumerate(self.routing.buckets) if b in buckets and i != own]
+        await asyncio.gather(*(self.find_node(i) for i in ids))
+        self._last_refresh = time.monotonic()
+
+    # -- lookups -------------------------------------------------------------------
+    async def find_node(self, target_id: bytes) -> LookupOutcome:
+        client = self._rpc()
+        seeds = self.routing.find_neighbors(target(target_id), self.config.k)
+        return await iterative_lookup(target_id, seeds, lambda c: client.find_node(c, target_id),
+                                      self.config.k, self.config.alpha, self.node_id)
+
+    async def get(self, key: bytes) -> GetResult:
+        """All verified records under ``key`` from the k closest holders (and us)."""
+        client = self._rpc()
+        seeds = self.routing.find_neighbors(target(key), self.config.k)
+        outcome = await iterative_lookup(key, seeds, lambda c: client.find_value(c, key),
+                                         self.config.k, self.config.alpha, self.node_id)
+        found = [r for reply in outcome.replies.values() for r in reply.records]
+        return GetResult(newest_per_publisher(await self.keeper.local(key) + found),
+                         outcome.stats)
+
+    # -- publishing ----------------------------------------------------------------
+    async def publish(self, key: bytes, count: int, payload_kind: PayloadKind = PayloadKind.NONE,
+                      payload: bytes = b"", ttl: float | None = None) -> PublishResult:
+        """Sign a record for ``key`` and store it on the k closest nodes; it is
+        republished until ``unpublish(key)``. Raises ``RecordError`` for bad fields."""
+        self._require()
+        ttl_ms = int((ttl or self.config.record_ttl) * 1000)
+        if ttl_ms > self.config.max_record_ttl * 1000:
+            raise ValueError(f"record ttl {ttl}s exceeds max_record_ttl "
+                             f"{self.config.max_record_ttl}s")
+        record = self._sign(key, count, payload_kind, payload, ttl_ms)
+        self._published[key] = _Publication(record, ttl_ms)
+        return await self._store_everywhere(record)
+
+    def unpublish(self, key: bytes) -> None:
+        """Stop republishing; holders drop the record when it expires."""
+        self._published.pop(key, None)
+
+    def _sign(self, key: bytes, count: int, kind: PayloadKind, payload: bytes,
+              ttl_ms: int) -> Record:
+        issued = max(self.now_ms(), self._last_issued + 1)  # strictly newer every time
+        self._last_issued = issued
+        return sign_record(self.identity, key, count, issued, issued + ttl_ms, kind, payload)
+
+    async def _store_everywhere(self, record: Record) -> PublishResult:
+        client = self._rpc()
+        outcome = await self.find_node(record.key)
+        holders = outcome.closest[:self.config.k]
+        local = len(holders) < self.config.k or (
+            distance(self.node_id, record.key) < distance(holders[-1].id, record.key))
+        if local:
+            await self.keeper.accept(record)
+        acks = await asyncio.gather(*(client.store(c, record) for c in holders))
+        accepted = sum(1 for a in acks if a in (StoreStatus.STORED, StoreStatus.STALE))
+        unreachable = sum(1 for a in acks if a is None)
+        self.stats["records_published"] += 1
+        return PublishResult(accepted, len(acks) - accepted - unreachable, unreachable,
+                             local, outcome.stats)
+
+    # -- maintenance ---------------------------------------------------------------
+    async def maintain_once(self) -> None:
+        """Expire held records, republish our own, refresh idle buckets, save table."""
+        await self.keeper.sweep()
+        now = self.now_ms()
+        for key, pub in list(self._published.items()):
+            if now >= pub.record.issued_ms + pub.ttl_ms * self.config.republish_after:
+                old = pub.record
+                pub.record = self._sign(key, old.count, old.payload_kind, old.payload,
+                                        pub.ttl_ms)
+                await self._store_everywhere(pub.record)
+                self.stats["records_republished"] += 1
+        mono = time.monotonic()
+        if mono - self._last_refresh >= self.config.refresh_interval:
+            await self._refresh(self.routing.lonely_buckets())
+        if mono - self._last_save >= self.config.save_interval:
+            self.save_routing_table()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval)
+            try:
+                await self.maintain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["maintenance_errors"] += 1
+                log.exception("DHT maintenance step failed; will retry next tick")
+

@@ -1,0 +1,75 @@
+"""Storage seam for records a node holds for others: an async interface + in-memory.
+
+Upstream kademlia's storage is a synchronous dict keyed by key with ONE value, so a
+second publisher overwrote the first and a disk-backed store would block the event
+loop. Here a key holds one record per publisher, the newest (by ``issued_ms``) wins,
+expired records are never returned, and capacity is bounded. Stores do not verify
+signatures — the server does that before ``put`` and the reader again after reading.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+from node.dht.records import Record
+
+
+class PutResult(Enum):
+    STORED = "stored"
+    STALE = "stale"      # the store already holds this publisher's record, same or newer
+    FULL = "full"        # capacity reached; a new (key, publisher) is refused
+
+
+class RecordStore(Protocol):
+    async def put(self, record: Record) -> PutResult: ...
+
+    async def get(self, key: bytes, now_ms: int) -> list[Record]:
+        """Unexpired records under ``key``, ordered by publisher id."""
+        ...
+
+    async def sweep(self, now_ms: int) -> int:
+        """Delete expired records; returns how many were removed."""
+        ...
+
+    async def count(self) -> int: ...
+
+
+class MemoryRecordStore:
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._data: dict[bytes, dict[bytes, Record]] = {}
+        self._size = 0
+
+    async def put(self, record: Record) -> PutResult:
+        slot = self._data.setdefault(record.key, {})
+        old = slot.get(record.publisher)
+        if old is not None and old.issued_ms >= record.issued_ms:
+            return PutResult.STALE
+        if old is None:
+            if self._size >= self.capacity:
+                if not slot:
+                    del self._data[record.key]
+                return PutResult.FULL
+            self._size += 1
+        slot[record.publisher] = record
+        return PutResult.STORED
+
+    async def get(self, key: bytes, now_ms: int) -> list[Record]:
+        slot = self._data.get(key, {})
+        return [slot[p] for p in sorted(slot) if not slot[p].is_expired(now_ms)]
+
+    async def sweep(self, now_ms: int) -> int:
+        removed = 0
+        for key in list(self._data):
+            slot = self._data[key]
+            for publisher in [p for p, r in slot.items() if r.is_expired(now_ms)]:
+                del slot[publisher]
+                removed += 1
+            if not slot:
+                del self._data[key]
+        self._size -= removed
+        return removed
+
+    async def count(self) -> int:
+        return self._size
