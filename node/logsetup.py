@@ -1,12 +1,36 @@
 """Logging for a running node: a file in the data dir plus the console.
 
-Log lines name AE titles, hosts, counts and internal ids, never PHI values.
+Log lines name AE titles, hosts, counts and internal ids, never PHI values. Some
+libraries do log values (aiosqlite logs every SQL parameter at DEBUG, pydicom's
+validation warnings quote element values, pynetdicom dumps identifiers), so those
+loggers are held above the level where they would, whatever level the node runs at.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
+
+from pynetdicom import _config as _pynetdicom_config
+
+# Library loggers that would write PHI below these levels.
+_PHI_SAFE_LEVELS = {
+    "aiosqlite": logging.WARNING,   # DEBUG lines carry every SQL parameter
+    "pydicom": logging.ERROR,       # validation warnings quote element values
+    "pynetdicom": logging.WARNING,  # INFO/DEBUG dump PDUs and identifiers
+}
+
+
+def guard_phi_loggers() -> None:
+    """Keep libraries that log data values from doing so. Idempotent."""
+    for name, level in _PHI_SAFE_LEVELS.items():
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < level:
+            logger.setLevel(level)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
@@ -23,7 +47,4 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(fmt)
         root.addHandler(handler)
-    # pynetdicom logs every PDU at INFO; keep its warnings only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # pydicom's validation warnings quote element values (names, IDs): keep them out.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    guard_phi_loggers()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .audit import AuditLog
 from .config import NodeConfig
 from .identity import NodeIdentity
+from .logsetup import guard_phi_loggers
 from .pacs.ingest import Ingestor
 from .pacs.scp import DicomService
 from .query.local import LocalBackend
@@ -38,6 +39,7 @@ class Node:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        guard_phi_loggers()
         loop = asyncio.get_running_loop()
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         swept = self.files.sweep_temp_files()

@@ -156,6 +156,9 @@ def _bad_cases():  # type: ignore[no-untyped-def]
     wrong_class = _one()
     wrong_class.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR in a CT context
     yield "SOP class differs from context", wrong_class, wrong_class.SOPInstanceUID, 0xA900
+    meta_in_body = _one()
+    meta_in_body.add_new(0x00020010, "UI", "1.2.840.10008.1.2.1")
+    yield "file meta element inside the dataset", meta_in_body, meta_in_body.SOPInstanceUID, 0xA900
     bad_uid = _one()
     bad_uid.SeriesInstanceUID = "1.2.abc.4"
     yield "invalid series UID", bad_uid, bad_uid.SOPInstanceUID, 0xA900

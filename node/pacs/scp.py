@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterator, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -35,10 +35,6 @@ from . import status
 from .ingest import Ingestor
 
 log = logging.getLogger("medfed.dicom")
-
-# Identifiers carry PHI: pynetdicom must never write them to the log.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
 
 PATIENT_ROOT = "PATIENT_ROOT"
 STUDY_ROOT = "STUDY_ROOT"

@@ -86,6 +86,9 @@ def check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
 def validate_instance(ds: Dataset, *, context_sop_class: str, affected_sop_instance: str,
                       transfer_syntax: UID) -> tuple[str, str, str, str]:
     """Return (sop_class, sop_instance, study_uid, series_uid) or raise InvalidInstance."""
+    if any(tag >> 16 in (0x0000, 0x0002) for tag in ds.keys()):
+        raise InvalidInstance(status.DATASET_MISMATCH,
+                              "dataset holds command or file meta elements")
     sop_class = _uid(ds, "SOPClassUID")
     sop_instance = _uid(ds, "SOPInstanceUID")
     study = _uid(ds, "StudyInstanceUID")
