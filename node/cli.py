@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .config import AllowedPeer, ConfigError, load_config
+from .cli_common import ConfigOpt, console, err, load_or_exit
+from .config import AllowedPeer, ConfigError
 from .config_template import render_config
 from .identity import IdentityError, NodeIdentity
 
@@ -20,19 +20,6 @@ app = typer.Typer(help="medfed: a peer-to-peer federation of hospital imaging no
                   no_args_is_help=True, add_completion=False)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = typer.Option(Path("medfed.toml"), "--config", "-c", help="The node's TOML file.")
-
-
-def _load(config: Path):  # type: ignore[no-untyped-def]
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        err.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2)
-
 
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder for the node (created)."),
@@ -64,7 +51,7 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
                          peer_port=peer_port, dht_port=dht_port, allow=list(allow),
                          destinations=dests)
     cfg_path.write_text(text)
-    cfg = _load(cfg_path)
+    cfg = load_or_exit(cfg_path)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     ident = NodeIdentity.load_or_create(cfg.key_dir)
     console.print(f"[green]created[/green] {cfg_path}")
@@ -79,7 +66,7 @@ def run(config: Path = ConfigOpt,
     from .logsetup import setup_logging
     from .node import Node
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     setup_logging(cfg.log_path, log_level)
 
     async def main() -> None:
@@ -108,7 +95,7 @@ def status(config: Path = ConfigOpt) -> None:
     """Counts of patients/studies/series/instances, disk use, pending jobs."""
     from .store.db import MetadataStore
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
 
     async def main():  # type: ignore[no-untyped-def]
         async with MetadataStore(cfg.db_path) as store:
@@ -129,7 +116,7 @@ def audit_verify(config: Path = ConfigOpt) -> None:
     """Check the audit log's hash chain and signed head; exit 1 on any problem."""
     from .audit import verify
 
-    cfg = _load(config)
+    cfg = load_or_exit(config)
     try:
         ident = NodeIdentity.load(cfg.key_dir)
     except IdentityError as exc:
@@ -177,6 +164,10 @@ def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files 
 
     sys.exit(run_demo(workdir))
 
+
+from .cli_federation import register as _register_federation  # noqa: E402
+
+_register_federation(app)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,143 @@
+"""`medfed federation …`, `medfed join`, `medfed user …`: membership and local users."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli_common import ConfigOpt, console, err, load_or_exit
+from .identity import NodeIdentity
+from .net.admission import AdmissionError
+from .net.client import PeerClient
+from .net.errors import PeerError
+from .net.federation import FederationError, admit as federation_admit_member
+from .net.federation import create_federation, revoke as federation_revoke_member
+from .net.files import write_atomic
+from .net.membership import MembershipPaths, create_request, install_bundle
+from .net.roster import RosterError
+from .net.roster_sync import announce
+from .users import UserError, UserStore
+
+federation_app = typer.Typer(help="Run a federation: its CA, admissions and revocations.",
+                             no_args_is_help=True)
+
+user_app = typer.Typer(help="Local users who may log in at this node.", no_args_is_help=True)
+
+FedDirOpt = typer.Option(Path("."), "--dir", help="The federation operator's folder.")
+
+
+@federation_app.command("create")
+def federation_create(directory: Path = typer.Argument(..., help="Operator folder (created)."),
+                      name: str = typer.Option(..., "--name", help="Federation name.")) -> None:
+    """Create the federation CA, its secrets and an empty signed roster."""
+    try:
+        info = create_federation(directory, name)
+    except FederationError as exc:
+        err.print(f"[red]cannot create federation:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]created[/green] federation {info.name!r} in {directory}")
+    console.print(f"CA fingerprint {info.ca_fingerprint}")
+    console.print("Keep this folder offline; read the fingerprint to each joining site.")
+
+
+@federation_app.command("admit")
+def federation_admit(request: Path = typer.Argument(..., help="File from 'medfed join --request'."),
+                     out: Path = typer.Option(..., "--out", help="Where to write the bundle."),
+                     name: Optional[str] = typer.Option(None, "--name", help="Member name."),
+                     directory: Path = FedDirOpt) -> None:
+    """Issue a node certificate and a member bundle for an admission request."""
+    try:
+        bundle = federation_admit_member(directory, request.read_bytes(), name=name)
+        write_atomic(out, bundle.to_json(), private=True)
+    except OSError as exc:
+        err.print(f"[red]cannot read/write file:[/red] {exc}")
+        raise typer.Exit(2)
+    except (AdmissionError, FederationError) as exc:
+        err.print(f"[red]not admitted:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]admitted[/green] node {bundle.node_id[:16]}… -> {out}")
+
+
+@federation_app.command("revoke")
+def federation_revoke(node_id: str = typer.Argument(..., help="Hex node id to revoke."),
+                      directory: Path = FedDirOpt) -> None:
+    """Publish a roster without this node; members adopt it when it is pushed to them."""
+    try:
+        signed = federation_revoke_member(directory, node_id.strip().lower())
+    except (FederationError, RosterError) as exc:
+        err.print(f"[red]cannot revoke:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]revoked[/green]; roster version {signed.roster.version} in {directory}")
+
+
+
+def join(config: Path = ConfigOpt,
+         request: Optional[Path] = typer.Option(None, "--request",
+                                                help="Write an admission request to this file."),
+         bundle: Optional[Path] = typer.Option(None, "--bundle",
+                                               help="Install the operator's member bundle."),
+         bootstrap: Optional[str] = typer.Option(None, "--bootstrap",
+                                                 help="HOST:PORT of a member to announce to."),
+         ca_fingerprint: Optional[str] = typer.Option(None, "--ca-fingerprint",
+                                                      help="Expected CA fingerprint.")) -> None:
+    """Join a federation: --request first, then --bundle (and --bootstrap) from the operator."""
+    cfg = load_or_exit(config)
+    ident = NodeIdentity.load_or_create(cfg.key_dir)
+    paths = MembershipPaths.under(cfg.data_dir / "federation")
+    if request is None and bundle is None:
+        err.print("give --request FILE (step 1) or --bundle FILE (step 2)")
+        raise typer.Exit(2)
+    try:
+        if request is not None:
+            req = create_request(ident, paths, name=cfg.name,
+                                 peer_address=f"{cfg.peer_host}:{cfg.peer_port}",
+                                 dht_address=f"{cfg.peer_host}:{cfg.dht_port}",
+                                 dicom_ae=cfg.dicom.ae_title)
+            write_atomic(request, req.to_json())
+            console.print(f"admission request for node {ident.node_id_hex} -> {request}")
+        if bundle is not None:
+            membership = install_bundle(bundle.read_bytes(), ident, paths,
+                                        expected_ca_fingerprint=ca_fingerprint)
+            roster = membership.roster.current
+            console.print(f"[green]joined[/green] {roster.federation!r} "
+                          f"(roster v{roster.version}, {len(roster.active())} members)")
+            if bootstrap:
+                async def _announce() -> bool:
+                    async with PeerClient(ident, membership.client_tls()) as client:
+                        return await announce(client, membership.roster, bootstrap, timeout=10)
+                ok = asyncio.run(_announce())
+                console.print(f"bootstrap {bootstrap}: "
+                              f"{'knows us now' if ok else 'holds a newer roster'}")
+    except OSError as exc:
+        err.print(f"[red]cannot read/write file:[/red] {exc}")
+        raise typer.Exit(2)
+    except (AdmissionError, RosterError, PeerError) as exc:
+        err.print(f"[red]join failed:[/red] {exc}")
+        raise typer.Exit(1)
+
+
+@user_app.command("add")
+def user_add(name: str = typer.Argument(...),
+             role: str = typer.Option(..., "--role", help="clinician, researcher or admin"),
+             department: str = typer.Option(..., "--department"),
+             config: Path = ConfigOpt) -> None:
+    """Add a local user (the password is asked for, never taken from the command line)."""
+    cfg = load_or_exit(config)
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = UserStore(cfg.data_dir / "users.sqlite").add_user(name, role, department,
+                                                                  password)
+    except UserError as exc:
+        err.print(f"[red]user not added:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"[green]added[/green] {user.name} ({user.role}, {user.department}), "
+                  f"handle {user.handle}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(federation_app, name="federation")
+    app.add_typer(user_app, name="user")
+    app.command()(join)

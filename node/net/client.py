@@ -1,0 +1,167 @@
+"""Calling other members: signed requests over mutual TLS, each with a deadline.
+
+One ``PeerClient`` per node holds one connection pool. The server is pinned to the member
+being called (hostname check against the node's certificate DNS name), so a request
+carrying a user assertion never reaches another node by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as _json
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from node.identity import NodeIdentity
+from node.net.errors import PeerProtocolError, PeerRefused, PeerTimeout, PeerUnreachable
+from node.net.pki import node_dns_name
+from node.net.reqsign import sign_request
+from node.net.roster import Member, split_address
+from node.net.rosterbook import RosterBook
+
+MAX_RESPONSE_BYTES = 32 << 20
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """Why TLS failed, if it did (aiohttp wraps ssl errors in several ways)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        detail = getattr(seen, "certificate_error", None) or seen
+        if isinstance(detail, ssl.SSLError):
+            return str(getattr(detail, "verify_message", None) or getattr(detail, "reason", None)
+                       or detail.__class__.__name__)
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "os_error", None)
+    return None
+
+
+class PeerClient:
+    def __init__(self, identity: NodeIdentity, tls: ssl.SSLContext, *,
+                 request_lifetime_s: int = 60, connect_timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.time, limit_per_host: int = 8,
+                 roster: RosterBook | None = None) -> None:
+        """With ``roster``, calls to nodes that are not active members fail without sending."""
+        if not tls.check_hostname:
+            raise ValueError("peer client TLS context must check the server's node name")
+        self.identity = identity
+        self._tls = tls
+        self._lifetime = request_lifetime_s
+        self._connect_timeout = connect_timeout_s
+        self._clock = clock
+        self._limit_per_host = limit_per_host
+        self._roster = roster
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "PeerClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._tls, limit_per_host=self._limit_per_host)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    # -- public calls ------------------------------------------------------
+    async def call(self, member: Member, method: str, path: str,
+                   json: Mapping[str, Any] | None = None, *, timeout: float,
+                   max_response_bytes: int = MAX_RESPONSE_BYTES) -> dict[str, Any]:
+        """One request/response; returns the peer's JSON object."""
+        async with self._open(member, method, path, json, timeout) as resp:
+            data = await self._read_capped(member, resp, max_response_bytes)
+        try:
+            doc = _json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PeerProtocolError(member.node_id, "answer is not JSON") from exc
+        if not isinstance(doc, dict):
+            raise PeerProtocolError(member.node_id, "answer is not a JSON object")
+        return doc
+
+    async def stream(self, member: Member, method: str, path: str,
+                     json: Mapping[str, Any] | None = None, *, timeout: float,
+                     chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
+        """Yield the response body in chunks; ``timeout`` bounds the whole transfer.
+
+        Wrap in ``contextlib.aclosing`` when you may stop early, so the connection is
+        released at once rather than when the generator is collected.
+        """
+        async with self._open(member, method, path, json, timeout) as resp:
+            async for chunk in resp.content.iter_chunked(chunk_size):
+                yield chunk
+
+    # -- plumbing ----------------------------------------------------------
+    def _url(self, member: Member, path: str) -> URL:
+        if not path.startswith("/") or not path.isascii() or any(c.isspace() for c in path):
+            raise ValueError(f"peer path must be an absolute ASCII path, got {path!r}")
+        split_address(member.peer_address)
+        return URL(f"https://{member.peer_address}{path}", encoded=True)
+
+    @asynccontextmanager
+    async def _open(self, member: Member, method: str, path: str,
+                    json: Mapping[str, Any] | None, timeout: float
+                    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        url = self._url(member, path)
+        if self._roster is not None and self._roster.member(member.node_id) is None:
+            raise PeerRefused(member.node_id, 0, self._roster.status(member.node_id),
+                              "not calling a node that is not an active member of the roster")
+        body = b"" if json is None else _json.dumps(json, separators=(",", ":")).encode()
+        signed = sign_request(self.identity, member.node_id, method, url.raw_path_qs, body,
+                              now=self._clock(), lifetime_s=self._lifetime)
+        headers = signed.to_headers()
+        if body:
+            headers["Content-Type"] = "application/json"
+        limits = aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout, timeout))
+        node = member.node_id
+        try:
+            async with self._get_session().request(
+                    method.upper(), url, data=body or None, headers=headers, timeout=limits,
+                    server_hostname=node_dns_name(node), allow_redirects=False) as resp:
+                if resp.status >= 400:
+                    raise await self._refusal(member, resp)
+                yield resp
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise PeerTimeout(node, f"no complete answer within {timeout:.1f}s") from exc
+        except aiohttp.ClientError as exc:
+            tls_failure = _tls_failure(exc)
+            if tls_failure is not None:
+                raise PeerRefused(node, 0, "tls_refused", f"TLS failed: {tls_failure}") from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise PeerUnreachable(node, f"cannot connect to {member.peer_address} "
+                                            f"({exc.__class__.__name__})") from exc
+            raise PeerUnreachable(node, f"connection to {member.peer_address} dropped "
+                                        f"({exc.__class__.__name__}); if this repeats, the peer "
+                                        "may be refusing this node's certificate") from exc
+
+    async def _read_capped(self, member: Member, resp: aiohttp.ClientResponse,
+                           limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise PeerProtocolError(member.node_id, f"answer larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _refusal(self, member: Member, resp: aiohttp.ClientResponse) -> PeerRefused:
+        code, reason = "http_error", resp.reason or "error"
+        try:
+            doc = _json.loads(await resp.content.read(64 << 10))
+            if isinstance(doc, dict):
+                code = str(doc.get("error", code))[:64]
+                reason = str(doc.get("reason", reason))[:300]
+        except (ValueError, UnicodeDecodeError, aiohttp.ClientError):
+            pass
+        return PeerRefused(member.node_id, resp.status, code, reason)

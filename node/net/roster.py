@@ -1,0 +1,206 @@
+"""The signed roster: who is a member of the federation right now, and who was thrown out.
+
+The CA signs each roster version; every node checks the signature against the CA
+certificate it pinned at join, and only a strictly newer version replaces the one it has.
+A roster therefore cannot be forged by a member and cannot be rolled back to re-admit a
+revoked node, whoever delivers it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from node.identity import NodeIdentity, node_id_for
+from node.net.encoding import (EncodingError, b64, canonical, field, load_json_object,
+                               signed_bytes, unb64, unhex)
+from node.net.pki import fingerprint, sign_with_ca, verify_with_ca
+
+ROSTER_DOMAIN = b"medfed-roster-v1"
+MAX_ROSTER_BYTES = 4 << 20
+_AE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
+_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+
+Status = Literal["member", "revoked", "unknown"]
+
+
+class RosterError(Exception):
+    """A roster is malformed, not signed by the federation CA, or from another federation."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) -> (host, port); raises ValueError with the reason."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {address!r} must look like host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"address {address!r} has port outside 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise ValueError(f"address {address!r} has an invalid host")
+    return host, port
+
+
+@dataclass(frozen=True)
+class Member:
+    node_id: str          # 64 lowercase hex = sha256(verify_key)
+    name: str
+    verify_key: bytes     # Ed25519 public key
+    box_key: bytes        # X25519 public key (sealing key shares and secrets to it)
+    peer_address: str     # host:port of the mTLS peer API
+    dht_address: str      # host:port of the DHT endpoint
+    dicom_ae: str
+
+    @property
+    def node_id_bytes(self) -> bytes:
+        return bytes.fromhex(self.node_id)
+
+    @classmethod
+    def for_identity(cls, identity: NodeIdentity, name: str, peer_address: str,
+                     dht_address: str, dicom_ae: str) -> "Member":
+        return cls(identity.node_id_hex, name, identity.verify_key, identity.box_public_key,
+                   peer_address, dht_address, dicom_ae).validated()
+
+    def validated(self) -> "Member":
+        if not _HEX_ID.match(self.node_id) or node_id_for(self.verify_key).hex() != self.node_id:
+            raise RosterError(f"member {self.name!r}: node id does not match its verify key")
+        if len(self.box_key) != 32:
+            raise RosterError(f"member {self.name!r}: box key must be 32 bytes")
+        if not 0 < len(self.name) <= 128 or not self.name.isprintable():
+            raise RosterError("member name must be 1-128 printable characters")
+        for addr in (self.peer_address, self.dht_address):
+            try:
+                split_address(addr)
+            except ValueError as exc:
+                raise RosterError(f"member {self.name!r}: {exc}") from exc
+        if not _AE.match(self.dicom_ae):
+            raise RosterError(f"member {self.name!r}: DICOM AE title must be 1-16 characters")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "name": self.name, "verify_key": self.verify_key.hex(),
+                "box_key": self.box_key.hex(), "peer_address": self.peer_address,
+                "dht_address": self.dht_address, "dicom_ae": self.dicom_ae}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "Member":
+        what = "roster member"
+        return cls(field(doc, "node_id", str, what), field(doc, "name", str, what),
+                   unhex(doc.get("verify_key"), "verify_key", 32),
+                   unhex(doc.get("box_key"), "box_key", 32),
+                   field(doc, "peer_address", str, what), field(doc, "dht_address", str, what),
+                   field(doc, "dicom_ae", str, what)).validated()
+
+
+@dataclass(frozen=True)
+class Roster:
+    federation: str
+    federation_id: str    # SHA-256 fingerprint of the CA certificate
+    version: int
+    issued_at: int
+    members: tuple[Member, ...] = ()
+    revoked: tuple[str, ...] = ()
+
+    def status(self, node_id: str) -> Status:
+        if node_id in self.revoked:
+            return "revoked"
+        return "member" if self.member(node_id) is not None else "unknown"
+
+    def member(self, node_id: str) -> Member | None:
+        """The active (not revoked) member with this id."""
+        if node_id in self.revoked:
+            return None
+        return next((m for m in self.members if m.node_id == node_id), None)
+
+    def member_at(self, peer_address: str) -> Member | None:
+        return next((m for m in self.active() if m.peer_address == peer_address), None)
+
+    def active(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.node_id not in self.revoked)
+
+    def with_member(self, member: Member, issued_at: int) -> "Roster":
+        """Next version with ``member`` added or updated; a revoked id stays revoked."""
+        if member.node_id in self.revoked:
+            raise RosterError(f"node {member.node_id[:16]}… was revoked and cannot be "
+                              "re-admitted; the node must create new keys and ask again")
+        others = tuple(m for m in self.members if m.node_id != member.node_id)
+        return replace(self, version=self.version + 1, issued_at=issued_at,
+                       members=others + (member.validated(),))
+
+    def with_revoked(self, node_id: str, issued_at: int) -> "Roster":
+        if self.status(node_id) == "unknown":
+            raise RosterError(f"node {node_id[:16]}… is not a member of {self.federation!r}")
+        return replace(self, version=self.version + 1, issued_at=issued_at,
+                       revoked=tuple(sorted(set(self.revoked) | {node_id})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"federation": self.federation, "federation_id": self.federation_id,
+                "version": self.version, "issued_at": self.issued_at,
+                "members": [m.to_dict() for m in self.members], "revoked": list(self.revoked)}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "Roster":
+        what = "roster"
+        members = field(doc, "members", list, what)
+        revoked = field(doc, "revoked", list, what)
+        if not all(isinstance(r, str) and _HEX_ID.match(r) for r in revoked):
+            raise EncodingError("roster: revoked entries must be node ids")
+        if not all(isinstance(m, dict) for m in members):
+            raise EncodingError("roster: members must be objects")
+        parsed = tuple(Member.from_dict(m) for m in members)
+        if len({m.node_id for m in parsed}) != len(parsed):
+            raise RosterError("roster lists the same node twice")
+        version = field(doc, "version", int, what)
+        if version < 1:
+            raise EncodingError("roster: version must be >= 1")
+        return cls(field(doc, "federation", str, what), field(doc, "federation_id", str, what),
+                   version, field(doc, "issued_at", int, what), parsed, tuple(revoked))
+
+
+@dataclass(frozen=True)
+class SignedRoster:
+    roster: Roster
+    signature: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roster": self.roster.to_dict(), "signature": b64(self.signature)}
+
+    def to_json(self) -> bytes:
+        return canonical(self.to_dict())
+
+
+def first_roster(federation: str, ca_cert: x509.Certificate, issued_at: int) -> Roster:
+    return Roster(federation, fingerprint(ca_cert), 1, issued_at)
+
+
+def sign_roster(roster: Roster, ca_key: ec.EllipticCurvePrivateKey) -> SignedRoster:
+    return SignedRoster(roster, sign_with_ca(ca_key, signed_bytes(ROSTER_DOMAIN,
+                                                                  roster.to_dict())))
+
+
+def verify_roster(data: bytes | Mapping[str, Any], ca_cert: x509.Certificate) -> SignedRoster:
+    """Parse and check a roster document; raises RosterError unless the CA signed it."""
+    try:
+        if isinstance(data, (bytes, str)):
+            if len(data) > MAX_ROSTER_BYTES:
+                raise RosterError("roster document is too large")
+            data = load_json_object(data, "roster document")
+        body = data.get("roster")
+        if not isinstance(body, dict):
+            raise EncodingError("roster document has no 'roster' object")
+        signature = unb64(data.get("signature"), "roster signature")
+        if not verify_with_ca(ca_cert, signature, signed_bytes(ROSTER_DOMAIN, body)):
+            raise RosterError("roster is not signed by this federation's CA; refused")
+        roster = Roster.from_dict(body)
+    except EncodingError as exc:
+        raise RosterError(f"malformed roster: {exc}") from exc
+    if roster.federation_id != fingerprint(ca_cert):
+        raise RosterError("roster belongs to a different federation (CA fingerprint differs)")
+    return SignedRoster(roster, signature)

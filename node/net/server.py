@@ -1,0 +1,299 @@
+"""The peer API server: mutual TLS, signed requests, a route registry for the other parts.
+
+Other parts (query, keyshare, replica, dht) register handlers with ``add_route`` before
+``start``. A handler receives a ``PeerRequest`` only after the request passed every check
+in ``RequestGuard``; it returns a JSON object (sent as 200) or a prepared
+``web.StreamResponse`` (for bundle streaming), or raises ``RequestRefused`` to say no
+(e.g. a policy denial) — that refusal is audited here like all others. Handlers audit the
+accesses they serve; this layer audits refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from node.identity import NodeIdentity
+from node.net.auditsink import AuditSink, record
+from node.net.guard import GuardSettings, RequestGuard
+from node.net.nonces import NonceCache
+from node.net.pki import PKIError, node_id_from_peercert
+from node.net.reqsign import RequestRefused
+from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError
+from node.net.rosterbook import RosterBook
+from node.net.tls_site import AuditedTLSSite
+
+log = logging.getLogger(__name__)
+
+ROSTER_PATH = "/v1/roster"
+_PATH = re.compile(r"^/[A-Za-z0-9/_.{}\-]*$")
+
+
+@dataclass(frozen=True)
+class PeerServerSettings:
+    body_limit: int = 1 << 20           # bytes; larger bodies get 413
+    request_lifetime_s: int = 60
+    clock_skew_s: int = 30
+    nonce_capacity: int = 100_000
+    handshake_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class PeerRequest:
+    """A request that passed membership, signature, window and replay checks."""
+
+    sender: Member
+    method: str
+    path: str
+    json: dict[str, Any]
+    body: bytes
+    http: web.Request
+
+
+Reply = Mapping[str, Any] | web.StreamResponse
+PeerHandler = Callable[[PeerRequest], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: PeerHandler
+    body_limit: int
+    parse_json: bool
+
+
+GUARD_KEY = web.AppKey("medfed_guard", RequestGuard)
+NONCES_KEY = web.AppKey("medfed_nonces", NonceCache)
+SENDER_KEY = web.RequestKey("medfed_sender", Member)
+BODY_KEY = web.RequestKey("medfed_body", bytes)
+
+
+def refusal_response(status: int, code: str, reason: str) -> web.Response:
+    return web.json_response({"error": code, "reason": reason}, status=status)
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestRefused(400, "malformed_json",
+                             f"request body is not valid JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(doc, dict):
+        raise RequestRefused(400, "malformed_json", "request body must be a JSON object")
+    return doc
+
+
+class PeerServer:
+    def __init__(self, identity: NodeIdentity, roster: RosterBook, tls: ssl.SSLContext, *,
+                 audit: AuditSink, settings: PeerServerSettings = PeerServerSettings(),
+                 clock: Callable[[], float] = time.time) -> None:
+        if tls.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("peer server TLS context must require client certificates")
+        self.identity = identity
+        self.roster = roster
+        self.settings = settings
+        self._tls = tls
+        self._audit = audit
+        self._clock = clock
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self.add_route("GET", ROSTER_PATH, self._get_roster)
+        self.add_route("POST", ROSTER_PATH, self._post_roster, body_limit=MAX_ROSTER_BYTES,
+                       parse_json=False)
+
+    # -- registry ----------------------------------------------------------
+    def add_route(self, method: str, path: str, handler: PeerHandler, *,
+                  body_limit: int | None = None, parse_json: bool = True) -> None:
+        """Register before ``start``; ``parse_json=False`` hands the raw body over."""
+        if self._runner is not None:
+            raise RuntimeError("routes must be added before the peer server starts")
+        if not _PATH.match(path) or (method.upper(), path) in self._routes:
+            raise ValueError(f"invalid or duplicate peer route {method} {path}")
+        self._routes[(method.upper(), path)] = _Route(
+            handler, body_limit or self.settings.body_limit, parse_json)
+
+    # -- built-in routes: roster gossip -------------------------------------
+    async def _get_roster(self, call: PeerRequest) -> Reply:
+        return self.roster.signed.to_dict()
+
+    async def _post_roster(self, call: PeerRequest) -> Reply:
+        try:
+            adopted = self.roster.offer(call.body)
+        except RosterError as exc:
+            raise RequestRefused(400, "bad_roster", str(exc)) from exc
+        return {"adopted": adopted, "version": self.roster.current.version}
+
+    # -- lifecycle ---------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("peer server is not running")
+        return self._port
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    sock: socket.socket | None = None) -> int:
+        """Listen on host:port, or on an already bound ``sock``; returns the bound port."""
+        if self._runner is not None:
+            raise RuntimeError("peer server already started")
+        runner = web.AppRunner(self._build_app(), access_log=None, handler_cancellation=True,
+                               shutdown_timeout=self.settings.shutdown_timeout_s)
+        await runner.setup()
+        site = AuditedTLSSite(runner, host, port, ssl_context=self._tls,
+                              on_refused=self._handshake_refused,
+                              handshake_timeout=self.settings.handshake_timeout_s, sock=sock)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner, self._port = runner, site.port
+        return site.port
+
+    async def stop(self) -> None:
+        runner, self._runner, self._port = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard_middleware])
+        app.cleanup_ctx.append(self._nonce_context)
+        for (method, path), route in self._routes.items():
+            app.router.add_route(method, path, self._dispatcher(route))
+        return app
+
+    async def _nonce_context(self, app: web.Application) -> AsyncIterator[None]:
+        """Owns the replay cache and its periodic purge for the lifetime of the app."""
+        nonces = NonceCache(self.settings.nonce_capacity)
+        app[NONCES_KEY] = nonces
+        app[GUARD_KEY] = RequestGuard(
+            self.identity.node_id_hex, self.roster, nonces,
+            GuardSettings(self.settings.request_lifetime_s, self.settings.clock_skew_s))
+
+        async def purge() -> None:
+            while True:
+                await asyncio.sleep(self.settings.request_lifetime_s)
+                nonces.purge(self._clock())
+
+        task = asyncio.get_running_loop().create_task(purge())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        nonces.clear()
+
+    # -- request path ------------------------------------------------------
+    def _refuse(self, request: web.Request, actor: str, exc: RequestRefused) -> web.Response:
+        record(self._audit, "peer.request", actor, "refused",
+               f"{request.method} {request.path[:80]}", code=exc.code, status=exc.status,
+               reason=exc.reason)
+        return refusal_response(exc.status, exc.code, exc.reason)
+
+    def _handshake_refused(self, where: str, reason: str) -> None:
+        record(self._audit, "peer.tls", where, "refused", "handshake", code="tls_refused",
+               reason=reason)
+
+    def _peer_node_id(self, request: web.Request) -> str:
+        transport = request.transport
+        peercert = transport.get_extra_info("peercert") if transport is not None else None
+        try:
+            return node_id_from_peercert(peercert)
+        except PKIError as exc:
+            raise RequestRefused(403, "no_node_id", str(exc)) from exc
+
+    @web.middleware
+    async def _guard_middleware(self, request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+        actor = request.remote or "unknown"
+        try:
+            peer = self._peer_node_id(request)
+            actor = peer
+            guard = request.app[GUARD_KEY]
+            route = self._routes.get((request.method, _route_path(request)))
+            limit = route.body_limit if route else self.settings.body_limit
+            body: bytes | None = None
+            if self.roster.status(peer) == "unknown" and _is_roster_offer(request):
+                body = await _read_bounded(request, limit)
+                self._adopt_offered_roster(body)
+            member, signed = guard.before_body(peer, request.headers, now=self._clock())
+            if body is None:
+                body = await _read_bounded(request, limit)
+            guard.after_body(member, signed, request.method, request.raw_path, body,
+                             now=self._clock())
+            request[SENDER_KEY] = member
+            request[BODY_KEY] = body
+            return await handler(request)
+        except RequestRefused as exc:
+            return self._refuse(request, actor, exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return refusal_response(exc.status, re.sub(r"\W+", "_", exc.reason.lower()),
+                                    exc.reason)
+
+    def _adopt_offered_roster(self, body: bytes) -> None:
+        """A newly admitted node brings the roster that lists it; adopt it if CA-signed."""
+        try:
+            self.roster.offer(body)
+        except RosterError:
+            pass  # the caller stays unknown and is refused as a non-member
+
+    def _dispatcher(self, route: _Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            body = request[BODY_KEY]
+            payload = _parse_json_object(body) if route.parse_json else {}
+            call = PeerRequest(request[SENDER_KEY], request.method, request.raw_path, payload,
+                               body, request)
+            try:
+                reply = await route.handler(call)
+                if isinstance(reply, web.StreamResponse):
+                    return reply
+                return web.json_response(dict(reply))
+            except RequestRefused:
+                raise
+            except Exception as exc:  # a handler bug must not take the node down or leak data
+                log.error("peer handler %s %s failed with %s", request.method, request.path,
+                          type(exc).__name__)
+                record(self._audit, "peer.request", call.sender.node_id, "error",
+                       f"{request.method} {request.path[:80]}", code="internal_error",
+                       error=type(exc).__name__)
+                return refusal_response(500, "internal_error",
+                                        "the serving node failed to handle the request")
+        return dispatch
+
+
+def _route_path(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else request.path
+
+
+def _is_roster_offer(request: web.Request) -> bool:
+    return request.method == "POST" and request.path == ROSTER_PATH

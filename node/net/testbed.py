@@ -1,0 +1,64 @@
+"""A real federation on one machine: CA, N admitted nodes, their files and listening sockets.
+
+Tests and the simulator need members with genuine certificates and rosters, built with
+the same operator and join code a hospital uses. Each node gets a listening socket bound
+before admission, so the roster can name its real port and ``PeerServer.start(sock=…)``
+serves on it without a race for the port.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.identity import NodeIdentity
+from node.net.federation import admit_many, create_federation
+from node.net.membership import Membership, MembershipPaths, create_request, install_bundle
+from node.net.roster import Member
+
+
+@dataclass
+class LocalMember:
+    name: str
+    identity: NodeIdentity
+    membership: Membership
+    sock: socket.socket     # bound, not yet listening; hand to PeerServer.start(sock=…)
+
+    @property
+    def member(self) -> Member:
+        found = self.membership.roster.member(self.identity.node_id_hex)
+        if found is None:
+            raise LookupError(f"{self.name} is not an active member of its own roster")
+        return found
+
+
+def reserve_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def build_federation(directory: Path, names: Sequence[str], *,
+                     federation: str = "Test Federation",
+                     host: str = "127.0.0.1") -> tuple[Path, list[LocalMember]]:
+    """Operator folder at ``directory/operator``; node ``i`` under ``directory/<name>``."""
+    operator = directory / "operator"
+    create_federation(operator, federation)
+    staged: list[tuple[str, NodeIdentity, MembershipPaths, socket.socket]] = []
+    requests: list[tuple[bytes, str | None]] = []
+    for i, name in enumerate(names):
+        identity = NodeIdentity.generate()
+        paths = MembershipPaths.under(directory / name / "federation")
+        sock = reserve_socket(host)
+        address = f"{host}:{sock.getsockname()[1]}"
+        request = create_request(identity, paths, name=name, peer_address=address,
+                                 dht_address=address, dicom_ae=f"NODE{i}"[:16])
+        staged.append((name, identity, paths, sock))
+        requests.append((request.to_json(), None))
+    bundles = admit_many(operator, requests)
+    return operator, [LocalMember(name, identity, install_bundle(bundle.to_json(), identity, paths),
+                                  sock)
+                      for (name, identity, paths, sock), bundle in zip(staged, bundles)]
