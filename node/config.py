@@ -92,6 +92,30 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    """How this node takes part in the federation (query fan-out, sharing, index)."""
+
+    query_deadline_s: float = 5.0
+    hedge_after_s: float = 1.0       # re-send to a peer that has not answered by then
+    max_parallel: int = 32           # concurrent peer requests of one query
+    shares_k: int = 3                # key shares needed to decrypt a bundle
+    shares_n: int = 5                # key shares handed out
+    replicas: int = 2                # encrypted replicas per bundle
+    index_republish_s: float = 600.0 # DHT index records are republished this often
+    repair_interval_s: float = 300.0
+
+
+def default_policy() -> dict[str, Any]:
+    """Out of the box: de-identified answers to clinicians and researchers of member
+    sites, counts to everyone else; PHI only by an explicit rule the site adds."""
+    return {"small_count_threshold": 5, "rule": [
+        {"name": "members: de-identified", "site": "*", "role": ["clinician", "researcher"],
+         "level": "deidentified"},
+        {"name": "members: counts", "site": "*", "level": "count"},
+    ]}
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     name: str
     data_dir: Path
@@ -104,6 +128,8 @@ class NodeConfig:
     upstream: UpstreamConfig | None = None
     series_idle_s: float = 30.0
     durability: str = "full"  # sqlite synchronous level: "full" or "normal"
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    policy: dict[str, Any] = field(default_factory=default_policy)
     source: Path | None = None
 
     @property
@@ -236,6 +262,23 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
     if durability not in ("full", "normal"):
         raise ConfigError("ingest.durability must be \"full\" or \"normal\"")
 
+    fed = _section(raw, "federation")
+    defaults = FederationSettings()
+    federation = FederationSettings(**{
+        key: _get(fed, key, type(getattr(defaults, key)), getattr(defaults, key), "federation")
+        for key in FederationSettings.__dataclass_fields__})
+    unknown = set(fed) - set(FederationSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"[federation] has unknown key(s): {', '.join(sorted(unknown))}")
+    if not 1 <= federation.shares_k <= federation.shares_n <= 255:
+        raise ConfigError("federation.shares_k must be between 1 and shares_n (at most 255)")
+    policy = _section(raw, "policy") if "policy" in raw else default_policy()
+    try:
+        from .policy import policy_from_dict
+        policy_from_dict(policy)
+    except ValueError as exc:
+        raise ConfigError(f"[policy]: {exc}") from exc
+
     return NodeConfig(
         name=name,
         data_dir=data_dir,
@@ -248,6 +291,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         upstream=upstream_cfg,
         series_idle_s=_get(ingest, "series_idle_s", float, 30.0, "ingest"),
         durability=durability,
+        federation=federation,
+        policy=policy,
         source=source,
     )
 

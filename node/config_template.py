@@ -52,6 +52,35 @@ series_idle_s = 30
 # "normal": survives a process crash, may lose the last commits on power loss.
 durability = "full"
 
+[federation]
+# Federated queries wait at most this long for other sites, then answer with what came.
+query_deadline_s = 5.0
+hedge_after_s = 1.0
+max_parallel = 32
+# Series leaving this site are encrypted; the key is split k-of-n among other members.
+shares_k = 3
+shares_n = 5
+replicas = 2
+index_republish_s = 600
+repair_interval_s = 300
+
+# Site policy: what this site answers to whom (first matching rule wins; default deny).
+# level: deny | count (small counts shown as "<N") | deidentified | identified (PHI;
+# only for named sites and roles, e.g. treating clinicians with purpose "treatment").
+[policy]
+small_count_threshold = 5
+
+[[policy.rule]]
+name = "members: de-identified"
+site = "*"
+role = ["clinician", "researcher"]
+level = "deidentified"
+
+[[policy.rule]]
+name = "members: counts"
+site = "*"
+level = "count"
+
 # Front an existing PACS (it is never modified): uncomment and fill in.
 # [upstream]
 # ae_title = "ORTHANC"

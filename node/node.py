@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
+from typing import Sequence
 
 from .audit import AuditLog
 from .config import NodeConfig
+from .dht.config import DHTConfig
+from .dht.server import DHTServer
+from .federation_wiring import NodeService, build_federation_parts, load_node_membership
 from .identity import NodeIdentity
 from .logsetup import guard_phi_loggers
+from .net.client import PeerClient
+from .net.membership import Membership
+from .net.roster import split_address
+from .net.server import PeerServer
 from .pacs.ingest import Ingestor
 from .pacs.scp import DicomService
 from .query.local import LocalBackend
@@ -25,18 +34,40 @@ log = logging.getLogger("medfed.node")
 @dataclass
 class NodePorts:
     dicom: int = 0
+    peer: int = 0
+    dht: int = 0
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig, identity: NodeIdentity | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, identity: NodeIdentity | None = None, *,
+                 membership: Membership | None = None, peer_sock: socket.socket | None = None,
+                 services: Sequence[NodeService] = (), dht_config: DHTConfig | None = None,
+                 with_dicom: bool = True) -> None:
         self.cfg = cfg
         self.identity = identity or NodeIdentity.load_or_create(cfg.key_dir)
         self.store = MetadataStore(cfg.db_path, durability=cfg.durability)
         self.files = ObjectFiles(cfg.objects_dir)
         self.audit: AuditLog | None = None
         self.dicom: DicomService | None = None
+        self.local = LocalBackend(self.store, self.files, cfg.dicom.ae_title)
+        self.membership = membership
+        self.peer: PeerServer | None = None
+        self.client: PeerClient | None = None
+        self.dht: DHTServer | None = None
+        self.services: list[NodeService] = list(services)
         self.ports = NodePorts()
+        self._peer_sock = peer_sock
+        self._dht_config = dht_config
+        self._with_dicom = with_dicom
         self._stopping = asyncio.Event()
+        self._started: list[NodeService] = []
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id_hex
+
+    def service(self, name: str) -> NodeService | None:
+        return next((s for s in self.services if s.name == name), None)
 
     async def start(self) -> None:
         guard_phi_loggers()
@@ -47,15 +78,70 @@ class Node:
             log.info("removed %d partial files left by an earlier crash", swept)
         await self.store.open()
         self.audit = AuditLog(self.cfg.audit_path, self.identity)
-        ingestor = Ingestor(self.store, self.files, loop, series_idle_s=self.cfg.series_idle_s)
-        backend = LocalBackend(self.store, self.files, self.cfg.dicom.ae_title)
-        self.dicom = DicomService(self.cfg.dicom, ingestor=ingestor, backend=backend,
-                                  audit=self.audit, loop=loop)
-        self.ports.dicom = await asyncio.to_thread(self.dicom.start)
+        if self._with_dicom:
+            ingestor = Ingestor(self.store, self.files, loop,
+                                series_idle_s=self.cfg.series_idle_s)
+            self.dicom = DicomService(self.cfg.dicom, ingestor=ingestor,
+                                      backend=self._dicom_backend(), audit=self.audit, loop=loop)
+            self.ports.dicom = await asyncio.to_thread(self.dicom.start)
+        await self._start_federation()
+        for svc in self.services:
+            await svc.start(self)
+            self._started.append(svc)
         self.audit.append("node.start", self.identity.node_id_hex[:16], "ok",
-                          dicom_port=self.ports.dicom)
+                          dicom_port=self.ports.dicom, peer_port=self.ports.peer)
+
+    def _dicom_backend(self):  # type: ignore[no-untyped-def]
+        """The C-FIND/C-GET backend: a service named 'dicom-backend' may replace the
+        local one (e.g. to answer the federation AE title from all sites)."""
+        svc = self.service("dicom-backend")
+        return svc if svc is not None else self.local
+
+    async def _start_federation(self) -> None:
+        if self.membership is None:
+            self.membership = load_node_membership(self.identity, self.cfg.data_dir)
+        if self.membership is None:
+            return
+        assert self.audit is not None
+        parts = build_federation_parts(self.identity, self.membership, self.audit,
+                                       dht_config=self._dht_config)
+        self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
+        for svc in self.services:
+            register_routes = getattr(svc, "register_routes", None)
+            if register_routes is not None:
+                register_routes(self)
+        if self._peer_sock is not None:
+            self.ports.peer = await self.peer.start(sock=self._peer_sock)
+        else:
+            self.ports.peer = await self.peer.start(self.cfg.peer_host, self.cfg.peer_port)
+        if self.dht is not None:
+            me = self.membership.roster.member(self.node_id)
+            dht_port = self.cfg.dht_port
+            if me is not None:
+                dht_port = split_address(me.dht_address)[1]
+            _host, self.ports.dht = await self.dht.start(self.cfg.peer_host, dht_port)
+
+    async def bootstrap_dht(self) -> int:
+        """Join the DHT through the roster's other members; returns contacts learned."""
+        if self.dht is None or self.membership is None:
+            return 0
+        addrs = [split_address(m.dht_address) for m in self.membership.roster.current.active()
+                 if m.node_id != self.node_id]
+        return await self.dht.bootstrap(addrs)
 
     async def stop(self) -> None:
+        for svc in reversed(self._started):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("service %s did not stop cleanly", svc.name)
+        self._started.clear()
+        if self.dht is not None:
+            await self.dht.stop()
+        if self.peer is not None:
+            await self.peer.stop()
+        if self.client is not None:
+            await self.client.close()
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None

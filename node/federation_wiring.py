@@ -1,0 +1,81 @@
+"""The federation side of a node: membership, peer API server and client, DHT.
+
+A node without an installed membership (no `medfed join` yet) runs as a stand-alone
+hospital node; with one, it serves the mTLS peer API and joins the DHT. Parts that
+need the federation (query serving, index publishing, sharing) are `NodeService`s:
+they register their peer routes before the server starts and run until it stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .dht.config import DHTConfig
+from .dht.server import DHTServer
+from .identity import NodeIdentity, node_id_for
+from .net.client import PeerClient
+from .net.membership import Membership, MembershipPaths, load_membership
+from .net.rosterbook import RosterBook
+from .net.server import PeerServer
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+class NodeService(Protocol):
+    """A part of the node that lives as long as the node (started in list order)."""
+
+    name: str
+
+    # Optional: ``register_routes(node)`` is called once node.peer exists (federated
+    # nodes only), before the peer server starts listening.
+
+    async def start(self, node: "Node") -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class RosterMembership:
+    """DHT membership backed by the signed roster: a key is a member when the roster
+    lists its node id, active, with exactly this key."""
+
+    def __init__(self, book: RosterBook) -> None:
+        self.book = book
+
+    def is_member(self, verify_key: bytes) -> bool:
+        member = self.book.member(node_id_for(verify_key).hex())
+        return member is not None and member.verify_key == verify_key
+
+
+def membership_paths(data_dir: Path) -> MembershipPaths:
+    return MembershipPaths.under(data_dir / "federation")
+
+
+@dataclass
+class FederationParts:
+    membership: Membership
+    peer: PeerServer
+    client: PeerClient
+    dht: DHTServer | None
+    peer_port: int = 0
+    dht_port: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def build_federation_parts(identity: NodeIdentity, membership: Membership, audit: object,
+                           *, dht_config: DHTConfig | None = None,
+                           with_dht: bool = True) -> FederationParts:
+    peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit)
+    client = PeerClient(identity, membership.client_tls(), roster=membership.roster)
+    dht = DHTServer(identity, RosterMembership(membership.roster), dht_config) if with_dht else None
+    return FederationParts(membership, peer, client, dht)
+
+
+def load_node_membership(identity: NodeIdentity, data_dir: Path) -> Membership | None:
+    """The installed membership, or None for a node that has not joined a federation."""
+    paths = membership_paths(data_dir)
+    if not paths.roster.exists():
+        return None
+    return load_membership(identity, paths)

@@ -1,0 +1,55 @@
+"""A real federation of full nodes in one event loop, for tests and the simulator.
+
+Each node has its own CA-issued certificate, data folder, SQLite store, audit log,
+peer API (mTLS, on a socket bound before admission so the roster names its real port)
+and DHT endpoint (UDP, same port number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import NodeConfig
+from .dht.config import DHTConfig
+from .federation_wiring import NodeService
+from .net.testbed import LocalMember, build_federation
+from .node import Node
+from .testing import loopback_config
+
+
+@dataclass
+class LocalFederation:
+    operator_dir: Path
+    nodes: list[Node]
+    members: list[LocalMember]
+    down: set[int] = field(default_factory=set)
+
+    def by_name(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.cfg.name == name)
+
+    async def stop(self) -> None:
+        for i, node in enumerate(self.nodes):
+            if i not in self.down:
+                await node.stop()
+
+
+async def start_federation(directory: Path, names: Sequence[str], *,
+                           services: Callable[[int, str], Sequence[NodeService]] = lambda i, n: (),
+                           with_dicom: bool = False, dht_config: DHTConfig | None = None,
+                           configure: Callable[[NodeConfig], NodeConfig] = lambda c: c,
+                           bootstrap: bool = True) -> LocalFederation:
+    operator, members = build_federation(directory, names)
+    nodes: list[Node] = []
+    for i, (name, member) in enumerate(zip(names, members)):
+        cfg = configure(loopback_config(directory / name / "data", name=name,
+                                        ae_title=f"NODE{i}"[:16]))
+        node = Node(cfg, member.identity, membership=member.membership, peer_sock=member.sock,
+                    services=services(i, name), dht_config=dht_config, with_dicom=with_dicom)
+        await node.start()
+        nodes.append(node)
+    if bootstrap:
+        for node in nodes:
+            await node.bootstrap_dht()
+    return LocalFederation(operator, nodes, members)
