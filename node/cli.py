@@ -158,6 +158,50 @@ def synth(out: Path = typer.Argument(..., help="Output folder (must not hold the
 
 
 @app.command()
+def sync(config: Path = ConfigOpt,
+         full: bool = typer.Option(False, "--full",
+                                   help="Ask for every study, not only recent ones.")) -> None:
+    """Synchronise the upstream PACS's metadata into this node's index now (C-FIND)."""
+    from rich.markup import escape
+
+    from .audit import AuditLockedError, AuditLog
+    from .pacs.upstream import UpstreamError, UpstreamService
+    from .store.db import MetadataStore
+
+    cfg = load_or_exit(config)
+    up = cfg.upstream
+    if up is None:
+        err.print("[red]no \\[upstream] section in the config[/red]: this node fronts no PACS")
+        raise typer.Exit(2)
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with MetadataStore(cfg.db_path, durability=cfg.durability) as store:
+            with AuditLog(cfg.audit_path, NodeIdentity.load(cfg.key_dir)) as audit:
+                service = UpstreamService(up, store=store, data_dir=cfg.data_dir,
+                                          own_ae_title=cfg.dicom.ae_title, audit=audit)
+                return await service.sync_once(full=full)
+
+    try:
+        report = asyncio.run(main())
+    except AuditLockedError:
+        err.print("[yellow]the node is running[/yellow] (its audit log is in use); it syncs "
+                  f"by itself every {up.sync_interval_s:g} s")
+        raise typer.Exit(2)
+    except (UpstreamError, IdentityError) as exc:
+        err.print(f"[red]sync failed:[/red] {escape(str(exc))}")
+        raise typer.Exit(1)
+    table = Table(title=f"sync from {up.ae_title} at {up.host}:{up.port}"
+                  + (" (full)" if full else ""), show_header=False)
+    for label, value in (("studies seen", report.studies_seen),
+                         ("new studies", report.studies_new),
+                         ("new series", report.series_new),
+                         ("new instances", report.instances_new),
+                         ("seconds", f"{report.seconds:.1f}")):
+        table.add_row(label, str(value))
+    console.print(table)
+
+
+@app.command()
 def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files here.")) -> None:
     """Start a small local node, send it synthetic images, query and retrieve them."""
     from .demo import run_demo

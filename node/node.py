@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .audit import AuditLog
 from .config import NodeConfig
@@ -27,6 +27,9 @@ from .pacs.scp import DicomService
 from .query.local import LocalBackend
 from .store.db import MetadataStore
 from .store.files import ObjectFiles
+
+if TYPE_CHECKING:
+    from .pacs.upstream import UpstreamService
 
 log = logging.getLogger("medfed.node")
 
@@ -54,6 +57,7 @@ class Node:
         self.peer: PeerServer | None = None
         self.client: PeerClient | None = None
         self.dht: DHTServer | None = None
+        self.upstream: "UpstreamService | None" = None
         self.services: list[NodeService] = list(services)
         self.ports = NodePorts()
         self._peer_sock = peer_sock
@@ -78,6 +82,14 @@ class Node:
             log.info("removed %d partial files left by an earlier crash", swept)
         await self.store.open()
         self.audit = AuditLog(self.cfg.audit_path, self.identity)
+        if self.cfg.upstream is not None:
+            from .pacs.upstream import UpstreamService
+            self.upstream = UpstreamService(self.cfg.upstream, store=self.store,
+                                            data_dir=self.cfg.data_dir,
+                                            own_ae_title=self.cfg.dicom.ae_title,
+                                            audit=self.audit)
+            self.local.upstream = self.upstream
+            await self.upstream.start()
         if self._with_dicom:
             ingestor = Ingestor(self.store, self.files, loop,
                                 series_idle_s=self.cfg.series_idle_s)
@@ -145,6 +157,9 @@ class Node:
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None
+        if self.upstream is not None:
+            await self.upstream.stop()
+            self.upstream = None
         if self.audit is not None:
             self.audit.append("node.stop", self.identity.node_id_hex[:16], "ok")
             self.audit.close()

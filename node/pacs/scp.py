@@ -234,6 +234,11 @@ class DicomService:
         self.audit.append("dicom.find", calling, "ok", level=level, matches=sent, called=called)
 
     # -- C-GET / C-MOVE ---------------------------------------------------------
+    def _release(self, items: list[RetrieveItem]) -> None:
+        release = getattr(self.backend, "release", None)
+        if release is not None:
+            release(items)
+
     def _select(self, event: evt.Event) -> list[RetrieveItem]:
         return self._call(self.backend.select(event.identifier, _model(event)))
 
@@ -278,8 +283,11 @@ class DicomService:
             yield _failure(status.UNABLE_TO_PROCESS, "retrieve failed on this node"), None
             return
         yield len(items)
-        yield from self._send_items(event, items, "dicom.get", calling,
-                                    accepted_syntaxes(event.assoc.accepted_contexts))
+        try:
+            yield from self._send_items(event, items, "dicom.get", calling,
+                                        accepted_syntaxes(event.assoc.accepted_contexts))
+        finally:
+            self._release(items)
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
         calling, _host = _peer(event)
@@ -307,9 +315,12 @@ class DicomService:
             return
         kwargs = {"contexts": storage_contexts_for(items),
                   "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
-        yield dest.host, dest.port, kwargs
-        yield len(items)
-        yield from self._send_items(event, items, "dicom.move", calling)
+        try:
+            yield dest.host, dest.port, kwargs
+            yield len(items)
+            yield from self._send_items(event, items, "dicom.move", calling)
+        finally:
+            self._release(items)
 
 
 class QueryRefused(Exception):

@@ -22,7 +22,7 @@ from ..store.cache_rows import CachedFile
 from ..store.files import FileStoreError
 from . import status
 from .cache import ScratchCache
-from .upstream_plan import Wanted, batches, get_identifier, storage_contexts
+from .upstream_plan import SeriesBatch, Wanted, batches, get_identifier, storage_contexts
 from .upstream_scu import Abort, GetOutcome, Peer, call_blocking, get
 from .validate import InvalidInstance, validate_instance
 
@@ -67,6 +67,10 @@ class Receiver:
             self.files.append(CachedFile(want.instance_id, rel, size, sha, str(ts)))
         return status.SUCCESS
 
+    def snapshot(self) -> list[CachedFile]:
+        with self._lock:
+            return list(self.files)
+
     def _refuse(self, code: int, reason: str) -> int:
         log.warning("refused an instance sent by the upstream PACS: %s", reason)
         with self._lock:
@@ -86,19 +90,37 @@ async def retrieve(peer: Peer, cache: ScratchCache, wanted: Sequence[Wanted], *,
                    per_series_deadline_s: float) -> RetrieveResult:
     """C-GET ``wanted`` and record what arrived; raises UpstreamUnavailable/Refused
     after recording whatever whole files did arrive. The hard ceiling grows with the
-    number of series; each message must still come within ``peer.timeout_s``."""
+    number of series; each message must still come within ``peer.timeout_s``.
+
+    Some PACS (Orthanc among them) fail a whole list C-GET when one instance is gone;
+    the rest of such a series is then asked for one instance at a time.
+    """
     receiver = Receiver(cache, {w.sop_uid: w for w in wanted})
-    identifiers = [get_identifier(b.study_uid, b.series_uid, [w.sop_uid for w in b.items])
-                   for b in batches(wanted)]
     contexts = storage_contexts(wanted)
-    abort = Abort()
+    series = batches(wanted)
+    outcomes: list[GetOutcome] = []
     try:
-        outcomes = await call_blocking(
-            lambda: get(peer, identifiers, contexts, receiver.on_store, abort),
-            peer=peer, abort=abort, what=f"retrieving {len(wanted)} instances",
-            deadline_s=per_series_deadline_s * len(identifiers))
+        outcomes = await _get_batches(peer, receiver, series, contexts, per_series_deadline_s)
+        got = {f.instance_id for f in receiver.snapshot()}
+        retry = [SeriesBatch(b.study_uid, b.series_uid, (w,))
+                 for b, o in zip(series, outcomes) if o.status not in (0, 0xB000)
+                 and len(b.items) > 1 for w in b.items if w.instance_id not in got]
+        if retry:
+            outcomes += await _get_batches(peer, receiver, retry, contexts,
+                                           peer.timeout_s * 2)
     finally:
-        with receiver._lock:
-            files = list(receiver.files)
+        files = receiver.snapshot()
         await cache.record(files)
     return RetrieveResult(files, outcomes, receiver.refused, receiver.write_failed)
+
+
+async def _get_batches(peer: Peer, receiver: Receiver, series: Sequence[SeriesBatch],
+                       contexts: list[tuple[str, str]], each_s: float) -> list[GetOutcome]:
+    """One association, one C-GET per batch; the ceiling is ``each_s`` per batch."""
+    identifiers = [get_identifier(b.study_uid, b.series_uid, [w.sop_uid for w in b.items])
+                   for b in series]
+    abort = Abort()
+    return await call_blocking(
+        lambda: get(peer, identifiers, contexts, receiver.on_store, abort),
+        peer=peer, abort=abort, what=f"retrieving {len(identifiers)} series",
+        deadline_s=each_s * len(identifiers))

@@ -119,6 +119,7 @@ def associate(peer: Peer, contexts: Sequence[tuple[str, Sequence[str] | None]],
         started = time.monotonic()
         assoc = _try_associate(peer, contexts, ext_neg, handlers)
         if assoc.is_established:
+            _responses_to_caller_only(assoc)
             if abort is not None:
                 abort.attach(assoc)
             return assoc
@@ -143,6 +144,21 @@ def associate(peer: Peer, contexts: Sequence[tuple[str, Sequence[str] | None]],
     raise UpstreamRefused(
         f"the {peer.where()} accepts connections but closed the association request from "
         f"AE {peer.calling_ae_title!r} without accepting it. {_advice(peer)}")
+
+
+def _responses_to_caller_only(assoc: Association) -> None:
+    """pynetdicom's association reactor polls the DIMSE queue (non-blocking) between
+    and, in a narrow race under load, during our own requests, and drops any response
+    it finds there ("Received unexpected C-FIND service message", pynetdicom #875): a
+    study silently missing from a sync. These associations only ever send requests,
+    so the reactor's poll is made to find nothing and every message goes to the call
+    waiting for it (only that poll uses block=False)."""
+    blocking_get = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        return blocking_get(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 def _try_associate(peer: Peer, contexts: Sequence[tuple[str, Sequence[str] | None]],

@@ -1,14 +1,26 @@
-"""The query backend that answers from this site's own SQLite (C-FIND / C-GET / C-MOVE)."""
+"""The query backend that answers from this site's own SQLite (C-FIND / C-GET / C-MOVE).
+
+Instances known only from an upstream PACS (synced metadata, no file yet) are fetched
+into the scratch cache before they are served, and pinned there until the transfer
+ends so the cache bound never evicts something being sent.
+"""
 
 from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
 from ..pacs.find import find, select_instances
 from ..pacs.matching import MatchError
 from ..pacs.scp import QueryRefused, RetrieveItem
+from ..pacs.status import QR_SUBOPS_OUT_OF_RESOURCES
 from ..store.db import MetadataStore
 from ..store.files import ObjectFiles
+
+if TYPE_CHECKING:
+    from ..pacs.upstream import UpstreamService
 
 
 class LocalBackend:
@@ -18,6 +30,9 @@ class LocalBackend:
         self.files = files
         self.ae_title = ae_title
         self.limit = limit
+        self.upstream: UpstreamService | None = None
+        self._pins: dict[int, object] = {}
+        self._lock = threading.Lock()
 
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
                    calling_ae: str) -> list[Dataset]:
@@ -28,9 +43,29 @@ class LocalBackend:
             raise QueryRefused(exc.reason, exc.status) from exc
 
     async def select(self, identifier: Dataset, model: str) -> list[RetrieveItem]:
+        from ..pacs.upstream import UpstreamError, resolve_for_serving
+
         try:
             rows = await select_instances(self.store, identifier, model)
         except MatchError as exc:
             raise QueryRefused(exc.reason, exc.status) from exc
-        return [RetrieveItem(self.files.path(r.path), r.sop_class_uid, r.transfer_syntax)
-                for r in rows if r.path]
+        try:
+            serving = await resolve_for_serving(self.upstream, self.files, rows)
+        except UpstreamError as exc:
+            raise QueryRefused(f"upstream PACS unavailable: {exc}"[:64],
+                               QR_SUBOPS_OUT_OF_RESOURCES) from exc
+        missing = set(serving.missing)
+        present = [r for r in rows if r.sop_uid not in missing]
+        items = [RetrieveItem(path, r.sop_class_uid, r.transfer_syntax)
+                 for r, path in zip(present, serving.paths)]
+        if serving.pin is not None:
+            with self._lock:
+                self._pins[id(items)] = serving.pin
+        return items
+
+    def release(self, items: list[RetrieveItem]) -> None:
+        """The transfer of ``items`` ended: unpin them in the cache (any thread)."""
+        with self._lock:
+            pin = self._pins.pop(id(items), None)
+        if pin is not None:
+            pin.release()  # type: ignore[attr-defined]
