@@ -1,0 +1,117 @@
+"""`medfed fetch` (a series from the federation) and `medfed deid` (a folder, offline)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .cli_common import ConfigOpt, console, err, load_or_exit
+from .config import NodeConfig
+from .identity import NodeIdentity
+
+
+def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
+    from .federation_wiring import load_node_membership
+
+    membership = load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir)
+    if membership is None or membership.secrets is None:
+        err.print("[red]this node has not joined a federation[/red]: run 'medfed join' first "
+                  "(de-identification uses the federation's keys so pseudonyms link across sites)")
+        raise typer.Exit(2)
+    return membership.secrets
+
+
+async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: str,
+                 role: str, purpose: str, department: str, deadline_s: float) -> None:
+    from .keyshare.service import KeyShareService
+    from .node import Node
+    from .replica.service import ReplicaService
+    from .sharing.retrieve import Retriever, local_assertion, parse_series_ref
+    from .sharing.sinks import sink_for
+
+    ref = parse_series_ref(ref_text)
+    node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()])
+    await node.start()
+    try:
+        await node.bootstrap_dht()
+        assertion = local_assertion(node, user=user, role=role, department=department, purpose=purpose)
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TextColumn("{task.fields[instances]} instances"), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("fetching", total=None, instances=0)
+
+            def report(received: int, instances: int) -> None:
+                progress.update(task, completed=received, instances=instances)
+
+            result = await Retriever(node, deadline_s=deadline_s).fetch(
+                ref, assertion, lambda bundle_id: sink_for(out, bundle_id, fmt),
+                identified=identified, progress=report)
+    finally:
+        await node.stop()
+    console.print(f"[green]fetched[/green] {result.instances} instances "
+                  f"({result.stored_bytes} bytes from {result.source.split(':')[0]})")
+    for path in result.outputs[:3]:
+        console.print(f"  {path}")
+    if len(result.outputs) > 3:
+        console.print(f"  … {len(result.outputs) - 3} more in {result.outputs[0].parent}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def fetch(series_ref: str = typer.Argument(..., help="[OWNER_NODE_ID:]BUNDLE_ID or [OWNER:]KEYED_SERIES_UID"),
+              out: Path = typer.Option(..., "--out", help="Output folder."),
+              fmt: str = typer.Option("dicom", "--format", help="dicom, nifti or nrrd."),
+              identified: bool = typer.Option(False, "--identified",
+                                              help="Ask the owner for identified images (its policy decides)."),
+              user: str = typer.Option(getpass.getuser(), "--user", help="Your user handle at this node."),
+              role: str = typer.Option("clinician", "--role"),
+              purpose: str = typer.Option("treatment", "--purpose"),
+              department: str = typer.Option("radiology", "--department"),
+              deadline: float = typer.Option(300.0, "--deadline", help="Seconds for the whole fetch."),
+              config: Path = ConfigOpt) -> None:
+        """Fetch one series from the federation (owner, else replicas + key shares)."""
+        from .sharing.retrieve import FetchError
+        from .sharing.sinks import FORMATS, SinkError
+        from .sharing.volume import VolumeError
+
+        if fmt not in FORMATS:
+            err.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
+            raise typer.Exit(2)
+        cfg = load_or_exit(config)
+        try:
+            asyncio.run(_fetch(cfg, series_ref, out, fmt, identified, user, role, purpose, department, deadline))
+        except (FetchError, SinkError, VolumeError, ValueError) as exc:
+            err.print(f"[red]fetch failed:[/red] {exc}")
+            raise typer.Exit(1)
+        except OSError as exc:
+            err.print(f"[red]fetch failed:[/red] {type(exc).__name__}: {exc.strerror or exc} "
+                      "(is the node already running with this config? stop it or use its web UI)")
+            raise typer.Exit(1)
+
+    @app.command()
+    def deid(in_dir: Path = typer.Argument(..., help="Folder of DICOM files (read recursively)."),
+             out_dir: Path = typer.Argument(..., help="Output folder (STUDY/SERIES/SOP.dcm, keyed UIDs)."),
+             allow_burned_in: bool = typer.Option(False, "--allow-burned-in"),
+             config: Path = ConfigOpt) -> None:
+        """De-identify a folder with the federation's keys (PS3.15 basic profile)."""
+        from .deid import DeidKeys, DeidOptions
+        from .deid_files import FolderError, deidentify_folder
+
+        secrets = _secrets(load_or_exit(config))
+        keys = DeidKeys(uid_key=secrets.uid_key, patient_key=secrets.linkage_key)
+        try:
+            report = deidentify_folder(in_dir, out_dir, keys, DeidOptions(allow_burned_in=allow_burned_in))
+        except FolderError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2)
+        console.print(f"done {report.done}, refused {report.refused}, failed {report.failed}, "
+                      f"skipped {report.skipped}")
+        for outcome in report.outcomes:
+            if outcome.status != "done":
+                console.print(f"  {outcome.status}: {outcome.source}: {outcome.reason}")
+        if report.refused or report.failed:
+            raise typer.Exit(1)

@@ -1,0 +1,136 @@
+"""Replica files this node holds for other sites: ciphertext only, verified by content id.
+
+A replica is a bundle's stored bytes under ``data_dir/replicas/<bundle_id>``. It is
+written to a temporary file while hashing, fsynced, and renamed only if SHA-256 of the
+bytes equals the bundle id, so a half-received or altered bundle is never held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+
+BUNDLE_ID = re.compile(r"^[0-9a-f]{64}$")
+READ_CHUNK = 1 << 16
+
+
+class ReplicaError(Exception):
+    """A replica cannot be stored or read (bad id, hash mismatch, too large, disk)."""
+
+
+def check_bundle_id(bundle_id: str) -> str:
+    if not isinstance(bundle_id, str) or not BUNDLE_ID.match(bundle_id):
+        raise ReplicaError("a bundle id is 64 lowercase hexadecimal characters")
+    return bundle_id
+
+
+class ReplicaStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, bundle_id: str) -> Path:
+        return self.root / check_bundle_id(bundle_id)
+
+    def has(self, bundle_id: str) -> bool:
+        return self.path(bundle_id).is_file()
+
+    def size(self, bundle_id: str) -> int:
+        return self.path(bundle_id).stat().st_size
+
+    def sweep_temp_files(self) -> int:
+        """Remove partial downloads left by a crash."""
+        if not self.root.is_dir():
+            return 0
+        stale = [p for p in self.root.iterdir() if p.name.startswith(".")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    async def write(self, bundle_id: str, chunks: AsyncIterable[bytes], *, max_bytes: int) -> int:
+        """Store a replica from ``chunks``; returns its size. Nothing is kept on any error."""
+        final = self.path(bundle_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{bundle_id}.{os.getpid()}.{id(chunks):x}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        handle = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ReplicaError(f"replica exceeds the {max_bytes}-byte limit it was offered with")
+                digest.update(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+            await asyncio.to_thread(_flush_and_sync, handle)
+            handle.close()
+            if digest.hexdigest() != bundle_id:
+                raise ReplicaError("received bytes do not hash to the bundle id; replica refused")
+            os.replace(tmp, final)
+            await asyncio.to_thread(_fsync_dir, self.root)
+        except BaseException:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return size
+
+    async def read(self, bundle_id: str, start: int = 0, length: int | None = None
+                   ) -> AsyncIterator[bytes]:
+        """The held bytes (or a range of them), in chunks."""
+        async for chunk in read_file(self.path(bundle_id), start, length):
+            yield chunk
+
+    async def verify(self, bundle_id: str) -> bool:
+        """True when the held bytes still hash to the bundle id."""
+        digest = hashlib.sha256()
+        async for chunk in self.read(bundle_id):
+            digest.update(chunk)
+        return digest.hexdigest() == bundle_id
+
+    def remove(self, bundle_id: str) -> bool:
+        try:
+            self.path(bundle_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+async def read_file(path: Path, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        await asyncio.to_thread(handle.seek, start)
+        left = length
+        while left is None or left > 0:
+            want = READ_CHUNK if left is None else min(READ_CHUNK, left)
+            chunk = await asyncio.to_thread(handle.read, want)
+            if not chunk:
+                break
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
+
+
+async def hash_range(path: Path, nonce: bytes, start: int, length: int) -> str:
+    """SHA-256(nonce || bytes[start:start+length]) — the answer to a retrievability challenge."""
+    digest = hashlib.sha256(nonce)
+    async for chunk in read_file(path, start, length):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _flush_and_sync(handle: object) -> None:
+    handle.flush()  # type: ignore[attr-defined]
+    os.fsync(handle.fileno())  # type: ignore[attr-defined]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
