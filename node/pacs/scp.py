@@ -208,7 +208,7 @@ class DicomService:
     # -- C-FIND -----------------------------------------------------------------
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         calling, _host = _peer(event)
-        called = event.assoc.acceptor.ae_title.strip()
+        called = event.assoc.requestor.primitive.called_ae_title.strip()  # as requested
         try:
             identifier = event.identifier
             results = self._call(self.backend.find(identifier, _model(event), called_ae=called,

@@ -1,0 +1,120 @@
+"""The DICOM face of the federation: a viewer C-FINDs the FEDERATION AE title and sees all sites.
+
+C-FIND to the node's own AE title is answered from its own SQLite as before. C-FIND to
+``[dicom] federation_ae_title`` runs a federated query and answers one STUDY-level
+response per merged study, tagged with the site that holds it (RetrieveAETitle = the
+site's AE title, InstitutionName = the site's name). De-identified rows carry the
+pseudonym as PatientID, the keyed StudyInstanceUID and StudyDate = the first day of the
+study month (sites release only the month); identified rows carry real values.
+
+Who is asking: a DICOM association carries only the calling AE title, which the node
+has already checked against its allowlist. It is mapped to the user handle (the AE
+title), role "clinician", purpose "treatment", department "radiology" — the default for
+a viewer in the reading room. A per-AE mapping in the config is a later issue.
+C-GET/C-MOVE still retrieve from the local store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from node.pacs.scp import QueryRefused, RetrieveItem
+from node.pacs import status
+
+from .fanout import SiteAnswer
+from .model import FederatedQuery, QueryError
+from .service import FederatedQueryError, FederatedQueryService
+
+
+@dataclass(frozen=True)
+class DicomUser:
+    role: str = "clinician"
+    purpose: str = "treatment"
+    department: str = "radiology"
+
+
+def _study_dataset(row: dict[str, Any], answer: SiteAnswer) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    identified = answer.level == "identified"
+    ds.PatientID = row.get("patient_id") if identified else row["patient"]
+    if identified:
+        ds.IssuerOfPatientID = row.get("issuer", "")
+        ds.PatientName = row.get("patient_name", "")
+        ds.PatientBirthDate = row.get("birth_date", "")
+        ds.AccessionNumber = row.get("accession", "")
+        ds.StudyDescription = row.get("description", "")
+        ds.StudyInstanceUID = row.get("study_uid_real") or row["study_uid"]
+        ds.StudyDate = row.get("study_date", "")
+    else:
+        ds.StudyInstanceUID = row["study_uid"]
+        month = str(row.get("study_month", ""))
+        ds.StudyDate = month.replace("-", "") + "01" if month else ""
+    ds.PatientSex = row.get("sex", "")
+    ds.ModalitiesInStudy = list(row.get("modalities", [])) or ""
+    ds.NumberOfStudyRelatedSeries = int(row.get("series", 0))
+    ds.RetrieveAETitle = answer.site.dicom_ae
+    ds.InstitutionName = answer.site.name[:64]
+    return ds
+
+
+def answers_as_studies(answers: list[SiteAnswer]) -> list[Dataset]:
+    """One C-FIND response per (site, study row); sites without rows add nothing."""
+    out: list[Dataset] = []
+    for answer in answers:
+        if answer.status != "ok":
+            continue
+        for row in answer.rows:
+            if "study_uid" in row:
+                out.append(_study_dataset(row, answer))
+    return out
+
+
+class FederationDicomBackend:
+    """NodeService 'dicom-backend': local C-FIND/C-GET, plus the federation AE title."""
+
+    name = "dicom-backend"
+
+    def __init__(self, user: DicomUser = DicomUser()) -> None:
+        self.user = user
+        self._node: Any = None
+
+    async def start(self, node: Any) -> None:
+        self._node = node
+
+    async def stop(self) -> None:
+        self._node = None
+
+    def _running(self) -> Any:
+        if self._node is None:
+            raise QueryRefused("node is not running", status.UNABLE_TO_PROCESS)
+        return self._node
+
+    async def find(self, identifier: Dataset, model: str, *, called_ae: str,
+                   calling_ae: str) -> list[Dataset]:
+        node = self._running()
+        if called_ae != node.cfg.dicom.federation_ae_title:
+            return await node.local.find(identifier, model, called_ae=called_ae,
+                                         calling_ae=calling_ae)
+        service = node.service("federated-query")
+        if not isinstance(service, FederatedQueryService):
+            raise QueryRefused("this node does not run federated queries",
+                               status.UNABLE_TO_PROCESS)
+        try:
+            query = FederatedQuery.from_cfind(identifier)
+            if query.level != "study":
+                raise QueryError("the federation AE title answers STUDY level only")
+            answer = await service.query(query, user=calling_ae or "dicom",
+                                         role=self.user.role, purpose=self.user.purpose,
+                                         department=self.user.department)
+        except QueryError as exc:
+            raise QueryRefused(str(exc)) from None
+        except FederatedQueryError as exc:
+            raise QueryRefused(str(exc), status.UNABLE_TO_PROCESS) from None
+        return answers_as_studies(answer.answers)
+
+    async def select(self, identifier: Dataset, model: str) -> list[RetrieveItem]:
+        return await self._running().local.select(identifier, model)
