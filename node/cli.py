@@ -70,7 +70,9 @@ def run(config: Path = ConfigOpt,
     setup_logging(cfg.log_path, log_level)
 
     async def main() -> None:
-        node = Node(cfg)
+        from .services import default_services
+
+        node = Node(cfg, services=default_services(cfg))
         await node.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -74,6 +74,14 @@ class Node:
         return next((s for s in self.services if s.name == name), None)
 
     async def start(self) -> None:
+        """Start every part; if one fails, stop those already running and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         guard_phi_loggers()
         loop = asyncio.get_running_loop()
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +173,7 @@ class Node:
             self.audit.close()
             self.audit = None
         await self.store.close()
+        self.dht = self.peer = self.client = None  # type: ignore[assignment]
 
     async def __aenter__(self) -> "Node":
         await self.start()

@@ -1,0 +1,33 @@
+"""The parts a production node runs beside its DICOM service, in start order.
+
+Kept in one place so `medfed run`, the demo and the simulator build the same node.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .federation_wiring import NodeService, membership_paths
+from .keyshare.service import KeyShareService
+from .query.dicom_federation import FederationDicomBackend
+from .query.service import FederatedQueryService
+from .replica.service import ReplicaService
+from .sharing.publisher import PublisherService
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
+
+
+def default_services(cfg: "NodeConfig") -> list[NodeService]:
+    """Query serving and fan-out, the federation C-FIND entry point, key custody,
+    replicas and the publisher of completed series — for a node that has joined a
+    federation. A stand-alone hospital node (no `medfed join` yet) runs none of them."""
+    if not membership_paths(cfg.data_dir).roster.exists():
+        return []
+    return [
+        FederatedQueryService(),
+        FederationDicomBackend(),
+        KeyShareService(),
+        ReplicaService(),
+        PublisherService(),
+    ]
