@@ -147,8 +147,12 @@ def _run(base: Path) -> int:
         node.node.audit.sync()
         report = verify(cfg.audit_path, node.node.identity.verify_key)
         console.print(f"audit log: {report.entries} entries, intact: {report.ok}")
-    console.print("[green bold]demo finished[/green bold]: one node stored, found and served "
-                  "a study through standard DICOM tools")
+    from .demo_federation import run as run_federation
+
+    run_federation(base, 8)
+    console.print("[green bold]demo finished[/green bold]: a hospital node served standard DICOM "
+                  "tools; five hospitals answered one query under their own policies, and a "
+                  "series was retrieved with its owner offline")
     return 0
 
 

@@ -24,6 +24,10 @@ def default_services(cfg: "NodeConfig") -> list[NodeService]:
     federation. A stand-alone hospital node (no `medfed join` yet) runs none of them."""
     if not membership_paths(cfg.data_dir).roster.exists():
         return []
+    return federated_services()
+
+
+def federated_services() -> list[NodeService]:
     return [
         FederatedQueryService(),
         FederationDicomBackend(),
