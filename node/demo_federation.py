@@ -37,11 +37,15 @@ def _configure(cfg):  # type: ignore[no-untyped-def]
     return dataclasses.replace(cfg, federation=fed)
 
 
+SHARED_AT = (0, 1, 2)  # patients 1-2 were treated at the first three hospitals
+
+
 async def _load_site(node: Node, site: int) -> int:
-    """Two patients of this site's own plus patients 1-2, who are treated everywhere
-    (same identity at every site, different studies): the cross-site links to find."""
+    """Two patients of this site's own, plus patients 1-2 at three of the sites (same
+    identity, different studies): the cross-site links a query must find."""
     count = 0
-    for offset, seed in ((0, 100 + site), (2 + 2 * site, 100 + site)):
+    offsets = ((0, 100 + site),) if site in SHARED_AT else ()
+    for offset, seed in offsets + ((2 + 2 * site, 100 + site),):
         for ds in iter_datasets(patients=2, studies=1, series=1, slices=12, rows=96, cols=96,
                                 seed=1, site_seed=seed, patient_offset=offset):
             await ingest_dataset(node.store, node.files, ds)
@@ -60,7 +64,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
             console.print(f"  {node.cfg.name:13} node {node.node_id[:12]}…  peer "
                           f"127.0.0.1:{node.ports.peer}  dht udp/{node.ports.dht}")
 
-        _step(n + 1, "Each hospital stores its own CT studies (patients 1-2 go everywhere)")
+        _step(n + 1, "Each hospital stores its own CT studies (patients 1-2 at three of them)")
         raw = 0
         for i, node in enumerate(fed.nodes):
             await _load_site(node, i)
@@ -81,6 +85,9 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
                       f"{time.perf_counter() - t0:.1f} s; bundles are {stored / raw:.0%} of the "
                       "DICOM bytes; no site holds a key it can use alone")
 
+        for node in fed.nodes:  # index entries (keyed hashes, coarse counts) into the DHT
+            await node.service("index-publisher").sync_now()  # type: ignore[union-attr]
+
         home = fed.nodes[0]
         query_svc = home.service("federated-query")
         _step(n + 3, f"A clinician at {home.cfg.name} asks once: CT series, all sites")
@@ -89,7 +96,17 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
             department="radiology", purpose="treatment")
         _print_answer(answer)
 
-        _step(n + 4, "The same query with north-clinic down: the answer says who did not answer")
+        _step(n + 4, "One patient, by MRN at the home site: the DHT index narrows the sites asked")
+        row = await home.store.fetchone("SELECT pid FROM patient_phi ORDER BY patient_id LIMIT 1")
+        one = await query_svc.query(  # type: ignore[union-attr]
+            FederatedQuery(patient_id=str(row[0]), level="study"), user="dr.demo",
+            role="clinician", department="radiology", purpose="treatment")
+        console.print(f"  planned {one.plan.mode}: asked {len(one.plan.sites)} of {len(SITES)} "
+                      f"sites ({one.plan.skipped} skipped); the MRN never left {home.cfg.name}, "
+                      f"only its keyed pseudonym; {sum(len(p.records) for p in one.patients)} "
+                      f"studies at {', '.join(sorted({s for p in one.patients for s in p.sites}))}")
+
+        _step(n + 5, "The same CT query with north-clinic down: the answer says who did not answer")
         down = SITES.index("north-clinic")
         await fed.nodes[down].stop()
         fed.down.add(down)
@@ -98,7 +115,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
             department="radiology", purpose="treatment")
         _print_answer(answer2, patients=False)
 
-        _step(n + 5, "Retrieve a north-clinic series while north-clinic is down "
+        _step(n + 6, "Retrieve a north-clinic series while north-clinic is down "
                      "(replica + 2 key shares, decrypted in memory) as a NIfTI volume")
         owner_id = fed.nodes[down].node_id
         series_ref = next(r["series_uid"] for p in answer.patients for r in p.records
@@ -118,7 +135,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
         console.print(f"  volume {img.shape}, voxel {tuple(round(float(z), 2) for z in img.header.get_zooms())} mm "
                       f"-> {result.outputs[0].name}")
 
-        _step(n + 6, "Every serving site audited what it answered (hash chain + signed head)")
+        _step(n + 7, "Every serving site audited what it answered (hash chain + signed head)")
         for i, node in enumerate(fed.nodes):
             if i in fed.down or node.audit is None:
                 continue

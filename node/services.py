@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .federation_wiring import NodeService, membership_paths
+from .index.publisher import IndexPublisher
 from .keyshare.service import KeyShareService
+from .query.dht_planner import DhtPlanner
 from .query.dicom_federation import FederationDicomBackend
 from .query.service import FederatedQueryService
 from .replica.service import ReplicaService
@@ -19,8 +21,8 @@ if TYPE_CHECKING:
 
 
 def default_services(cfg: "NodeConfig") -> list[NodeService]:
-    """Query serving and fan-out, the federation C-FIND entry point, key custody,
-    replicas and the publisher of completed series — for a node that has joined a
+    """The DHT index publisher, query serving and fan-out (DHT-narrowed), the
+    federation C-FIND entry point, key custody, replicas and the series publisher — for a node that has joined a
     federation. A stand-alone hospital node (no `medfed join` yet) runs none of them."""
     if not membership_paths(cfg.data_dir).roster.exists():
         return []
@@ -29,7 +31,8 @@ def default_services(cfg: "NodeConfig") -> list[NodeService]:
 
 def federated_services() -> list[NodeService]:
     return [
-        FederatedQueryService(),
+        IndexPublisher(),
+        FederatedQueryService(planner_for=DhtPlanner),
         FederationDicomBackend(),
         KeyShareService(),
         ReplicaService(),

@@ -150,7 +150,8 @@ class DhtPlanner:
         stats = [r.lookup for r in results]
         detail: dict[str, Any] = {
             "terms": [t.kind for t in terms], "lookups": len(keys),
-            "hops": max(s.hops for s in stats), "hops_mean": sum(s.hops for s in stats) / len(stats),
+            "hops": max(s.hops for s in stats),
+            "hops_mean": sum(s.hops for s in stats) / len(stats),
             "rpcs": sum(s.rpcs for s in stats), "timeouts": sum(s.timeouts for s in stats),
             "duration_s": time.monotonic() - started}
         if len(roster) > 1 and any(s.responses == 0 for s in stats):

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Callable, Any, Protocol
 
 from node.identity import NodeIdentity
 from node.net.assertion import issue_assertion
@@ -76,10 +76,13 @@ class FederatedQueryService:
     name = "federated-query"
 
     def __init__(self, planner: Planner | None = None, *, serve: bool = True,
-                 local_answers: bool = True) -> None:
+                 local_answers: bool = True,
+                 planner_for: Callable[[Any], Planner] | None = None) -> None:
         """``local_answers=False`` sends the home site's own request over its peer API
-        (used by the CLI when the node daemon holds the audit log)."""
+        (used by the CLI when the node daemon holds the audit log). ``planner_for``
+        builds the planner from the started node (the DHT planner needs its DHT)."""
         self.planner: Planner = planner or BroadcastPlanner()
+        self._planner_for = planner_for
         self._serve = serve
         self._local = local_answers
         self._site: HomeContext | None = None
@@ -91,6 +94,8 @@ class FederatedQueryService:
 
     async def start(self, node: HomeContext) -> None:
         self._site = node
+        if self._planner_for is not None:
+            self.planner = self._planner_for(node)
 
     async def stop(self) -> None:
         self._site = None
