@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,6 +14,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from .cli_common import ConfigOpt, console, err, load_or_exit
 from .config import NodeConfig
 from .identity import NodeIdentity
+
+if TYPE_CHECKING:
+    from .control.client import Actor, ControlClient
 
 
 def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
@@ -27,37 +32,61 @@ def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
 
 async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: str,
                  role: str, purpose: str, department: str, deadline_s: float) -> None:
+    from .federation_wiring import load_node_membership
     from .keyshare.service import KeyShareService
     from .node import Node
     from .replica.service import ReplicaService
-    from .sharing.retrieve import Retriever, local_assertion, parse_series_ref
+    from .sharing.retrieve import FetchError, Retriever, local_assertion, parse_series_ref
     from .sharing.sinks import sink_for
 
     ref = parse_series_ref(ref_text)
+    if load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir) is None:
+        raise FetchError("this node is not a federation member; join a federation first ('medfed join')")
     node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()])
     await node.start()
     try:
         await node.bootstrap_dht()
         assertion = local_assertion(node, user=user, role=role, department=department, purpose=purpose)
-        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TextColumn("{task.fields[instances]} instances"), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("fetching", total=None, instances=0)
-
-            def report(received: int, instances: int) -> None:
-                progress.update(task, completed=received, instances=instances)
-
+        with _progress() as report:
             result = await Retriever(node, deadline_s=deadline_s).fetch(
                 ref, assertion, lambda bundle_id: sink_for(out, bundle_id, fmt),
                 identified=identified, progress=report)
     finally:
         await node.stop()
-    console.print(f"[green]fetched[/green] {result.instances} instances "
-                  f"({result.stored_bytes} bytes from {result.source.split(':')[0]})")
-    for path in result.outputs[:3]:
+    _print_fetched(result.instances, result.stored_bytes, result.source, result.outputs)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields the (bytes received, instances decoded) callback."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TextColumn("{task.fields[instances]} instances"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("fetching", total=None, instances=0)
+
+        def report(received: int, instances: int) -> None:
+            progress.update(task, completed=received, instances=instances)
+
+        yield report
+
+
+def _print_fetched(instances: int, stored_bytes: int, source: str, outputs: Sequence[Path]) -> None:
+    console.print(f"[green]fetched[/green] {instances} instances "
+                  f"({stored_bytes} bytes from {source.split(':')[0]})")
+    for path in outputs[:3]:
         console.print(f"  {path}")
-    if len(result.outputs) > 3:
-        console.print(f"  … {len(result.outputs) - 3} more in {result.outputs[0].parent}")
+    if len(outputs) > 3:
+        console.print(f"  … {len(outputs) - 3} more in {outputs[0].parent}")
+
+
+def _fetch_via_node(client: "ControlClient", actor: "Actor", ref_text: str, out: Path, fmt: str,
+                    identified: bool, deadline_s: float) -> None:
+    """The running node fetches (it owns the ports and the audit log) and writes to ``out``."""
+    with _progress() as report:
+        result = client.fetch(ref_text, out, actor, fmt=fmt, identified=identified,
+                              deadline_s=deadline_s, progress=report)
+    _print_fetched(int(result["instances"]), int(result["stored_bytes"]), str(result["source"]),
+                   [Path(p) for p in result["outputs"]])
 
 
 def register(app: typer.Typer) -> None:
@@ -73,7 +102,12 @@ def register(app: typer.Typer) -> None:
               department: str = typer.Option("radiology", "--department"),
               deadline: float = typer.Option(300.0, "--deadline", help="Seconds for the whole fetch."),
               config: Path = ConfigOpt) -> None:
-        """Fetch one series from the federation (owner, else replicas + key shares)."""
+        """Fetch one series from the federation (owner, else replicas + key shares).
+
+        When the node runs ('medfed run'), it does the fetch through its control socket;
+        otherwise this command starts the node's federation parts itself for the fetch."""
+        from .control import control_socket_path
+        from .control.client import Actor, ControlClient, ControlError
         from .sharing.retrieve import FetchError
         from .sharing.sinks import FORMATS, SinkError
         from .sharing.volume import VolumeError
@@ -82,6 +116,15 @@ def register(app: typer.Typer) -> None:
             err.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
             raise typer.Exit(2)
         cfg = load_or_exit(config)
+        client = ControlClient(control_socket_path(cfg.data_dir))
+        actor = Actor(user, role, department, purpose)
+        try:
+            if client.is_running(actor):
+                _fetch_via_node(client, actor, series_ref, out, fmt, identified, deadline)
+                return
+        except ControlError as exc:
+            err.print(f"[red]fetch failed:[/red] {exc}")
+            raise typer.Exit(1)
         try:
             asyncio.run(_fetch(cfg, series_ref, out, fmt, identified, user, role, purpose, department, deadline))
         except (FetchError, SinkError, VolumeError, ValueError) as exc:

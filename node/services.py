@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .control.server import ControlService
 from .federation_wiring import NodeService, membership_paths
 from .index.publisher import IndexPublisher
 from .keyshare.service import KeyShareService
@@ -25,8 +26,9 @@ def default_services(cfg: "NodeConfig") -> list[NodeService]:
     federation C-FIND entry point, key custody, replicas and the series publisher — for a node that has joined a
     federation. A stand-alone hospital node (no `medfed join` yet) runs none of them."""
     if not membership_paths(cfg.data_dir).roster.exists():
-        return []
-    return federated_services()
+        return [ControlService()]
+    # The control socket comes last: clients connect only once everything runs.
+    return federated_services() + [ControlService()]
 
 
 def federated_services() -> list[NodeService]:
