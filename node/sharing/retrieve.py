@@ -210,13 +210,15 @@ class Retriever:
     async def _replica_holders(self, bundle_id: str, owner: str) -> list[str]:
         ordered: list[str] = []
         dht = self.node.dht
-        if dht is not None:
-            for slot in range(REPLICA_SLOTS):
-                found = await dht.get(replica_index_key(self._index, bundle_id, slot))
+        if dht is not None:  # all slots at once: a dead contact costs one RPC deadline, not one per slot
+            results = await asyncio.gather(
+                *(dht.get(replica_index_key(self._index, bundle_id, slot))
+                  for slot in range(REPLICA_SLOTS)), return_exceptions=True)
+            for found in results:
+                if isinstance(found, BaseException):
+                    continue
                 ordered += [r.payload.hex() for r in found.records
                             if r.payload_kind is PayloadKind.NODE_ID and r.publisher.hex() == owner]
-                if not found.records:
-                    break
         assert self.node.membership is not None
         active = [m.node_id for m in self.node.membership.roster.current.active()]
         ordered += replica_candidates(bundle_id, active, owner)
@@ -232,13 +234,19 @@ class Retriever:
         from node.keyshare.gather import KeyUnavailable
 
         fed = self.node.cfg.federation
+        # Key shares and replica holders are found at the same time.
+        holders_task = asyncio.ensure_future(self._replica_holders(ref.bundle_id, ref.owner))
         try:
             key = await keyshare.collect_key(ref.bundle_id, ref.owner, assertion.to_dict(),  # type: ignore[attr-defined]
                                              k=fed.shares_k, deadline_s=self.deadline_s / 2)
         except KeyUnavailable as exc:
+            holders_task.cancel()
             raise FetchError("; ".join(problems + [f"key shares: {exc}"])) from None
+        except BaseException:
+            holders_task.cancel()
+            raise
         sink = make_sink(ref.bundle_id)
-        for holder in await self._replica_holders(ref.bundle_id, ref.owner):
+        for holder in await holders_task:
             try:
                 stream = replica.open_stream(ref.bundle_id, [holder])  # type: ignore[attr-defined]
                 if asyncio.iscoroutine(stream):
