@@ -214,10 +214,12 @@ def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files 
 from .cli_federation import register as _register_federation  # noqa: E402
 from .cli_query import register as _register_query  # noqa: E402
 from .cli_sharing import register as _register_sharing  # noqa: E402
+from .cli_sim import register as _register_sim  # noqa: E402
 
 _register_federation(app)
 _register_sharing(app)
 _register_query(app)
+_register_sim(app)
 
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ import asyncio
 import json as _json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +26,8 @@ from node.net.roster import Member, split_address
 from node.net.rosterbook import RosterBook
 
 MAX_RESPONSE_BYTES = 32 << 20
+
+LinkHook = Callable[[Member], Awaitable[None]]
 
 
 def _tls_failure(exc: BaseException) -> str | None:
@@ -44,8 +46,12 @@ class PeerClient:
     def __init__(self, identity: NodeIdentity, tls: ssl.SSLContext, *,
                  request_lifetime_s: int = 60, connect_timeout_s: float = 5.0,
                  clock: Callable[[], float] = time.time, limit_per_host: int = 8,
-                 roster: RosterBook | None = None) -> None:
-        """With ``roster``, calls to nodes that are not active members fail without sending."""
+                 roster: RosterBook | None = None, link: LinkHook | None = None) -> None:
+        """With ``roster``, calls to nodes that are not active members fail without sending.
+
+        ``link`` (simulator only) is awaited before each request to model the network:
+        it may sleep (latency) or raise PeerUnreachable (loss); its time counts against
+        the call's deadline."""
         if not tls.check_hostname:
             raise ValueError("peer client TLS context must check the server's node name")
         self.identity = identity
@@ -55,6 +61,7 @@ class PeerClient:
         self._clock = clock
         self._limit_per_host = limit_per_host
         self._roster = roster
+        self.link = link
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "PeerClient":
@@ -122,8 +129,10 @@ class PeerClient:
         headers = signed.to_headers()
         if body:
             headers["Content-Type"] = "application/json"
-        limits = aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout, timeout))
         node = member.node_id
+        if self.link is not None:
+            timeout = await self._through_link(member, timeout)
+        limits = aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout, timeout))
         try:
             async with self._get_session().request(
                     method.upper(), url, data=body or None, headers=headers, timeout=limits,
@@ -143,6 +152,19 @@ class PeerClient:
             raise PeerUnreachable(node, f"connection to {member.peer_address} dropped "
                                         f"({exc.__class__.__name__}); if this repeats, the peer "
                                         "may be refusing this node's certificate") from exc
+
+    async def _through_link(self, member: Member, timeout: float) -> float:
+        """Wait out the simulated link; returns what is left of the deadline."""
+        assert self.link is not None
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self.link(member), timeout)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise PeerTimeout(member.node_id, f"no complete answer within {timeout:.1f}s") from exc
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise PeerTimeout(member.node_id, f"no complete answer within {timeout:.1f}s")
+        return left
 
     async def _read_capped(self, member: Member, resp: aiohttp.ClientResponse,
                            limit: int) -> bytes:

@@ -1,0 +1,226 @@
+"""N full nodes in one process, with the faults a federation lives with.
+
+Modelled on Tahoe-LAFS's ``no_network`` grid, but nothing is faked: every node is a real
+``Node`` (mTLS peer API on a loopback port, UDP DHT, SQLite and files in its own folder),
+admitted by a real federation CA. Only the network between them is simulated
+(``sim.link``). ``kill`` stops a node; ``revive`` restarts it from its folder with the
+same identity and membership on the same ports, as a rebooted hospital server would.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from node.config import NodeConfig
+from node.dht.config import DHTConfig
+from node.federation_wiring import NodeService
+from node.net.membership import MembershipPaths, load_membership
+from node.net.roster import split_address
+from node.node import Node
+from node.testing_federation import LocalFederation, start_federation
+from sim.link import LinkSpec, SimLink
+
+ServiceFactory = Callable[[int, str], Sequence[NodeService]]
+
+
+class GridError(RuntimeError):
+    """The simulated grid was asked for something impossible (bad index, node state)."""
+
+
+def site_name(i: int) -> str:
+    return f"site{i:03d}"
+
+
+def sim_config(cfg: NodeConfig) -> NodeConfig:
+    """Simulator defaults: SQLite without fsync per commit (a crash of the simulator
+    loses nothing that matters), everything else as a hospital would run it."""
+    return replace(cfg, durability="normal")
+
+
+def _rebind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise GridError(f"cannot reuse peer port {port} to revive a node: {exc.strerror}") from exc
+    return sock
+
+
+class SimGrid:
+    """Use ``await SimGrid.start(...)``; ``async with`` stops every live node."""
+
+    def __init__(self, directory: Path, fed: LocalFederation, services: ServiceFactory,
+                 spec: LinkSpec, seed: int, dht_config: DHTConfig | None,
+                 configure: Callable[[NodeConfig], NodeConfig]) -> None:
+        self.directory = directory
+        self.fed = fed
+        self.seed = seed
+        self.spec = spec
+        self._services = services
+        self._dht_config = dht_config
+        self._configure = configure
+        self.links = [SimLink(spec, random.Random(seed * 100003 + i)) for i in range(len(fed.nodes))]
+
+    # -- building ----------------------------------------------------------------------
+    @classmethod
+    async def start(cls, directory: Path, n: int, *, seed: int = 1,
+                    link: LinkSpec = LinkSpec(), services: ServiceFactory = lambda i, name: (),
+                    dht_config: DHTConfig | None = None,
+                    configure: Callable[[NodeConfig], NodeConfig] = sim_config,
+                    bootstrap: str = "join", join_seeds: int = 4) -> "SimGrid":
+        """Start ``n`` nodes. ``bootstrap="join"``: nodes join the DHT one after another
+        through ``join_seeds`` random earlier members (a federation that grew);
+        ``"roster"``: every node pings the whole roster, as ``medfed run`` does.
+        The link model is installed after the DHT has formed."""
+        if n < 1:
+            raise GridError("a grid needs at least one node")
+        if bootstrap not in ("join", "roster"):
+            raise GridError('bootstrap must be "join" or "roster"')
+        fed = await start_federation(directory, [site_name(i) for i in range(n)],
+                                     services=services, with_dicom=False,
+                                     dht_config=dht_config, configure=configure,
+                                     bootstrap=bootstrap == "roster")
+        grid = cls(directory, fed, services, link, seed, dht_config, configure)
+        try:
+            if bootstrap == "join":
+                await grid._join_all(join_seeds)
+            for i in range(n):
+                grid._install_link(i)
+        except BaseException:
+            await fed.stop()
+            raise
+        return grid
+
+    async def _join_all(self, seeds: int) -> None:
+        rng = random.Random(self.seed)
+        for i in range(1, len(self.nodes)):
+            await self._join(i, rng.sample(range(i), min(seeds, i)))
+
+    async def _join(self, i: int, via: Sequence[int]) -> None:
+        dht = self.nodes[i].dht
+        if dht is None:
+            raise GridError(f"{site_name(i)} has no DHT")
+        await dht.bootstrap([self.dht_address(j) for j in via])
+
+    def _install_link(self, i: int) -> None:
+        node, link = self.nodes[i], self.links[i]
+        if node.client is not None:
+            node.client.link = None if self.spec.is_perfect else link.before_call
+        if node.dht is not None:
+            node.dht.link = None if self.spec.is_perfect else link
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        return self.fed.nodes
+
+    @property
+    def down(self) -> set[int]:
+        return set(self.fed.down)
+
+    @property
+    def up(self) -> list[int]:
+        return [i for i in range(len(self.nodes)) if i not in self.fed.down]
+
+    def dht_address(self, i: int) -> tuple[str, int]:
+        return split_address(self.fed.members[i].member.dht_address)
+
+    def index_of(self, node_id: str) -> int:
+        for i, member in enumerate(self.fed.members):
+            if member.identity.node_id_hex == node_id:
+                return i
+        raise GridError(f"no simulated node has id {node_id[:16]}…")
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < len(self.nodes):
+            raise GridError(f"no node {i}: the grid has nodes 0..{len(self.nodes) - 1}")
+
+    # -- faults ------------------------------------------------------------------------
+    async def kill(self, i: int) -> None:
+        """Take node ``i`` off the network (its folder stays, as after a power cut)."""
+        self._check(i)
+        if i in self.fed.down:
+            raise GridError(f"{site_name(i)} is already down")
+        self.fed.down.add(i)
+        await self.nodes[i].stop()
+
+    async def kill_fraction(self, fraction: float, *, keep: Sequence[int] = ()) -> list[int]:
+        """Kill round(fraction × N) random nodes (seeded), never those in ``keep``."""
+        if not 0.0 <= fraction < 1.0:
+            raise GridError("the fraction of nodes down must be within [0, 1)")
+        candidates = [i for i in self.up if i not in keep]
+        count = min(len(candidates), round(fraction * len(self.nodes)))
+        victims = sorted(random.Random(self.seed + 7).sample(candidates, count))
+        for i in victims:
+            await self.kill(i)
+        return victims
+
+    async def revive(self, i: int, *, join_seeds: int = 4) -> Node:
+        """Restart node ``i`` from its folder: same identity, membership read back from
+        disk, same peer and DHT ports; it rejoins the DHT through live members."""
+        self._check(i)
+        if i not in self.fed.down:
+            raise GridError(f"{site_name(i)} is not down")
+        old, member = self.nodes[i], self.fed.members[i]
+        name = site_name(i)
+        membership = load_membership(member.identity,
+                                     MembershipPaths.under(self.directory / name / "federation"))
+        port = split_address(member.member.peer_address)[1]
+        node = Node(old.cfg, member.identity, membership=membership, peer_sock=_rebind(port),
+                    services=self._services(i, name), dht_config=self._dht_config,
+                    with_dicom=False)
+        await node.start()
+        self.nodes[i] = node
+        self.fed.down.discard(i)
+        live = [j for j in self.up if j != i]
+        await self._join(i, random.Random(self.seed + i).sample(live, min(join_seeds, len(live))))
+        self._install_link(i)
+        return node
+
+    def set_link(self, spec: LinkSpec) -> None:
+        """Change the network for every node mid-run (e.g. add loss after warm-up)."""
+        self.spec = spec
+        for i, link in enumerate(self.links):
+            link.spec = spec
+            if i not in self.fed.down:
+                self._install_link(i)
+
+    def corrupt(self, i: int, pattern: str = "**/*.dcm", *, offset: int | None = None) -> Path:
+        """Flip one byte of the first file under node ``i``'s data folder matching
+        ``pattern`` (sorted, so it is repeatable); returns the file changed."""
+        self._check(i)
+        root = self.nodes[i].cfg.data_dir
+        found = sorted(p for p in root.glob(pattern) if p.is_file() and p.stat().st_size > 0)
+        if not found:
+            raise GridError(f"{site_name(i)} has no file matching {pattern!r} to corrupt")
+        flip_byte(found[0], offset)
+        return found[0]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def stop(self) -> None:
+        await self.fed.stop()
+
+    async def __aenter__(self) -> "SimGrid":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Invert one byte in place (default: the middle), keeping the file's size."""
+    size = path.stat().st_size
+    at = size // 2 if offset is None else offset
+    if not 0 <= at < size:
+        raise GridError(f"offset {at} is outside {path.name} ({size} bytes)")
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0xFF]))

@@ -1,0 +1,126 @@
+"""What every scenario shares: options, the simulated clinician, building a populated grid.
+
+A "world" is a started grid whose sites hold the planted data and have published their
+DHT index, plus the ground truth of what is where; scenarios then act on it and score
+what comes back against that truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.federation_wiring import NodeService
+from node.index.publisher import IndexPublisher
+from node.node import Node
+from node.query.dht_planner import DhtPlanner
+from node.query.service import FederatedQueryService
+from sim.data import GroundTruth, Placement, ground_truth, plan_layout, plant
+from sim.grid import ServiceFactory, SimGrid
+from sim.link import LinkSpec
+
+SCENARIOS = ("query", "lookup", "sharing")
+CLINICIAN: dict[str, str] = {"user": "sim-clinician", "role": "clinician",
+                             "department": "radiology", "purpose": "treatment"}
+
+
+class SimOptionsError(ValueError):
+    """A simulator option is out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    scenario: str = "query"
+    nodes: int = 20
+    seed: int = 1
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    down: float = 0.0          # fraction of nodes taken down before the measured phase
+    queries: int = 30
+    bootstrap: str = "join"
+    broadcast: bool = False    # query scenario: ask every member instead of DHT planning
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise SimOptionsError(f"scenario must be one of {', '.join(SCENARIOS)}")
+        if not 2 <= self.nodes <= 1000:
+            raise SimOptionsError("nodes must be from 2 to 1000")
+        if not 0.0 <= self.down < 1.0:
+            raise SimOptionsError("down must be a fraction within [0, 1)")
+        if self.queries < 1 or self.seed < 0:
+            raise SimOptionsError("queries must be >= 1 and seed >= 0")
+        self.link  # validates latency / jitter / loss
+
+    @property
+    def link(self) -> LinkSpec:
+        return LinkSpec(self.latency_ms, self.jitter_ms, self.loss)
+
+
+class DhtPlannerBinder:
+    """Gives the node's federated-query service a DHT planner (it needs the started node).
+    List it after the query service: services start in list order."""
+
+    name = "sim-dht-planner"
+
+    async def start(self, node: Node) -> None:
+        svc = node.service(FederatedQueryService.name)
+        if isinstance(svc, FederatedQueryService):
+            svc.planner = DhtPlanner(node)
+
+    async def stop(self) -> None:
+        return None
+
+
+def query_services(i: int, name: str) -> Sequence[NodeService]:
+    """Index publishing (synced explicitly by the simulator) and DHT-planned queries."""
+    return [IndexPublisher(poll_s=3600.0), FederatedQueryService(), DhtPlannerBinder()]
+
+
+@dataclass
+class World:
+    grid: SimGrid
+    layout: list[Placement]
+    truth: GroundTruth
+    instances: int
+
+    def name_to_index(self) -> dict[str, int]:
+        return {n.cfg.name: i for i, n in enumerate(self.grid.nodes)}
+
+
+async def gather_bounded(coros: Sequence[Any], limit: int = 16) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> Any:
+        async with gate:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def publish_index(grid: SimGrid) -> int:
+    """Sync every live node's index publisher now; returns terms published."""
+    pubs = [grid.nodes[i].service(IndexPublisher.name) for i in grid.up]
+    reports = await gather_bounded([p.sync_now() for p in pubs
+                                    if isinstance(p, IndexPublisher)])
+    return sum(r.published for r in reports)
+
+
+async def build_world(directory: Path, opts: SimOptions, services: ServiceFactory = query_services,
+                      *, slices: int = 1, index: bool = True) -> World:
+    grid = await SimGrid.start(directory, opts.nodes, seed=opts.seed, link=opts.link,
+                               services=services, bootstrap=opts.bootstrap)
+    try:
+        layout = plan_layout(opts.nodes, opts.seed)
+        secrets = grid.nodes[0].membership.secrets  # type: ignore[union-attr]
+        truth = ground_truth(layout, opts.seed, secrets.linkage_key)
+        instances = await plant(dict(enumerate(grid.nodes)), layout, opts.seed, slices=slices)
+        if index:
+            await publish_index(grid)
+    except BaseException:
+        await grid.stop()
+        raise
+    return World(grid, layout, truth, instances)
