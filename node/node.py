@@ -99,8 +99,7 @@ class Node:
             self.local.upstream = self.upstream
             await self.upstream.start()
         if self._with_dicom:
-            ingestor = Ingestor(self.store, self.files, loop,
-                                series_idle_s=self.cfg.series_idle_s)
+            ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s)
             self.dicom = DicomService(self.cfg.dicom, ingestor=ingestor,
                                       backend=self._dicom_backend(), audit=self.audit, loop=loop)
             self.ports.dicom = await asyncio.to_thread(self.dicom.start)

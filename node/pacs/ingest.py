@@ -1,14 +1,13 @@
 """Ingest of one received instance: validate, write the file, commit the rows.
 
-Runs in the DICOM association's thread (file I/O in parallel across associations);
-the metadata commit hops onto the node's event loop, where the one store connection
-lives. The success status is returned only after both the file and the rows are
-durable, so an acknowledged C-STORE survives kill -9.
+Runs in the DICOM association's thread: the file write and the metadata commit (on the
+store's writer connection) happen right here, in parallel across associations up to
+the commit lock. The success status is returned only after both the file and the rows
+are durable, so an acknowledged C-STORE survives kill -9.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import threading
@@ -43,15 +42,12 @@ class IngestOutcome:
 
 
 class Ingestor:
-    def __init__(self, store: MetadataStore, files: ObjectFiles,
-                 loop: asyncio.AbstractEventLoop, *, series_idle_s: float = 30.0,
-                 source: str = "local", commit_timeout_s: float = 60.0) -> None:
+    def __init__(self, store: MetadataStore, files: ObjectFiles, *,
+                 series_idle_s: float = 30.0, source: str = "local") -> None:
         self.store = store
         self.files = files
-        self.loop = loop
         self.series_idle_s = series_idle_s
         self.source = source
-        self.commit_timeout_s = commit_timeout_s
         self._stripes = [threading.Lock() for _ in range(64)]
 
     def ingest(self, ds: Dataset, encoded_file: bytes, *, context_sop_class: str,
@@ -71,7 +67,7 @@ class Ingestor:
             return IngestOutcome(status.CANNOT_PARSE, "dataset cannot be parsed")
 
         with self._stripes[zlib.crc32(sop_uid.encode()) % len(self._stripes)]:
-            known = self._run(self.store.instance_file(sop_uid))
+            known = self.store.instance_file_sync(sop_uid)
             if known is not None:
                 # Idempotent: the stored copy stays; a differing resend is logged.
                 if hashlib.sha256(encoded_file).hexdigest() != known.sha256:
@@ -84,15 +80,12 @@ class Ingestor:
                 log.error("%s", exc)
                 return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
             try:
-                result = self._run(self.store.ingest(
+                result = self.store.ingest_sync(
                     record, StoredFile(rel, size, sha), self.source,
-                    jobs=[("publish", series_uid, self.series_idle_s)]))
+                    jobs=[("publish", series_uid, self.series_idle_s)])
             except Exception as exc:
                 self.files.remove(rel)
                 log.error("metadata commit failed, instance not stored: %s",
                           type(exc).__name__ if not isinstance(exc, StoreError) else exc)
                 return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
         return IngestOutcome(status.SUCCESS, "", result.instance_id, result.duplicate)
-
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.commit_timeout_s)

@@ -92,21 +92,7 @@ async def ingest_batch(store: MetadataStore, records: Sequence[InstanceRecord],
                        source: str) -> int:
     """Record many path-less instances in ONE transaction (a synced series at a time:
     one fsync instead of one per instance). Returns how many were new."""
-    if not records:
-        return 0
-    now = time.time()
-    new = 0
-    async with store._write_lock:
-        await store.db.execute("BEGIN IMMEDIATE")
-        try:
-            for rec in records:
-                result = await store._ingest_rows(rec, None, source, now)
-                new += 0 if result.duplicate else 1
-            await store.db.execute("COMMIT")
-        except BaseException:
-            await store.db.execute("ROLLBACK")
-            raise
-    return new
+    return await store.ingest_many(records, source)
 
 
 # -- the scratch cache -------------------------------------------------------------

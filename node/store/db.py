@@ -1,8 +1,10 @@
-"""The site's metadata in SQLite (WAL), through aiosqlite.
+"""The site's metadata in SQLite (WAL).
 
-All writes go through one connection and one lock, each as a single transaction, so a
-row set is either all there or not at all. Readers use the same connection; SQLite's
-WAL keeps them cheap. Nothing here touches image files.
+Reads go through aiosqlite so the event loop never blocks; all writes go through one
+synchronous writer connection (``node.store.writer``) serialised by one lock, each as a
+single transaction, so a row set is either all there or not at all. DICOM association
+threads call the ``*_sync`` methods directly; async code awaits the others. Nothing here
+touches image files.
 """
 
 from __future__ import annotations
@@ -11,34 +13,25 @@ import asyncio
 import hashlib
 import hmac
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import aiosqlite
 
-from .records import InstanceRecord, PatientRec, SeriesRec, StudyRec
+from .records import InstanceRecord, PatientRec, StudyRec
 from .schema import SCHEMA, SCHEMA_VERSION
+from .writer import IngestResult, MetadataWriter, StoredFile, enqueue, upsert_study
+
+__all__ = ["Counts", "IngestResult", "MetadataStore", "StoreError", "StoredFile"]
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
     """The metadata database cannot be used (locked, corrupt, disk full)."""
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    instance_id: int
-    series_id: int
-    duplicate: bool       # the instance was already stored
-    same_content: bool    # for a duplicate: same bytes as the stored copy
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ class MetadataStore:
         self.path = path
         self.durability = durability
         self._db: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._writer: MetadataWriter | None = None
         self._patient_salt = b""
 
     # -- lifecycle ------------------------------------------------------------
@@ -65,20 +58,21 @@ class MetadataStore:
         try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
-            sync = "FULL" if self.durability == "full" else "NORMAL"
-            await self._db.execute(f"PRAGMA synchronous={sync}")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.execute("PRAGMA busy_timeout=10000")
             await self._db.executescript(SCHEMA)
+            self._writer = MetadataWriter(self.path, durability=self.durability,
+                                          patient_key=self.patient_key)
             self._patient_salt = await self._salt()
         except Exception as exc:
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
+            await self.close()
             raise StoreError(f"cannot open metadata database {self.path}: {exc}") from exc
         return self
 
     async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -95,13 +89,20 @@ class MetadataStore:
             raise StoreError("metadata database is not open")
         return self._db
 
+    @property
+    def writer(self) -> MetadataWriter:
+        if self._writer is None:
+            raise StoreError("metadata database is not open")
+        return self._writer
+
     async def _salt(self) -> bytes:
         row = await self.fetchone("SELECT value FROM meta WHERE key='patient_salt'")
         if row:
             return bytes.fromhex(row[0])
         salt = os.urandom(32)
-        await self.db.execute("INSERT INTO meta(key, value) VALUES ('patient_salt', ?), "
-                              "('schema_version', ?)", (salt.hex(), str(SCHEMA_VERSION)))
+        await self.write(lambda conn: conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('patient_salt', ?), ('schema_version', ?)",
+            (salt.hex(), str(SCHEMA_VERSION))))
         return salt
 
     # -- reading ----------------------------------------------------------------
@@ -127,153 +128,61 @@ class MetadataStore:
         assert row is not None
         return Counts(*row)
 
+    _FILE_SQL = "SELECT path, size, sha256 FROM instances WHERE sop_uid=? AND path IS NOT NULL"
+
     async def instance_file(self, sop_uid: str) -> StoredFile | None:
-        row = await self.fetchone(
-            "SELECT path, size, sha256 FROM instances WHERE sop_uid=? AND path IS NOT NULL",
-            (sop_uid,))
+        row = await self.fetchone(self._FILE_SQL, (sop_uid,))
+        return StoredFile(*row) if row else None
+
+    def instance_file_sync(self, sop_uid: str) -> StoredFile | None:
+        """For DICOM threads: read on the writer connection (sees every commit)."""
+        row = self.writer.read_one(self._FILE_SQL, (sop_uid,))
         return StoredFile(*row) if row else None
 
     # -- writing ----------------------------------------------------------------
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(conn)`` in one write transaction, off the event loop."""
+        return await asyncio.to_thread(self.writer.run, work)
+
+    def ingest_sync(self, rec: InstanceRecord, stored: StoredFile | None,
+                    source: str = "local", jobs: Iterable[tuple[str, str, float]] = ()
+                    ) -> IngestResult:
+        return self.writer.ingest(rec, stored, source, list(jobs))
+
     async def ingest(self, rec: InstanceRecord, stored: StoredFile | None,
-                     source: str = "local", jobs: Iterable[tuple[str, str, float]] = ()) -> IngestResult:
+                     source: str = "local", jobs: Iterable[tuple[str, str, float]] = ()
+                     ) -> IngestResult:
         """Commit one instance's rows (and any durable jobs) in one transaction."""
-        now = time.time()
-        async with self._write_lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await self._ingest_rows(rec, stored, source, now)
-                if not result.duplicate:
-                    for kind, ref, delay in jobs:
-                        await self._enqueue(kind, ref, now, delay)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return result
+        return await asyncio.to_thread(self.ingest_sync, rec, stored, source, list(jobs))
 
-    async def _ingest_rows(self, rec: InstanceRecord, stored: StoredFile | None,
-                           source: str, now: float) -> IngestResult:
-        db = self.db
-        existing = await self.fetchone(
-            "SELECT id, series_id, sha256, path FROM instances WHERE sop_uid=?",
-            (rec.instance.sop_uid,))
-        if existing is not None:
-            inst_id, series_id, sha, path = existing
-            if path is None and stored is not None:
-                await db.execute("UPDATE instances SET path=?, size=?, sha256=? WHERE id=?",
-                                 (stored.path, stored.size, stored.sha256, inst_id))
-                return IngestResult(inst_id, series_id, True, True)
-            same = stored is None or sha == stored.sha256
-            return IngestResult(inst_id, series_id, True, same)
-        patient_id = await self._upsert_patient(rec.patient, now)
-        study_id = await self._upsert_study(rec.study, patient_id, source, now)
-        series_id = await self._upsert_series(rec.series, study_id, now)
-        i = rec.instance
-        cur = await db.execute(
-            "INSERT INTO instances(sop_uid, series_id, sop_class_uid, instance_number, "
-            "transfer_syntax, rows, columns, number_of_frames, position_z, path, size, "
-            "sha256, source, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (i.sop_uid, series_id, i.sop_class_uid, i.number, i.transfer_syntax, i.rows,
-             i.columns, i.frames, i.position_z, stored.path if stored else None,
-             stored.size if stored else 0, stored.sha256 if stored else "", source, now))
-        assert cur.lastrowid is not None
-        return IngestResult(cur.lastrowid, series_id, False, True)
-
-    async def _upsert_patient(self, p: PatientRec, now: float) -> int:
-        key = self.patient_key(p.pid, p.issuer)
-        row = await self.fetchone("SELECT id FROM patients WHERE patient_key=?", (key,))
-        if row:
-            await self.db.execute(
-                "UPDATE patients SET sex=coalesce(nullif(?, ''), sex), "
-                "birth_year=coalesce(?, birth_year), updated_at=? WHERE id=?",
-                (p.sex, p.birth_year, now, row[0]))
-            return int(row[0])
-        cur = await self.db.execute(
-            "INSERT INTO patients(patient_key, sex, birth_year, created_at, updated_at) "
-            "VALUES (?,?,?,?,?)", (key, p.sex, p.birth_year, now, now))
-        pid = cur.lastrowid
-        await self.db.execute(
-            "INSERT INTO patient_phi(patient_id, pid, issuer, name, birth_date) "
-            "VALUES (?,?,?,?,?)", (pid, p.pid, p.issuer, p.name, p.birth_date))
-        assert pid is not None
-        return pid
-
-    async def _upsert_study(self, s: StudyRec, patient_id: int, source: str,
-                            now: float) -> int:
-        row = await self.fetchone("SELECT id FROM studies WHERE study_uid=?", (s.uid,))
-        if row:
-            await self.db.execute("UPDATE studies SET updated_at=? WHERE id=?", (now, row[0]))
-            return int(row[0])
-        cur = await self.db.execute(
-            "INSERT INTO studies(study_uid, patient_id, study_date, study_time, source, "
-            "created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
-            (s.uid, patient_id, s.date, s.time, source, now, now))
-        sid = cur.lastrowid
-        await self.db.execute(
-            "INSERT INTO study_phi(study_id, accession, study_id_text, description, "
-            "referring_physician, institution) VALUES (?,?,?,?,?,?)",
-            (sid, s.accession, s.study_id, s.description, s.referring_physician,
-             s.institution))
-        assert sid is not None
-        return sid
-
-    async def _upsert_series(self, s: SeriesRec, study_id: int, now: float) -> int:
-        row = await self.fetchone("SELECT id FROM series WHERE series_uid=?", (s.uid,))
-        if row:
-            await self.db.execute("UPDATE series SET last_instance_at=? WHERE id=?",
-                                  (now, row[0]))
-            return int(row[0])
-        cur = await self.db.execute(
-            "INSERT INTO series(series_uid, study_id, modality, body_part, series_number, "
-            "series_date, series_time, last_instance_at, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (s.uid, study_id, s.modality, s.body_part, s.number, s.date, s.time, now, now))
-        sid = cur.lastrowid
-        await self.db.execute(
-            "INSERT INTO series_phi(series_id, description, operators, station) "
-            "VALUES (?,?,?,?)", (sid, s.description, s.operators, s.station))
-        assert sid is not None
-        return sid
+    async def ingest_many(self, records: Sequence[InstanceRecord], source: str) -> int:
+        """Many path-less instances in ONE transaction (one fsync); returns how many were new."""
+        def work(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            return sum(0 if self.writer.ingest_rows(conn, rec, None, source, now).duplicate
+                       else 1 for rec in records)
+        return await self.write(work) if records else 0
 
     async def upsert_study_tree(self, patient: PatientRec, study: StudyRec,
                                 source: str) -> int:
         """Record a study known from an upstream PACS (no instances yet)."""
-        now = time.time()
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                pid = await self._upsert_patient(patient, now)
-                sid = await self._upsert_study(study, pid, source, now)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        return sid
+        def work(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            return upsert_study(conn, study, self.writer.upsert_patient(conn, patient, now),
+                                source, now)
+        return await self.write(work)
 
     async def run_in_transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    await self.db.execute(sql, params)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+        items = list(statements)
+
+        def work(conn: sqlite3.Connection) -> None:
+            for sql, params in items:
+                conn.execute(sql, params)
+        await self.write(work)
 
     # -- durable jobs ---------------------------------------------------------
-    async def _enqueue(self, kind: str, ref: str, now: float, delay: float = 0.0) -> None:
-        await self.db.execute(
-            "INSERT INTO jobs(kind, ref, state, not_before, created_at, updated_at) "
-            "VALUES (?,?,'pending',?,?,?) ON CONFLICT(kind, ref) DO UPDATE SET "
-            "state='pending', not_before=excluded.not_before, updated_at=excluded.updated_at",
-            (kind, ref, now + delay, now, now))
-
     async def enqueue(self, kind: str, ref: str, delay: float = 0.0) -> None:
-        now = time.time()
-        async with self._write_lock:
-            await self._enqueue(kind, ref, now, delay)
+        await self.write(lambda conn: enqueue(conn, kind, ref, time.time(), delay))
 
     async def due_jobs(self, kind: str, limit: int = 100) -> list[tuple[int, str]]:
         rows = await self.fetchall(
@@ -284,12 +193,11 @@ class MetadataStore:
     async def finish_job(self, job_id: int, ok: bool, error: str = "",
                          retry_in: float = 60.0) -> None:
         now = time.time()
-        async with self._write_lock:
-            if ok:
-                await self.db.execute("UPDATE jobs SET state='done', updated_at=? WHERE id=?",
-                                      (now, job_id))
-            else:
-                await self.db.execute(
-                    "UPDATE jobs SET state='pending', attempts=attempts+1, last_error=?, "
-                    "not_before=?, updated_at=? WHERE id=?",
-                    (error[:500], now + retry_in, now, job_id))
+        if ok:
+            await self.run_in_transaction([(
+                "UPDATE jobs SET state='done', updated_at=? WHERE id=?", (now, job_id))])
+        else:
+            await self.run_in_transaction([(
+                "UPDATE jobs SET state='pending', attempts=attempts+1, last_error=?, "
+                "not_before=?, updated_at=? WHERE id=?",
+                (error[:500], now + retry_in, now, job_id))])

@@ -1,0 +1,145 @@
+"""Figures of one benchmark run and how they compare with the Orthanc anchor (pure).
+
+Why ratios: the machine is noisy (10-30 % between runs), so a figure only means
+something next to Orthanc measured in the same invocation on the same data.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A timed transfer of ``instances`` files, ``nbytes`` bytes in all."""
+
+    seconds: float
+    instances: int
+    nbytes: int
+
+    @property
+    def inst_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    n: int
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+
+
+def percentile(sorted_ms: Sequence[float], p: float) -> float:
+    """Nearest-rank on the sorted list, as orthanc_baseline.sh computes it."""
+    if not sorted_ms:
+        raise ValueError("no samples")
+    return sorted_ms[min(len(sorted_ms) - 1, int(round(p / 100 * (len(sorted_ms) - 1))))]
+
+
+def latency(samples_ms: Sequence[float]) -> Latency:
+    v = sorted(samples_ms)
+    return Latency(len(v), percentile(v, 50), percentile(v, 95), statistics.mean(v))
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """One server's figures on the series: ingest (1 and N associations), C-FIND, C-GET."""
+
+    ingest_1: Rate
+    ingest_n: Rate
+    find: Latency
+    get: Rate
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row of the report: medfed against Orthanc on one measure."""
+
+    measure: str
+    unit: str
+    medfed: float
+    orthanc: float | None
+    better: Literal["higher", "lower"]
+    target: bool  # the issue sets a target for this row
+    round_ratios: tuple[float, ...] = ()  # the same ratio in each interleaved round
+
+    @property
+    def ratio(self) -> float | None:
+        if self.orthanc is None or self.orthanc == 0:
+            return None
+        return self.medfed / self.orthanc
+
+    @property
+    def met(self) -> bool | None:
+        """Target met? None when there is no target or no anchor to compare with."""
+        if not self.target or self.ratio is None:
+            return None
+        return self.ratio >= 1.0 if self.better == "higher" else self.ratio <= 1.0
+
+
+def _median_rate(rates: Sequence[Rate]) -> Rate:
+    mid = sorted(rates, key=lambda r: r.seconds)[len(rates) // 2]
+    return Rate(statistics.median(r.seconds for r in rates), mid.instances, mid.nbytes)
+
+
+def median_figures(rounds: Sequence[ServerFigures]) -> ServerFigures:
+    """Per-measure median over interleaved rounds: one slow round (a noisy neighbour,
+    a writeback burst) does not decide the verdict."""
+    if not rounds:
+        raise ValueError("no rounds")
+    return ServerFigures(
+        ingest_1=_median_rate([r.ingest_1 for r in rounds]),
+        ingest_n=_median_rate([r.ingest_n for r in rounds]),
+        find=Latency(sum(r.find.n for r in rounds),
+                     statistics.median(r.find.p50_ms for r in rounds),
+                     statistics.median(r.find.p95_ms for r in rounds),
+                     statistics.median(r.find.mean_ms for r in rounds)),
+        get=_median_rate([r.get for r in rounds]))
+
+
+def compare(medfed: ServerFigures, orthanc: ServerFigures | None, parallel: int) -> list[Comparison]:
+    """The report rows; targets (issue 3): ingest on one association >= 1.0x Orthanc,
+    C-FIND p50 <= Orthanc's, C-GET MB/s >= Orthanc's."""
+    o = orthanc
+
+    def row(measure: str, unit: str, mine: float, theirs: float | None,
+            better: Literal["higher", "lower"] = "higher", target: bool = False) -> Comparison:
+        return Comparison(measure, unit, mine, theirs if o is not None else None, better, target)
+
+    return [
+        row("ingest, 1 association", "inst/s", medfed.ingest_1.inst_per_s,
+            o.ingest_1.inst_per_s if o else None, target=True),
+        row("ingest, 1 association", "MB/s", medfed.ingest_1.mb_per_s,
+            o.ingest_1.mb_per_s if o else None, target=True),
+        row(f"ingest, {parallel} parallel senders", "inst/s", medfed.ingest_n.inst_per_s,
+            o.ingest_n.inst_per_s if o else None),
+        row(f"ingest, {parallel} parallel senders", "MB/s", medfed.ingest_n.mb_per_s,
+            o.ingest_n.mb_per_s if o else None),
+        row("C-FIND study level, p50", "ms", medfed.find.p50_ms,
+            o.find.p50_ms if o else None, better="lower", target=True),
+        row("C-FIND study level, p95", "ms", medfed.find.p95_ms,
+            o.find.p95_ms if o else None, better="lower"),
+        row("C-GET series", "MB/s", medfed.get.mb_per_s, o.get.mb_per_s if o else None,
+            target=True),
+        row("C-GET series", "inst/s", medfed.get.inst_per_s, o.get.inst_per_s if o else None),
+    ]
+
+
+def compare_rounds(medfed: Sequence[ServerFigures], orthanc: Sequence[ServerFigures] | None,
+                   parallel: int) -> list[Comparison]:
+    """Rows on the per-measure medians, each carrying its ratio in every round."""
+    rows = compare(median_figures(medfed), median_figures(orthanc) if orthanc else None,
+                   parallel)
+    if not orthanc:
+        return rows
+    per_round = [compare(m, o, parallel) for m, o in zip(medfed, orthanc)]
+    return [replace(row, round_ratios=tuple(r[i].ratio for r in per_round
+                                            if r[i].ratio is not None))
+            for i, row in enumerate(rows)]

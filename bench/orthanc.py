@@ -1,0 +1,84 @@
+"""The Orthanc anchor: runs /work/shared/bench/orthanc_baseline.sh on our series.
+
+The script starts a private Orthanc, measures it with the same dcmtk tools and the same
+pynetdicom C-FIND loop we use for medfed, stops it and prints JSON. We never copy it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .figures import Latency, Rate, ServerFigures
+from .scu import BenchError, dcmtk_env, free_port
+
+BASELINE = Path("/work/shared/bench/orthanc_baseline.sh")
+TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class OrthancRun:
+    figures: ServerFigures
+    version: str
+    raw: dict[str, Any]
+
+
+def _rate(entry: dict[str, Any], nbytes: int | None = None) -> Rate:
+    return Rate(float(entry["seconds"]), int(entry["instances"]),
+                nbytes if nbytes is not None else round(float(entry["MB"]) * 1e6))
+
+
+def figures_from_json(out: dict[str, Any], parallel: int, nbytes: int) -> ServerFigures:
+    """Our figures from the script's JSON. Ingest uses the exact byte count of the
+    series (the JSON rounds to 0.1 MB); C-FIND is the pynetdicom loop with TCP_NODELAY."""
+    try:
+        expected = int(out["dataset"]["instances"])
+        for key in ("ingest_1assoc", f"ingest_{parallel}parallel"):
+            if int(out[key]["stored"]) != expected:
+                raise BenchError(f"Orthanc stored {out[key]['stored']} of {expected} "
+                                 f"instances in {key}")
+        if int(out["cget_series"]["instances"]) != expected:
+            raise BenchError(f"Orthanc's C-GET delivered {out['cget_series']['instances']} "
+                             f"of {expected} instances")
+        find = out["find_pynetdicom_same_assoc_nodelay"]
+        return ServerFigures(
+            ingest_1=_rate(out["ingest_1assoc"], nbytes),
+            ingest_n=_rate(out[f"ingest_{parallel}parallel"], nbytes),
+            find=Latency(int(find["n"]), float(find["p50_ms"]), float(find["p95_ms"]),
+                         float(find["mean_ms"])),
+            get=_rate(out["cget_series"]))
+    except KeyError as exc:
+        raise BenchError(f"the Orthanc baseline JSON has no {exc} entry; was pynetdicom "
+                         f"importable by {sys.executable}?") from None
+
+
+def run_baseline(series_dir: Path, *, parallel: int, find_repeats: int,
+                 nbytes: int) -> OrthancRun:
+    """Run the anchor script on ``series_dir`` on free ports; raises BenchError."""
+    if not BASELINE.exists():
+        raise BenchError(f"{BASELINE} not found; run with --skip-orthanc")
+    with tempfile.TemporaryDirectory(prefix="bench-orthanc-") as tmp:
+        out_json = Path(tmp) / "orthanc.json"
+        env = dict(dcmtk_env(), SERIES_DIR=str(series_dir), OUT_JSON=str(out_json),
+                   DICOM_PORT=str(free_port()), HTTP_PORT=str(free_port()),
+                   SCU_PORT=str(free_port()), PARALLEL=str(parallel),
+                   FIND_REPEATS=str(find_repeats), NO_INSTALL="1", DICOMWEB="0",
+                   PYTHON=sys.executable, DCMTK_BIN="/usr/bin")
+        try:
+            proc = subprocess.run(["bash", str(BASELINE)], env=env, capture_output=True,
+                                  timeout=TIMEOUT_S, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"orthanc_baseline.sh took over {TIMEOUT_S:.0f} s") from None
+        if proc.returncode != 0 or not out_json.exists():
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
+            raise BenchError(f"orthanc_baseline.sh exited with {proc.returncode}: "
+                             + " | ".join(tail))
+        raw = json.loads(out_json.read_text())
+    return OrthancRun(figures_from_json(raw, parallel, nbytes), str(raw.get("orthanc", "?")),
+                      raw)
+

@@ -1,0 +1,124 @@
+"""The client side of the ingest benchmark: dcmtk tools and one pynetdicom SCU.
+
+Both servers get exactly these calls, so medfed and Orthanc are measured the same way
+the anchor script measures Orthanc (dcmtk by absolute path, TCP_NODELAY=1).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+from .figures import Rate
+
+DCMTK = Path("/usr/bin")
+HOST = "127.0.0.1"
+TOOL_TIMEOUT_S = 300.0
+
+
+class BenchError(Exception):
+    """A benchmark step failed; the message says which and how to look into it."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A DICOM server under test."""
+
+    port: int
+    ae_title: str
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Debian's dcmtk leaves Nagle on unless TCP_NODELAY=1 (then ~40 ms per exchange)."""
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _dcmtk(tool: str, *args: str | int | Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(DCMTK / tool), *map(str, args)], env=dcmtk_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _finish(tool: str, proc: subprocess.Popen[bytes]) -> None:
+    try:
+        _out, err = proc.communicate(timeout=TOOL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError(f"{tool} did not finish within {TOOL_TIMEOUT_S:.0f} s") from None
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise BenchError(f"{tool} exited with {proc.returncode}: {' | '.join(tail)}")
+
+
+def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
+    """Round-robin groups, as the anchor script splits its parallel senders."""
+    return [list(files[k::parts]) for k in range(parts) if files[k::parts]]
+
+
+def store(target: Target, files: Sequence[Path], senders: int = 1) -> float:
+    """Seconds for ``senders`` parallel storescu processes (one association each)."""
+    groups = split(files, senders)
+    t0 = time.perf_counter()
+    procs = [_dcmtk("storescu", "-aet", "STORESCU", "-aec", target.ae_title, HOST,
+                    target.port, *group) for group in groups]
+    for proc in procs:
+        _finish("storescu", proc)
+    return time.perf_counter() - t0
+
+
+def get_series(target: Target, study_uid: str, series_uid: str, out: Path) -> Rate:
+    """C-GET of one series with getscu into ``out``; counts what actually arrived."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _finish("getscu", _dcmtk("getscu", "-aet", "GETSCU", "-aec", target.ae_title, "-S",
+                             "-k", "QueryRetrieveLevel=SERIES",
+                             "-k", f"StudyInstanceUID={study_uid}",
+                             "-k", f"SeriesInstanceUID={series_uid}",
+                             "-od", out, HOST, target.port))
+    seconds = time.perf_counter() - t0
+    got = [p for p in out.rglob("*") if p.is_file()]
+    return Rate(seconds, len(got), sum(p.stat().st_size for p in got))
+
+
+def find_latencies(target: Target, patient_id: str, repeats: int) -> tuple[list[float], int]:
+    """Study-level C-FIND by PatientID, ``repeats`` times on one open association with
+    TCP_NODELAY on the SCU socket (pynetdicom never sets it). Returns (ms each, matches
+    in the last answer)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = patient_id
+    query.StudyInstanceUID = ""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(FIND)
+    assoc = ae.associate(HOST, target.port, ae_title=target.ae_title)
+    if not assoc.is_established:
+        raise BenchError(f"C-FIND association to {target.ae_title} on port {target.port} "
+                         "was refused (is PYNETDICOM@127.0.0.1 allowed?)")
+    samples: list[float] = []
+    matches = 0
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            matches = sum(1 for st, _ds in assoc.send_c_find(query, FIND)
+                          if st and st.Status in (0xFF00, 0xFF01))
+            samples.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        assoc.release()
+    return samples, matches

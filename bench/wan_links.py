@@ -1,0 +1,148 @@
+"""Pure arithmetic of the WAN benchmark: link specs, the compressed-size link limit,
+speed-ups against Orthanc's C-GET, targets, and /proc status parsing.
+
+Why separate: the figures in bench/RESULTS.md are only as good as this arithmetic, so it
+lives apart from sockets and processes and has its own unit test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Issue 6: bundle retrieval within 10 % of the link limit, and these speed-ups over C-GET.
+LIMIT_SLACK = 1.10
+SPEEDUP_TARGETS: dict[tuple[float, float], float] = {(100.0, 20.0): 3.3, (1000.0, 20.0): 10.0}
+RSS_TARGET_MB = 300.0
+
+
+class LinkSpecError(ValueError):
+    """A --links entry is not RATE_MBIT:ONE_WAY_MS."""
+
+
+@dataclass(frozen=True)
+class Link:
+    rate_mbit: float
+    one_way_ms: float
+
+    @property
+    def rtt_ms(self) -> float:
+        return 2 * self.one_way_ms
+
+    @property
+    def spec(self) -> str:
+        return f"{self.rate_mbit:g}:{self.one_way_ms:g}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.rate_mbit:g} Mbit/s, {self.rtt_ms:g} ms RTT"
+
+    def limit_s(self, nbytes: int) -> float:
+        """Ideal time for ``nbytes`` on this link: serialisation plus one round trip."""
+        return nbytes * 8 / (self.rate_mbit * 1e6) + self.rtt_ms / 1e3
+
+    def speedup_target(self) -> float | None:
+        return SPEEDUP_TARGETS.get((self.rate_mbit, self.rtt_ms))
+
+
+def parse_links(text: str) -> list[Link]:
+    """``"100:10 1000:10 100:40"`` (also comma separated) into links."""
+    links: list[Link] = []
+    for item in text.replace(",", " ").split():
+        parts = item.split(":")
+        if len(parts) != 2:
+            raise LinkSpecError(f"link {item!r}: expected RATE_MBIT:ONE_WAY_MS, e.g. 100:10")
+        try:
+            rate, delay = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise LinkSpecError(f"link {item!r}: rate and delay must be numbers") from None
+        if rate <= 0 or delay < 0:
+            raise LinkSpecError(f"link {item!r}: rate must be > 0 and delay >= 0")
+        links.append(Link(rate, delay))
+    if not links:
+        raise LinkSpecError("no links given; e.g. --links '100:10 1000:10'")
+    return links
+
+
+@dataclass(frozen=True)
+class OrthancLink:
+    cget_s: float
+    rawz_s: float
+    raw_s: float
+
+
+def orthanc_by_link(doc: dict[str, Any]) -> dict[tuple[float, float], OrthancLink]:
+    """The C-GET and raw-stream seconds of orthanc_wan_baseline.sh's JSON, by (rate, RTT)."""
+    out: dict[tuple[float, float], OrthancLink] = {}
+    for link in doc.get("links", []):
+        key = (float(link["rate_mbit"]), float(link["rtt_ms"]))
+        out[key] = OrthancLink(float(link["cget"]["seconds"]), float(link["raw_stream_zstd"]["seconds"]),
+                               float(link["raw_stream"]["seconds"]))
+    return out
+
+
+def load_orthanc_json(text: str) -> dict[tuple[float, float], OrthancLink]:
+    return orthanc_by_link(json.loads(text))
+
+
+@dataclass(frozen=True)
+class Row:
+    link: Link
+    path: str               # "owner" or "owner down"
+    seconds: float
+    bundle_bytes: int
+    cget_s: float | None
+
+    @property
+    def limit_s(self) -> float:
+        return self.link.limit_s(self.bundle_bytes)
+
+    @property
+    def vs_limit(self) -> float:
+        return self.seconds / self.limit_s
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.cget_s is None else self.cget_s / self.seconds
+
+    @property
+    def limit_met(self) -> bool:
+        return self.vs_limit <= LIMIT_SLACK
+
+    @property
+    def speedup_met(self) -> bool | None:
+        target = self.link.speedup_target()
+        if target is None or self.speedup is None:
+            return None
+        return self.speedup >= target
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def table(rows: list[Row]) -> list[str]:
+    """Markdown table of the retrieval rows."""
+    lines = ["| link | path | medfed s | Orthanc C-GET s | speed-up | target speed-up | "
+             "link limit s | medfed / limit | ≤ 1.10 × limit | speed-up met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = r.link.speedup_target()
+        lines.append(
+            f"| {r.link.label} | {r.path} | {r.seconds:.2f} | "
+            f"{'-' if r.cget_s is None else f'{r.cget_s:.2f}'} | "
+            f"{'-' if r.speedup is None else f'{r.speedup:.1f}×'} | "
+            f"{'-' if target is None else f'≥ {target:g}×'} | {r.limit_s:.2f} | {r.vs_limit:.2f} | "
+            f"{_mark(r.limit_met)} | {_mark(r.speedup_met)} |")
+    return lines
+
+
+def vm_rss_kb(status_text: str) -> int:
+    """VmRSS of a /proc/<pid>/status text, in kB (0 if absent, e.g. a zombie)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1])
+    return 0
