@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Idempotently install what medfed needs on a fresh Debian machine:
-# system tools (dcmtk, orthanc, chromium) and a virtualenv with the package.
+# system tools (dcmtk, orthanc) and a virtualenv with the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in storescu:dcmtk Orthanc:orthanc chromium:chromium; do
+for pair in storescu:dcmtk Orthanc:orthanc; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   [ -x "/usr/bin/$cmd" ] || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
