@@ -104,10 +104,18 @@ def status(config: Path = ConfigOpt) -> None:
             return await store.counts()
 
     counts = asyncio.run(main())
+    import shutil
+
+    from .store.files import ObjectFiles
+
+    on_disk = ObjectFiles(cfg.data_dir).disk_usage()
+    free = shutil.disk_usage(cfg.data_dir).free
     table = Table(title=f"medfed node {cfg.name}", show_header=False)
     for label, value in (("patients", counts.patients), ("studies", counts.studies),
                          ("series", counts.series), ("instances", counts.instances),
-                         ("stored bytes", f"{counts.bytes:,}"),
+                         ("image bytes (local + cache)", f"{counts.bytes:,}"),
+                         ("data folder on disk", f"{on_disk / 1e6:,.1f} MB"),
+                         ("free on that disk", f"{free / 1e9:,.1f} GB"),
                          ("pending jobs", counts.pending_jobs)):
         table.add_row(label, str(value))
     console.print(table)
