@@ -122,8 +122,10 @@ class Node:
         if self.membership is None:
             return
         assert self.audit is not None
+        dht_config = self._dht_config or DHTConfig(
+            routing_path=self.cfg.data_dir / "dht-routing.json")  # survives restarts (JSON)
         parts = build_federation_parts(self.identity, self.membership, self.audit,
-                                       dht_config=self._dht_config)
+                                       dht_config=dht_config)
         self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
         for svc in self.services:
             register_routes = getattr(svc, "register_routes", None)

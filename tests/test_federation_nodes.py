@@ -21,3 +21,26 @@ async def test_three_nodes_talk_over_mtls_and_dht(tmp_path: Path) -> None:
         assert [r.publisher for r in found.records] == [bytes.fromhex(north.node_id)]
     finally:
         await fed.stop()
+
+
+async def test_dht_routing_table_survives_a_restart_as_json(tmp_path: Path) -> None:
+    import json
+
+    from node.node import Node
+
+    fed = await start_federation(tmp_path, ["a", "b", "c"])
+    try:
+        a = fed.nodes[0]
+        routing = a.cfg.data_dir / "dht-routing.json"
+        await a.stop()
+        fed.down.add(0)
+        doc = json.loads(routing.read_text())  # JSON, not pickle
+        assert len(json.dumps(doc)) > 100
+        again = Node(a.cfg, a.identity, membership=a.membership)
+        await again.start()
+        try:
+            assert again.dht is not None and len(again.dht.routing) >= 2
+        finally:
+            await again.stop()
+    finally:
+        await fed.stop()
