@@ -70,7 +70,7 @@ def _log(text: str) -> None:
 def run_orthanc(series: Path, links: list[Link], work: Path) -> dict[tuple[float, float], OrthancLink]:
     out_json = work / "orthanc.json"
     env = dict(os.environ, SERIES_DIR=str(series), LINKS=" ".join(l.spec for l in links),
-               OUT_JSON=str(out_json), NO_INSTALL="1")
+               OUT_JSON=str(out_json), NO_INSTALL="1", PYTHON=sys.executable)
     env.update({var: str(free_port()) for var in ORTHANC_PORT_VARS})
     with (work / "orthanc.log").open("wb") as log:
         done = subprocess.run(["bash", str(SHARED_BENCH / "orthanc_wan_baseline.sh")], env=env,
@@ -200,6 +200,9 @@ def main(argv: list[str]) -> int:
         body = _report(pub, times, orthanc, rss, big, args.slices, time.perf_counter() - started)
         print(body)
         write_section(SECTION, body)
+    except (RuntimeError, OSError) as exc:
+        print(f"bench.wan failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

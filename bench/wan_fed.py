@@ -27,7 +27,9 @@ from bench.wan_proxy_ctl import free_port, wan_proxy
 from node.config import NodeConfig
 from node.net.testbed import LocalMember, build_federation
 from node.node import Node
+from node.federation_wiring import NodeService
 from node.services import federated_services
+from node.sharing.publisher import PublisherService
 from node.sharing.retrieve import FetchResult, Retriever, local_assertion, parse_series_ref
 from node.sharing.sinks import sink_for
 from node.store.ingest_local import ingest_dataset
@@ -42,6 +44,13 @@ def configure(cfg: NodeConfig) -> NodeConfig:
     fed = dataclasses.replace(cfg.federation, shares_k=2, shares_n=3, replicas=1,
                               query_deadline_s=5.0, repair_interval_s=0.0)
     return dataclasses.replace(cfg, federation=fed)
+
+
+def bench_services() -> list[NodeService]:
+    """The production services, except that publishing runs only when the benchmark asks
+    (a background pass could otherwise bundle a series while it is still being ingested)."""
+    return [PublisherService(run_jobs=False) if svc.name == "publisher" else svc
+            for svc in federated_services()]
 
 
 def node_config(base: Path, name: str, index: int, peer_port: int) -> NodeConfig:
@@ -115,7 +124,7 @@ async def start_wan_federation(base: Path) -> WanFederation:
         for i, m in enumerate(members):
             m.identity.save(base / m.name / "keys")   # for the RSS child process
             node = Node(node_config(base, m.name, i, server_ports[i]), m.identity,
-                        membership=m.membership, peer_sock=None, services=federated_services(),
+                        membership=m.membership, peer_sock=None, services=bench_services(),
                         with_dicom=False)
             await node.start()
             nodes.append(node)

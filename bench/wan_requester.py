@@ -47,17 +47,16 @@ class Fetched:
 async def _serve(args: ChildArgs) -> None:
     import shutil
 
-    from bench.wan_fed import Published, node_config, timed_fetch
+    from bench.wan_fed import Published, bench_services, node_config, timed_fetch
     from node.identity import NodeIdentity
     from node.net.membership import MembershipPaths, load_membership
     from node.node import Node
-    from node.services import federated_services
 
     base = Path(args.base)
     identity = NodeIdentity.load(base / args.name / "keys")
     membership = load_membership(identity, MembershipPaths.under(base / args.name / "federation"))
     node = Node(node_config(base, args.name, args.index, args.peer_port), identity,
-                membership=membership, peer_sock=None, services=federated_services(), with_dicom=False)
+                membership=membership, peer_sock=None, services=bench_services(), with_dicom=False)
     await node.start()
     await node.bootstrap_dht()
     try:

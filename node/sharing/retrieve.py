@@ -30,7 +30,7 @@ from node.dht.index_keys import IndexKeys
 from node.dht.records import PayloadKind
 from node.net.assertion import UserAssertion
 from node.net.errors import PeerError, PeerRefused
-from node.replica.placement import replica_candidates
+from node.replica.placement import ranked, replica_candidates
 from node.sharing.owner import FETCH_PATH, FrameError, split_header
 from node.sharing.publisher import replica_index_key, series_index_key
 from node.sharing.sinks import InstanceSink
@@ -246,7 +246,35 @@ class Retriever:
             holders_task.cancel()
             raise
         sink = make_sink(ref.bundle_id)
-        for holder in await holders_task:
+        async def holders() -> AsyncIterator[str]:
+            """Where the publisher's placement puts the replicas (computed from the roster,
+            no waiting), then whatever the DHT records add — awaited only if needed, since
+            a lookup can wait an RPC deadline on the dead owner."""
+            tried: set[str] = set()
+            for holder in self._placement_guess(ref.bundle_id, ref.owner):
+                tried.add(holder)
+                yield holder
+            for holder in await holders_task:
+                if holder not in tried:
+                    yield holder
+
+        try:
+            return await self._stream_from(holders(), ref, key, sink, progress, problems, replica)
+        finally:
+            holders_task.cancel()
+
+    def _placement_guess(self, bundle_id: str, owner: str) -> list[str]:
+        assert self.node.membership is not None
+        fed = self.node.cfg.federation
+        active = [m.node_id for m in self.node.membership.roster.current.active()]
+        share_holders = set(ranked(bundle_id, active, exclude={owner})[:fed.shares_n])
+        return replica_candidates(bundle_id, active, owner, avoid=share_holders)[:fed.replicas]
+
+    async def _stream_from(self, holders: AsyncIterator[str], ref: SeriesRef, key: bytes,
+                           sink: InstanceSink, progress: Progress | None, problems: list[str],
+                           replica: Any) -> FetchResult:
+        assert ref.bundle_id is not None
+        async for holder in holders:
             try:
                 stream = replica.open_stream(ref.bundle_id, [holder])  # type: ignore[attr-defined]
                 if asyncio.iscoroutine(stream):
