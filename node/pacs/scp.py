@@ -59,7 +59,8 @@ class QueryBackend(Protocol):
     def find(self, identifier: Dataset, model: str, *, called_ae: str,
              calling_ae: str) -> Awaitable[list[Dataset]]: ...
 
-    def select(self, identifier: Dataset, model: str) -> Awaitable[list["RetrieveItem"]]: ...
+    def select(self, identifier: Dataset, model: str, *, called_ae: str,
+               calling_ae: str) -> Awaitable[list["RetrieveItem"]]: ...
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,10 @@ class DicomService:
             release(items)
 
     def _select(self, event: evt.Event) -> list[RetrieveItem]:
-        return self._call(self.backend.select(event.identifier, _model(event)))
+        calling, _host = _peer(event)
+        called = event.assoc.requestor.primitive.called_ae_title.strip()  # as requested
+        return self._call(self.backend.select(event.identifier, _model(event),
+                                              called_ae=called, calling_ae=calling))
 
     def _send_items(self, event: evt.Event, items: list[RetrieveItem], action: str,
                     calling: str, accepted: dict[str, set[str]] | None = None
@@ -276,10 +280,12 @@ class DicomService:
             items = self._select(event)
         except QueryRefused as exc:
             self.audit.append("dicom.get", calling, "failed", reason=exc.reason)
+            yield 1  # pynetdicom wants a sub-operation count before any status
             yield _failure(exc.status, exc.reason), None
             return
         except Exception:
             log.exception("C-GET from %s failed", calling)
+            yield 1
             yield _failure(status.UNABLE_TO_PROCESS, "retrieve failed on this node"), None
             return
         yield len(items)
@@ -306,11 +312,13 @@ class DicomService:
         except QueryRefused as exc:
             self.audit.append("dicom.move", calling, "failed", reason=exc.reason)
             yield dest.host, dest.port
+            yield 1  # pynetdicom wants a sub-operation count before any status
             yield _failure(exc.status, exc.reason), None
             return
         except Exception:
             log.exception("C-MOVE from %s failed", calling)
             yield dest.host, dest.port
+            yield 1
             yield _failure(status.UNABLE_TO_PROCESS, "retrieve failed on this node"), None
             return
         kwargs = {"contexts": storage_contexts_for(items),

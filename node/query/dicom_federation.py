@@ -11,7 +11,9 @@ Who is asking: a DICOM association carries only the calling AE title, which the 
 has already checked against its allowlist. It is mapped to the user handle (the AE
 title), role "clinician", purpose "treatment", department "radiology" — the default for
 a viewer in the reading room. A per-AE mapping in the config is a later issue.
-C-GET/C-MOVE still retrieve from the local store.
+C-GET/C-MOVE to the node's own AE title retrieve from the local store; to the
+federation AE title they fetch the result's series from the sites first
+(``dicom_retrieve``), de-identified unless the owner's policy released identified data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydicom.dataset import Dataset
 from node.pacs.scp import QueryRefused, RetrieveItem
 from node.pacs import status
 
+from .dicom_retrieve import FederatedRetrieve
 from .fanout import SiteAnswer
 from .model import FederatedQuery, QueryError
 from .service import FederatedQueryError, FederatedQueryService
@@ -81,9 +84,11 @@ class FederationDicomBackend:
     def __init__(self, user: DicomUser = DicomUser()) -> None:
         self.user = user
         self._node: Any = None
+        self._retrieve: FederatedRetrieve | None = None
 
     async def start(self, node: Any) -> None:
         self._node = node
+        self._retrieve = FederatedRetrieve(node)
 
     async def stop(self) -> None:
         self._node = None
@@ -93,16 +98,20 @@ class FederationDicomBackend:
             raise QueryRefused("node is not running", status.UNABLE_TO_PROCESS)
         return self._node
 
+    def _query_service(self, node: Any) -> FederatedQueryService:
+        service = node.service("federated-query")
+        if not isinstance(service, FederatedQueryService):
+            raise QueryRefused("this node does not run federated queries",
+                               status.UNABLE_TO_PROCESS)
+        return service
+
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
                    calling_ae: str) -> list[Dataset]:
         node = self._running()
         if called_ae != node.cfg.dicom.federation_ae_title:
             return await node.local.find(identifier, model, called_ae=called_ae,
                                          calling_ae=calling_ae)
-        service = node.service("federated-query")
-        if not isinstance(service, FederatedQueryService):
-            raise QueryRefused("this node does not run federated queries",
-                               status.UNABLE_TO_PROCESS)
+        service = self._query_service(node)
         try:
             query = FederatedQuery.from_cfind(identifier)
             if query.level != "study":
@@ -116,5 +125,21 @@ class FederationDicomBackend:
             raise QueryRefused(str(exc), status.UNABLE_TO_PROCESS) from None
         return answers_as_studies(answer.answers)
 
-    async def select(self, identifier: Dataset, model: str) -> list[RetrieveItem]:
-        return await self._running().local.select(identifier, model)
+    async def select(self, identifier: Dataset, model: str, *, called_ae: str = "",
+                     calling_ae: str = "") -> list[RetrieveItem]:
+        node = self._running()
+        if called_ae != node.cfg.dicom.federation_ae_title or self._retrieve is None:
+            return await node.local.select(identifier, model)
+        try:
+            return await self._retrieve.select(identifier, service=self._query_service(node),
+                                               user=self.user, calling_ae=calling_ae)
+        except FederatedQueryError as exc:
+            raise QueryRefused(str(exc), status.UNABLE_TO_PROCESS) from None
+
+    def release(self, items: list[RetrieveItem]) -> None:
+        """The SCP finished sending ``items``: free the local pin or the scratch folder."""
+        node = self._node
+        if self._retrieve is not None:
+            self._retrieve.release(items)
+        if node is not None:
+            node.local.release(items)

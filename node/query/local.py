@@ -42,7 +42,7 @@ class LocalBackend:
         except MatchError as exc:
             raise QueryRefused(exc.reason, exc.status) from exc
 
-    async def select(self, identifier: Dataset, model: str) -> list[RetrieveItem]:
+    async def select(self, identifier: Dataset, model: str, **_: str) -> list[RetrieveItem]:
         from ..pacs.upstream import UpstreamError, resolve_for_serving
 
         try:
