@@ -19,6 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
 from .figures import Rate
+from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
 
 DCMTK = Path("/usr/bin")
 HOST = "127.0.0.1"
@@ -41,11 +42,6 @@ def dcmtk_env() -> dict[str, str]:
     """Debian's dcmtk leaves Nagle on unless TCP_NODELAY=1 (then ~40 ms per exchange)."""
     return dict(os.environ, TCP_NODELAY="1")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _dcmtk(tool: str, *args: str | int | Path) -> subprocess.Popen[bytes]:

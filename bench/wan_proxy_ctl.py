@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
 
 SHARED_BENCH = Path(os.environ.get("MEDFED_SHARED_BENCH", "/work/shared/bench"))
 WAN_PROXY = SHARED_BENCH / "wan_proxy.py"
@@ -23,12 +23,6 @@ READY_TIMEOUT_S = 15.0
 class ProxyError(RuntimeError):
     """The WAN proxy did not start; the message carries its stderr."""
 
-
-def free_port() -> int:
-    """An ephemeral TCP port that was free a moment ago (bind 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,15 +21,11 @@ from rich.table import Table
 from .audit import verify
 from .synth import generate
 from .testing import NodeThread, loopback_config
+from .testing import free_port as _free_port
 
 console = Console()
 DCMTK = Path("/usr/bin")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tool(*args: object) -> subprocess.CompletedProcess[str]:

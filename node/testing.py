@@ -7,6 +7,7 @@ needs its event loop free meanwhile, so it gets a thread of its own.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
@@ -15,6 +16,13 @@ from .config import AllowedPeer, DicomConfig, Destination, NodeConfig
 from .node import Node
 
 T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for tools that need a number up front)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def loopback_config(data_dir: Path, *, name: str = "Test Hospital", ae_title: str = "MEDFED",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from io import BytesIO
 from pathlib import Path
@@ -14,6 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
+from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
 
 DCMTK = Path("/usr/bin")
 
@@ -28,11 +28,6 @@ def dcmtk(tool: str, *args: str | int | Path, timeout: float = 120,
         raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def encode(ds: Dataset) -> bytes:

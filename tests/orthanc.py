@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+from node.testing import free_port as _free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"
@@ -35,11 +35,6 @@ def _die_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def orthanc_config(storage: Path, dicom_port: int, http_port: int,

@@ -31,16 +31,10 @@ from node.store.db import MetadataStore
 from node.store.files import ObjectFiles
 from node.synth import generate, iter_datasets
 from tests.orthanc import ORTHANC_AE, Orthanc
+from node.testing import free_port as _free_port
 
 NODE_AE = "MEDFED"
 SLICE_BYTES = 64 * 64 * 2
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
