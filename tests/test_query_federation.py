@@ -219,7 +219,7 @@ async def test_deadline_and_hedging_with_a_hanging_peer(tmp_path: Path, stuck: i
         assert slow.calls == 2  # the hedge went out (a freshly signed request)
         if stuck == 2:
             assert status["c"].status == "timeout" and "deadline" in status["c"].reason
-            assert 1.5 <= elapsed < 2.0
+            assert 1.5 <= elapsed < 2.5  # the deadline, plus slack for a loaded CI machine
         else:
             assert status["c"].status == "ok" and status["c"].hedged
             assert 300 <= status["c"].latency_ms < 1500 and elapsed < 1.5
