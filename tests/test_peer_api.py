@@ -394,3 +394,27 @@ async def test_unknown_member_cannot_push_forged_roster(fed: Fed) -> None:
     assert err.value.code == "not_member"
     assert fed.alpha.membership.roster.status(delta.node_id_hex) == "unknown"
     assert len(fed.audit.refusals("not_member")) == 1
+
+
+async def test_request_signed_before_a_restart_is_refused_as_stale(fed: Fed) -> None:
+    """The replay cache is in memory: after a restart, requests signed before it are stale."""
+    from node.net.guard import GuardSettings, RequestGuard
+    from node.net.nonces import NonceCache
+    from node.net.reqsign import sign_request
+
+    now = time.time()
+    signed = sign_request(fed.beta.identity, fed.alpha.identity.node_id_hex, "POST", "/v1/echo",
+                          b"{}", now=now, lifetime_s=60)
+    roster = fed.alpha.membership.roster
+
+    def guard(started: float) -> RequestGuard:
+        return RequestGuard(fed.alpha.identity.node_id_hex, roster, NonceCache(100),
+                            GuardSettings(), not_before=started)
+
+    member, _ = guard(now).before_body(fed.beta.identity.node_id_hex, signed.to_headers(),
+                                       now=now + 1)
+    assert member.node_id == fed.beta.identity.node_id_hex
+    with pytest.raises(RequestRefused) as refused:
+        guard(now + 2).before_body(fed.beta.identity.node_id_hex, signed.to_headers(),
+                                   now=now + 3)
+    assert (refused.value.status, refused.value.code) == (401, "stale")

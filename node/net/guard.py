@@ -3,6 +3,10 @@
 Kept apart from aiohttp so the order is readable in one place: member (by TLS peer
 certificate) → signed headers → signer is the TLS peer → addressed to us → validity
 window → (body read, bounded) → body hash and signature → nonce not seen before.
+
+The nonce cache lives in memory, so a restart forgets it. A request signed before the
+server started is therefore refused as stale: a captured request cannot be replayed
+after a restart (the window left is the sender's clock lead, which NTP keeps small).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ class GuardSettings:
 
 class RequestGuard:
     def __init__(self, own_node_id: str, roster: RosterBook, nonces: NonceCache,
-                 settings: GuardSettings) -> None:
+                 settings: GuardSettings, *, not_before: float = 0.0) -> None:
         self.own_node_id = own_node_id
+        self.not_before = int(not_before)  # whole seconds, as request timestamps are
         self.roster = roster
         self.nonces = nonces
         self.settings = settings
@@ -52,6 +57,9 @@ class RequestGuard:
             raise RequestRefused(403, "wrong_recipient", "request is addressed to another node")
         check_window(signed, now=now, max_lifetime_s=self.settings.request_lifetime_s,
                      skew_s=self.settings.clock_skew_s)
+        if signed.timestamp < self.not_before:
+            raise RequestRefused(401, "stale", "request was signed before this node restarted "
+                                 "(resend it; if this persists, check the sender's clock / NTP)")
         return member, signed
 
     def after_body(self, member: Member, signed: SignedHeaders, method: str, path: str,

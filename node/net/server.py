@@ -195,7 +195,8 @@ class PeerServer:
         app[NONCES_KEY] = nonces
         app[GUARD_KEY] = RequestGuard(
             self.identity.node_id_hex, self.roster, nonces,
-            GuardSettings(self.settings.request_lifetime_s, self.settings.clock_skew_s))
+            GuardSettings(self.settings.request_lifetime_s, self.settings.clock_skew_s),
+            not_before=self._clock())
 
         async def purge() -> None:
             while True:
