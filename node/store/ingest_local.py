@@ -1,21 +1,21 @@
 """Put a dataset into a node's store without DICOM networking (simulator, tests, imports).
 
-Same order and guarantees as a C-STORE: validate, write the Part-10 file atomically,
-then commit rows and the publish job in one transaction; on a failed commit the file is
-removed, so nothing is half-written.
+It goes through the same ``Ingestor`` as a C-STORE (validation, atomic file, one
+transaction with the publish job, idempotent resends); a refusal becomes an exception
+instead of a DICOM status.
 """
 
 from __future__ import annotations
 
+import asyncio
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
-from .db import IngestResult, MetadataStore, StoredFile
+from ..pacs import status
+from ..pacs.ingest import IngestOutcome, Ingestor
+from .db import MetadataStore
 from .files import ObjectFiles
-from .records import record_from_dataset
-from ..pacs.validate import InvalidInstance, validate_instance
 
 
 class LocalIngestError(ValueError):
@@ -29,22 +29,18 @@ def encode_part10(ds: Dataset) -> bytes:
 
 
 async def ingest_dataset(store: MetadataStore, files: ObjectFiles, ds: Dataset, *,
-                         source: str = "local", publish_delay_s: float = 0.0) -> IngestResult:
+                         source: str = "local", publish_delay_s: float = 0.0) -> IngestOutcome:
     """Store one instance (with its file) and queue its series for publishing."""
     meta = getattr(ds, "file_meta", None)
-    ts = UID(str(getattr(meta, "TransferSyntaxUID", "") or ""))
     try:
-        _cls, sop_uid, study_uid, series_uid = validate_instance(
-            ds, context_sop_class=str(ds.get("SOPClassUID", "")),
-            affected_sop_instance=str(ds.get("SOPInstanceUID", "")), transfer_syntax=ts)
-    except InvalidInstance as exc:
-        raise LocalIngestError(f"instance refused: {exc.reason}") from exc
-    record = record_from_dataset(ds, str(ts))
-    rel = files.relpath(study_uid, series_uid, sop_uid)
-    size, sha = files.write_atomic(rel, (encode_part10(ds),))
-    try:
-        return await store.ingest(record, StoredFile(rel, size, sha), source,
-                                  jobs=[("publish", series_uid, publish_delay_s)])
-    except BaseException:
-        files.remove(rel)
-        raise
+        encoded = encode_part10(ds)
+    except Exception as exc:  # pydicom cannot write it as a Part-10 file
+        raise LocalIngestError(f"instance refused: cannot be encoded ({type(exc).__name__})") from exc
+    ingestor = Ingestor(store, files, series_idle_s=publish_delay_s, source=source)
+    outcome = await asyncio.to_thread(
+        ingestor.ingest, ds, encoded, context_sop_class=str(ds.get("SOPClassUID", "")),
+        affected_sop_instance=str(ds.get("SOPInstanceUID", "")),
+        transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""))
+    if outcome.status != status.SUCCESS:
+        raise LocalIngestError(f"instance refused: {outcome.reason}")
+    return outcome
