@@ -8,7 +8,7 @@ they register their peer routes before the server starts and run until it stops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,18 +58,14 @@ class FederationParts:
     membership: Membership
     peer: PeerServer
     client: PeerClient
-    dht: DHTServer | None
-    peer_port: int = 0
-    dht_port: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+    dht: DHTServer
 
 
 def build_federation_parts(identity: NodeIdentity, membership: Membership, audit: object,
-                           *, dht_config: DHTConfig | None = None,
-                           with_dht: bool = True) -> FederationParts:
+                           *, dht_config: DHTConfig | None = None) -> FederationParts:
     peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit)
     client = PeerClient(identity, membership.client_tls(), roster=membership.roster)
-    dht = DHTServer(identity, RosterMembership(membership.roster), dht_config) if with_dht else None
+    dht = DHTServer(identity, RosterMembership(membership.roster), dht_config)
     return FederationParts(membership, peer, client, dht)
 
 

@@ -93,8 +93,8 @@ def _model(event: evt.Event) -> str:
     return MODEL_BY_SOP_CLASS.get(event.request.AffectedSOPClassUID, STUDY_ROOT)
 
 
-def _peer(event: evt.Event) -> tuple[str, str]:
-    return event.assoc.requestor.ae_title.strip(), event.assoc.requestor.address
+def _calling_ae(event: evt.Event) -> str:
+    return event.assoc.requestor.ae_title.strip()
 
 
 class DicomService:
@@ -182,7 +182,7 @@ class DicomService:
 
     # -- C-STORE ----------------------------------------------------------------
     def _on_store(self, event: evt.Event) -> Dataset:
-        calling, host = _peer(event)
+        calling = _calling_ae(event)
         try:
             ds = event.dataset
             encoded = event.encoded_dataset(include_meta=True)
@@ -208,7 +208,7 @@ class DicomService:
 
     # -- C-FIND -----------------------------------------------------------------
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        calling, _host = _peer(event)
+        calling = _calling_ae(event)
         called = event.assoc.requestor.primitive.called_ae_title.strip()  # as requested
         try:
             identifier = event.identifier
@@ -241,7 +241,7 @@ class DicomService:
             release(items)
 
     def _select(self, event: evt.Event) -> list[RetrieveItem]:
-        calling, _host = _peer(event)
+        calling = _calling_ae(event)
         called = event.assoc.requestor.primitive.called_ae_title.strip()  # as requested
         return self._call(self.backend.select(event.identifier, _model(event),
                                               called_ae=called, calling_ae=calling))
@@ -275,7 +275,7 @@ class DicomService:
         self.audit.append(action, calling, "ok", instances=len(items))
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
-        calling, _host = _peer(event)
+        calling = _calling_ae(event)
         try:
             items = self._select(event)
         except QueryRefused as exc:
@@ -296,7 +296,7 @@ class DicomService:
             self._release(items)
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        calling, _host = _peer(event)
+        calling = _calling_ae(event)
         dest_ae = event.move_destination.decode() if isinstance(
             event.move_destination, bytes) else str(event.move_destination)
         dest = self.cfg.destination(dest_ae)
@@ -368,7 +368,7 @@ def fit_to_contexts(ds: Dataset, item: RetrieveItem, accepted: dict[str, set[str
     if stored in syntaxes or not stored.is_compressed:
         return ds  # as stored, or pynetdicom converts between uncompressed syntaxes
     if not any(ts in syntaxes for ts in UNCOMPRESSED):
-        raise ValueError(f"receiver accepts none of the syntaxes this instance can be sent in")
+        raise ValueError("receiver accepts none of the syntaxes this instance can be sent in")
     try:
         ds.decompress()
     except Exception as exc:
