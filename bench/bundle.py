@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from node.bundle import new_bundle_key, read_bundle, write_bundle
+from node.bundle.stream import new_bundle_key, read_bundle, write_bundle
 
 MAKE_SERIES = Path("/work/shared/bench/make_series.py")
 ZSTD_CLI = "/usr/bin/zstd"

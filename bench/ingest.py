@@ -20,7 +20,7 @@ from pathlib import Path
 from pydicom import dcmread
 from rich.console import Console
 
-from node.synth import generate
+from node.synth.generate import generate
 
 from .figures import Rate, ServerFigures, compare_rounds, latency
 from .ingest_report import RunInfo, markdown_section, rich_table

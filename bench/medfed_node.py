@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from node.config import load_config
+from node.config.model import load_config
 
 from .scu import BenchError, Target
 

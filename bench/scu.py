@@ -19,7 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
 from .figures import Rate
-from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
+from node.testing.nodes import free_port  # noqa: F401  (re-exported for callers of this module)
 
 DCMTK = Path("/usr/bin")
 HOST = "127.0.0.1"

@@ -45,7 +45,7 @@ from bench.wan_links import (
 )
 from bench.wan_proxy_ctl import SHARED_BENCH, free_port
 from bench.wan_requester import ChildArgs, Fetched, RequesterProcess
-from node.synth import generate, iter_datasets
+from node.synth.generate import generate, iter_datasets
 
 SECTION = "wan"
 SLICE_BYTES = 525_826          # one 512x512 synthetic CT slice as Part-10

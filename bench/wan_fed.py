@@ -24,16 +24,16 @@ from pydicom.dataset import Dataset
 
 from bench.wan_links import Link
 from bench.wan_proxy_ctl import free_port, wan_proxy
-from node.config import NodeConfig
+from node.config.model import NodeConfig
 from node.net.testbed import LocalMember, build_federation
 from node.node import Node
-from node.federation_wiring import NodeService
+from node.service import NodeService
 from node.services import federated_services
 from node.sharing.publisher import PublisherService
 from node.sharing.retrieve import FetchResult, Retriever, local_assertion, parse_series_ref
 from node.sharing.sinks import sink_for
 from node.store.ingest_local import ingest_dataset
-from node.testing import loopback_config
+from node.testing.nodes import loopback_config
 
 NAMES = ("owner", "site-b", "site-c", "site-d", "site-e", "site-f", "site-g")
 FETCH_DEADLINE_S = 300.0

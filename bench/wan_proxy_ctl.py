@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
+from node.testing.nodes import free_port  # noqa: F401  (re-exported for callers of this module)
 
 SHARED_BENCH = Path(os.environ.get("MEDFED_SHARED_BENCH", "/work/shared/bench"))
 WAN_PROXY = SHARED_BENCH / "wan_proxy.py"

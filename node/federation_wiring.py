@@ -2,15 +2,15 @@
 
 A node without an installed membership (no `medfed join` yet) runs as a stand-alone
 hospital node; with one, it serves the mTLS peer API and joins the DHT. Parts that
-need the federation (query serving, index publishing, sharing) are `NodeService`s:
-they register their peer routes before the server starts and run until it stops.
+need the federation (query serving, index publishing, sharing) are `NodeService`s
+(`node.service`): they register their peer routes before the server starts and run
+until it stops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from .dht.config import DHTConfig
 from .dht.server import DHTServer
@@ -19,22 +19,6 @@ from .net.client import PeerClient
 from .net.membership import Membership, MembershipPaths, load_membership
 from .net.rosterbook import RosterBook
 from .net.server import PeerServer
-
-if TYPE_CHECKING:
-    from .node import Node
-
-
-class NodeService(Protocol):
-    """A part of the node that lives as long as the node (started in list order)."""
-
-    name: str
-
-    # Optional: ``register_routes(node)`` is called once node.peer exists (federated
-    # nodes only), before the peer server starts listening.
-
-    async def start(self, node: "Node") -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class RosterMembership:

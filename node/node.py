@@ -11,11 +11,12 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .audit import AuditLog
-from .config import NodeConfig
+from .audit.log import AuditLog
+from .config.model import NodeConfig
 from .dht.config import DHTConfig
 from .dht.server import DHTServer
-from .federation_wiring import NodeService, build_federation_parts, load_node_membership
+from .federation_wiring import build_federation_parts, load_node_membership
+from .service import NodeService
 from .identity import NodeIdentity
 from .logsetup import guard_phi_loggers
 from .net.client import PeerClient

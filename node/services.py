@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .control.server import ControlService
-from .federation_wiring import NodeService, membership_paths
+from .federation_wiring import membership_paths
+from .service import NodeService
 from .index.publisher import IndexPublisher
 from .keyshare.service import KeyShareService
 from .query.dht_planner import DhtPlanner
@@ -18,7 +19,7 @@ from .replica.service import ReplicaService
 from .sharing.publisher import PublisherService
 
 if TYPE_CHECKING:
-    from .config import NodeConfig
+    from .config.model import NodeConfig
 
 
 def default_services(cfg: "NodeConfig") -> list[NodeService]:

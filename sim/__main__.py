@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from node.cli_sim import sim
+from node.cli.sim import sim
 
 
 def main() -> None:

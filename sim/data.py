@@ -15,11 +15,11 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from node.deid import pseudonym
+from node.deid.actions import pseudonym
 from node.node import Node
 from node.store.ingest_local import ingest_dataset
-from node.synth import iter_datasets
-from node.synth_plan import PhiOverrides, SeriesPlan, SynthSpec, plan
+from node.synth.generate import iter_datasets
+from node.synth.plan import PhiOverrides, SeriesPlan, SynthSpec, plan
 
 MODALITIES = ("CT", "MR")
 

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from node.config import NodeConfig
+from node.config.model import NodeConfig
 from node.dht.config import DHTConfig
-from node.federation_wiring import NodeService
+from node.service import NodeService
 from node.net.membership import MembershipPaths, load_membership
 from node.net.roster import split_address
 from node.node import Node
-from node.testing_federation import LocalFederation, start_federation
+from node.testing.federation import LocalFederation, start_federation
 from sim.link import LinkSpec, SimLink
 
 ServiceFactory = Callable[[int, str], Sequence[NodeService]]

@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from node.testing import NodeThread, loopback_config
+from node.testing.nodes import NodeThread, loopback_config
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
-from node.testing import free_port  # noqa: F401  (re-exported for callers of this module)
+from node.testing.nodes import free_port  # noqa: F401  (re-exported for callers of this module)
 
 DCMTK = Path("/usr/bin")
 

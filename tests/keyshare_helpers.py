@@ -9,15 +9,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from node.audit import parse_entry
-from node.bundle import BundleInfo, new_bundle_key, write_bundle
-from node.config import NodeConfig
+from node.audit.entry import parse_entry
+from node.bundle.stream import BundleInfo, new_bundle_key, write_bundle
+from node.config.model import NodeConfig
 from node.keyshare.release_policy import ReleasePolicy, make_policy
 from node.keyshare.service import KeyShareService
 from node.net.assertion import issue_assertion
 from node.node import Node
 from node.replica.service import ReplicaService
-from node.testing_federation import LocalFederation, start_federation
+from node.testing.federation import LocalFederation, start_federation
 
 
 def _configure(cfg: NodeConfig) -> NodeConfig:

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-from node.testing import free_port as _free_port
+from node.testing.nodes import free_port as _free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import NodeConfig
-from node.deid import keyed_uid, pseudonym
+from node.config.model import NodeConfig
+from node.deid.actions import keyed_uid, pseudonym
 from node.node import Node
 from node.query.dicom_federation import FederationDicomBackend
 from node.query.service import FederatedQueryService
 from node.store.ingest_local import ingest_dataset
-from node.synth import PhiOverrides, SynthSpec, iter_datasets
-from node.synth_plan import plan_patient
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import PhiOverrides, SynthSpec, iter_datasets
+from node.synth.plan import plan_patient
+from node.testing.federation import LocalFederation, start_federation
 
 # Patients 1-4 at site 0, 3-6 at site 1, 4-7 at site 2, 5-8 at site 3: patient 4 is at
 # sites 0, 1 and 2; patients 5 and 6 at sites 1, 2 and 3.

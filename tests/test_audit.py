@@ -15,19 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.audit import (
-    MAX_TEXT,
-    AuditClosedError,
-    AuditInputError,
-    AuditLockedError,
-    AuditLog,
-    AuditTamperError,
-    AuditWriteError,
-    SignedHead,
-    head_path_for,
-    ref,
-    verify,
-)
+from node.audit.entry import MAX_TEXT, ref
+from node.audit.errors import (AuditClosedError, AuditInputError, AuditLockedError,
+                               AuditTamperError, AuditWriteError)
+from node.audit.head import SignedHead, head_path_for
+from node.audit.log import AuditLog
+from node.audit.verify import verify
 from node.identity import NodeIdentity
 
 
@@ -195,7 +188,7 @@ def test_editing_one_field_of_one_line_is_detected(log_path: Path,
 
 
 def test_edit_with_recomputed_hash_breaks_the_next_link(log_path: Path) -> None:
-    from node.audit import build_entry, parse_entry
+    from node.audit.entry import build_entry, parse_entry
     write_log(log_path, None, 30)
     lines = lines_of(log_path)
     old = parse_entry(lines[16].rstrip(b"\n"))
@@ -210,7 +203,7 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(log_path: Path) -> None:
 
 def test_rewriting_the_whole_chain_after_an_edit_is_caught_by_the_head(
         log_path: Path, identity: NodeIdentity) -> None:
-    from node.audit import GENESIS, build_entry, parse_entry
+    from node.audit.entry import GENESIS, build_entry, parse_entry
     write_log(log_path, identity, 20)
     prev, out = GENESIS, []
     for raw in lines_of(log_path):
@@ -335,7 +328,7 @@ def test_entries_written_after_the_last_head_are_fine_after_a_crash(
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from node.audit import AuditLog\n"
+        "from node.audit.log import AuditLog\n"
         "from node.identity import NodeIdentity\n"
         "ident = NodeIdentity.load(Path(sys.argv[2]))\n"
         "log = AuditLog(Path(sys.argv[1]), ident, fsync_interval_s=3600)\n"

@@ -15,7 +15,7 @@ from bench.ingest_report import RunInfo, markdown_section
 from bench.orthanc import figures_from_json, run_baseline
 from bench.results import replace_section, write_section
 from bench.scu import BenchError, split
-from node.synth import generate
+from node.synth.generate import generate
 
 SLICES = 6
 

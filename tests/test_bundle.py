@@ -14,7 +14,7 @@ from pydicom.filereader import dcmread
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from node.bundle import (
+from node.bundle.stream import (
     BundleDecoder,
     BundleEncoder,
     BundleError,
@@ -26,7 +26,7 @@ from node.bundle import (
     read_bundle,
     write_bundle,
 )
-from node.bundle_format import (
+from node.bundle.format import (
     HEADER_SIZE,
     MAGIC,
     BundleHeader,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.synth import generate
+from node.synth.generate import generate
 from tests.dicom_tools import dcmtk
 
 

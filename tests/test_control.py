@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from node.cli.main import app
 from node.control import control_socket_path
 from node.control.client import (Actor, ControlClient, ControlFailed, ControlRefused,
                                   ControlUnavailable, UnixHTTPConnection)
@@ -34,9 +34,9 @@ from node.query.service import FederatedQueryService
 from node.replica.service import ReplicaService
 from node.sharing.publisher import PublisherService, PublisherSettings
 from node.store.ingest_local import encode_part10, ingest_dataset
-from node.synth import iter_datasets
-from node.testing import loopback_config
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import iter_datasets
+from node.testing.nodes import loopback_config
+from node.testing.federation import LocalFederation, start_federation
 from tests.test_sharing_publish import _configure, _expected  # same k/n/r and de-identified bytes
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pydicom.valuerep import validate_value
 
-from node.deid import (
+from node.deid.actions import (
     BurnedInAnnotationRefused,
     DeidKeyError,
     DeidKeys,
@@ -33,8 +33,8 @@ from node.deid import (
     patient_pseudonym_for,
     pseudonym,
 )
-from node.deid_files import FolderError, deidentify_folder
-from node.deid_profile import ProfileError, convert_innolitics, default_profile, load_profile, parse_profile
+from node.deid.files import FolderError, deidentify_folder
+from node.deid.profile import ProfileError, convert_innolitics, default_profile, load_profile, parse_profile
 
 KEYS = DeidKeys(uid_key=bytes(range(32)), patient_key=bytes(range(100, 132)))
 OTHER_KEYS = DeidKeys(uid_key=bytes(range(1, 33)), patient_key=bytes(range(101, 133)))

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from node.synth import PhiOverrides, generate, iter_datasets
+from node.synth.generate import PhiOverrides, generate, iter_datasets
 from tests.dicom_tools import dcmtk, encode, scu, send_raw_store
 
 _BASE = next(iter_datasets(patients=1, series=1, slices=1, rows=16, cols=16, seed=3))
@@ -21,7 +21,7 @@ _RAW = encode(_BASE)
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from node.testing import NodeThread, loopback_config
+    from node.testing.nodes import NodeThread, loopback_config
 
     node = NodeThread(loopback_config(tmp_path_factory.mktemp("fuzz"))).start()
     ae = scu(contexts=[(CTImageStorage, [ExplicitVRLittleEndian])])
@@ -73,7 +73,7 @@ def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_full_disk_gets_out_of_resources_and_nothing_half_written(tiny_disk: Path,
                                                                   tmp_path: Path) -> None:
-    from node.testing import NodeThread, loopback_config
+    from node.testing.nodes import NodeThread, loopback_config
 
     cfg = loopback_config(tmp_path / "n")
     # Images on the tiny disk, metadata on the normal one.

@@ -13,7 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 from pynetdicom import build_role
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from node.synth import generate, iter_datasets
+from node.synth.generate import generate, iter_datasets
 from tests.dicom_tools import DCMTK, dcmtk, free_port, scu
 
 

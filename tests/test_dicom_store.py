@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import (CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, RLELossless)
 
-from node.synth import generate, iter_datasets
+from node.synth.generate import generate, iter_datasets
 from tests.dicom_tools import dcmtk, encode, scu, send_raw_store
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from node.synth import iter_datasets
+from node.synth.generate import iter_datasets
 from tests.dicom_tools import free_port, scu
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.config import Destination
-from node.deid import keyed_uid
+from node.config.model import Destination
+from node.deid.actions import keyed_uid
 from node.node import Node
 from node.query.dicom_retrieve import CACHE_DIR
 from node.services import federated_services
 from node.store.ingest_local import ingest_dataset
-from node.synth import iter_datasets
-from node.synth_plan import PhiOverrides
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import iter_datasets
+from node.synth.plan import PhiOverrides
+from node.testing.federation import LocalFederation, start_federation
 from tests.dicom_tools import DCMTK, free_port
 from tests.query_support import audit_entries
 

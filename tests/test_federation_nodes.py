@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.testing_federation import start_federation
+from node.testing.federation import start_federation
 
 
 async def test_three_nodes_talk_over_mtls_and_dht(tmp_path: Path) -> None:

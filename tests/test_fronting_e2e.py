@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pydicom
 
-from node.config import UpstreamConfig
-from node.synth import generate
-from node.testing import NodeThread, loopback_config
+from node.config.model import UpstreamConfig
+from node.synth.generate import generate
+from node.testing.nodes import NodeThread, loopback_config
 from tests.dicom_tools import dcmtk
 from tests.orthanc import Orthanc
 

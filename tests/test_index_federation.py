@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from node.config import NodeConfig
-from node.deid import pseudonym
+from node.config.model import NodeConfig
+from node.deid.actions import pseudonym
 from node.dht.index_keys import IndexKeys
 from node.dht.records import encode_record
 from node.dht.storage import MemoryRecordStore
@@ -26,10 +26,10 @@ from node.node import Node
 from node.query.dht_planner import DhtPlanner, plan_for
 from node.query.model import FederatedQuery
 from node.store.ingest_local import ingest_dataset
-from node.synth import iter_datasets
-from node.synth_plan import PhiOverrides
-from node.testing import loopback_config
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import iter_datasets
+from node.synth.plan import PhiOverrides
+from node.testing.nodes import loopback_config
+from node.testing.federation import LocalFederation, start_federation
 
 N_BIG = 30
 PER_SITE = 3          # node i holds patients i+1 .. i+3, so most patients live at 3 sites

@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from node.deid import pseudonym
+from node.deid.actions import pseudonym
 from node.dht.index_keys import IndexKeys
 from node.index.publisher import IndexPublisher
 from node.index.terms import (MODALITY_BODYPART, MODALITY_MONTH, PATIENT, ModalityMonthRow,

@@ -15,7 +15,7 @@ from node.keyshare.shamir import Share, ShamirError, combine
 from node.net.errors import PeerRefused
 from node.net.federation import revoke
 from node.node import Node
-from node.testing_federation import LocalFederation
+from node.testing.federation import LocalFederation
 from tests.keyshare_helpers import (assertion_from, audit_entries, by_id, keyshare, policy_for,
                                     sharing_federation, take_down)
 

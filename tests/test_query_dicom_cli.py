@@ -15,8 +15,8 @@ import typer
 from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
-from node.cli_query import register
-from node.testing_federation import LocalFederation
+from node.cli.query import register
+from node.testing.federation import LocalFederation
 from tests.dicom_tools import DCMTK
 from tests.query_support import audit_entries, federation, query_services
 

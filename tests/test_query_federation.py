@@ -16,7 +16,7 @@ from node.node import Node
 from node.query.model import FederatedQuery
 from node.query.serve import QUERY_PATH, answer_query
 from node.query.service import FederatedQueryService
-from node.synth import PhiOverrides
+from node.synth.generate import PhiOverrides
 from tests.query_support import DENY_ALL, audit_entries, federation, patient_id
 
 CLINICIAN = dict(user="dr-who", role="clinician", department="radiology", purpose="treatment")

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 from pydicom.dataset import Dataset
 
-from node.deid import pseudonym
+from node.deid.actions import pseudonym
 from node.net.roster import Member
 from node.query.fanout import AnswerError, SiteAnswer, parse_answer
 from node.query.merge import merge_counts, merge_patients

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from node.bundle import read_bundle
+from node.bundle.stream import read_bundle
 from node.net.errors import PeerRefused
 from node.net.reqsign import RequestRefused
 from node.net.server import PeerRequest
 from node.replica.placement import replica_candidates
 from node.replica.serve import bundle_path
 from node.replica.service import ReplicaError
-from node.testing_federation import LocalFederation
+from node.testing.federation import LocalFederation
 from tests.keyshare_helpers import by_id, make_bundle, replica, sharing_federation, take_down
 
 R = 2

@@ -14,8 +14,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.bundle import BundleTamperedError
-from node.deid import DeidKeys, deidentify, keyed_uid
+from node.bundle.stream import BundleTamperedError
+from node.deid.actions import DeidKeys, deidentify, keyed_uid
 from node.keyshare.service import KeyShareService
 from node.net.assertion import issue_assertion
 from node.node import Node
@@ -24,9 +24,9 @@ from node.sharing.publisher import PublisherService, PublisherSettings
 from node.sharing.retrieve import FetchError, FetchRefused, Retriever, SeriesRef, decode_into
 from node.sharing.sinks import DicomFolderSink, sink_for
 from node.store.ingest_local import encode_part10, ingest_dataset
-from node.synth import iter_datasets
-from node.synth_plan import PhiOverrides
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import iter_datasets
+from node.synth.plan import PhiOverrides
+from node.testing.federation import LocalFederation, start_federation
 
 NAMES = ["owner", "b", "c", "d", "e", "f"]
 CANARIES = ("QZXNAME^CANARY", "QZXPID4471", "19130517", "QZXACC9182", "QZX INSTITUTE OF CANARIES",

@@ -19,8 +19,8 @@ from node.sharing.retrieve import FetchError, FetchRefused, Retriever, SeriesRef
 from node.sharing.sinks import SinkError, sink_for
 from node.policy import policy_from_dict
 from node.store.ingest_local import encode_part10, ingest_dataset
-from node.synth import iter_datasets
-from node.testing_federation import LocalFederation, start_federation
+from node.synth.generate import iter_datasets
+from node.testing.federation import LocalFederation, start_federation
 
 IDENTIFIED_POLICY = {"rule": [
     {"name": "d treats", "site": "d", "role": "clinician", "purpose": "treatment", "level": "identified"},

@@ -13,7 +13,7 @@ import pytest
 
 from node.net.errors import PeerUnreachable
 from node.store.ingest_local import LocalIngestError, ingest_dataset
-from node.synth import iter_datasets
+from node.synth.generate import iter_datasets
 from sim.data import ground_truth, plan_layout, plant
 from sim.grid import GridError, SimGrid
 from sim.link import LinkSpec, LinkSpecError, SimLink

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 from pydicom.uid import UID, JPEGBaseline8Bit
 
-from node.synth import (
+from node.synth.generate import (
     PRIVATE_CREATOR,
     PRIVATE_GROUP,
     TRANSFER_SYNTAXES,

@@ -15,8 +15,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from node.audit import AuditLog
-from node.config import UpstreamConfig
+from node.audit.log import AuditLog
+from node.config.model import UpstreamConfig
 from node.pacs import upstream_plan as plan
 from node.pacs.upstream import (
     UpstreamConfigError,
@@ -29,9 +29,9 @@ from node.store import cache_rows
 from node.store.cache_rows import InstanceRef
 from node.store.db import MetadataStore
 from node.store.files import ObjectFiles
-from node.synth import generate, iter_datasets
+from node.synth.generate import generate, iter_datasets
 from tests.orthanc import ORTHANC_AE, Orthanc
-from node.testing import free_port as _free_port
+from node.testing.nodes import free_port as _free_port
 
 NODE_AE = "MEDFED"
 SLICE_BYTES = 64 * 64 * 2

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.sharing.volume import VolumeError, assemble, write_nifti, write_nrrd
-from node.synth import iter_datasets
+from node.synth.generate import iter_datasets
 
 SLICES = 8
 

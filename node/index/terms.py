@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from node.deid import pseudonym
+from node.deid.actions import pseudonym
 from node.dht.index_keys import IndexKeyError, IndexKeys
 
 PATIENT = "patient"

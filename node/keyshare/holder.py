@@ -18,7 +18,7 @@ from typing import Any
 from nacl.exceptions import CryptoError
 from nacl.public import PublicKey, SealedBox
 
-from node.audit import AuditLog
+from node.audit.log import AuditLog
 from node.identity import NodeIdentity
 from node.keyshare.custody import Custody, CustodyConflict, HeldShare
 from node.keyshare.release_policy import (ReleasePolicy, ReleasePolicyError, permits,

@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import DicomConfig
+from ..config.model import DicomConfig
 from . import status
 from .ingest import Ingestor
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
-from ..config import UpstreamConfig
+from ..config.model import UpstreamConfig
 from ..store import cache_rows
 from ..store.cache_rows import CACHE_PREFIX
 from ..store.db import MetadataStore

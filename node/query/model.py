@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 
-from node.deid import pseudonym
+from node.deid.actions import pseudonym
 
 Level = Literal["patient", "study", "series"]
 LEVELS: tuple[str, ...] = ("patient", "study", "series")

@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from node.audit import AuditLog
-from node.config import NodeConfig
+from node.audit.log import AuditLog
+from node.config.model import NodeConfig
 from node.net.assertion import AssertionRefused, UserAssertion, accept_assertion
 from node.net.membership import Membership
 from node.net.reqsign import RequestRefused

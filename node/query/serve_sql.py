@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.deid import keyed_uid, pseudonym
+from node.deid.actions import keyed_uid, pseudonym
 from node.policy import Level, suppress_count
 from node.store.db import MetadataStore
 

@@ -20,8 +20,8 @@ from typing import Callable, Iterator, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.bundle import BundleEncoder, BundleInfo, iter_bundle_chunks, order_instances
-from node.deid import DeidError, DeidKeys, DeidOptions, deidentify
+from node.bundle.stream import BundleEncoder, BundleInfo, iter_bundle_chunks, order_instances
+from node.deid.actions import DeidError, DeidKeys, DeidOptions, deidentify
 from node.store.db import MetadataStore
 from node.store.files import ObjectFiles
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from aiohttp import web
 from nacl.public import PublicKey, SealedBox
 
-from node.bundle import new_bundle_key
+from node.bundle.stream import new_bundle_key
 from node.net.assertion import accept_assertion
 from node.net.reqsign import RequestRefused
 from node.policy import Level, decide, policy_from_dict

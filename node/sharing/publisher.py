@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.bundle import new_bundle_key
-from node.deid import DeidKeys, DeidOptions, keyed_uid
+from node.bundle.stream import new_bundle_key
+from node.deid.actions import DeidKeys, DeidOptions, keyed_uid
 from node.dht.index_keys import IndexKeys
 from node.dht.records import PayloadKind
 from node.keyshare.release_policy import ReleasePolicy

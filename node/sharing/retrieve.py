@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 
-from node.bundle import BundleDecoder, BundleError
+from node.bundle.stream import BundleDecoder, BundleError
 from node.dht.index_keys import IndexKeys
 from node.dht.records import PayloadKind
 from node.net.assertion import UserAssertion

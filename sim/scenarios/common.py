@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.federation_wiring import NodeService
+from node.service import NodeService
 from node.index.publisher import IndexPublisher
 from node.node import Node
 from node.query.dht_planner import DhtPlanner

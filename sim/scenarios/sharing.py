@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.federation_wiring import NodeService
+from node.service import NodeService
 from node.keyshare.service import KeyShareService
 from node.node import Node
 from node.replica.service import ReplicaService
@@ -26,7 +26,7 @@ from node.replica.store import ReplicaError
 from node.sharing.catalog import CatalogEntry
 from node.sharing.publisher import PublisherService, PublisherSettings
 from node.sharing.retrieve import FetchError, Retriever, SeriesRef, local_assertion
-from node.synth_plan import PhiOverrides
+from node.synth.plan import PhiOverrides
 from sim.data import Placement, plant
 from sim.grid import SimGrid, flip_byte
 from sim.report import SimReport, latency_summary

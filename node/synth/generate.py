@@ -39,8 +39,8 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from node.synth_phantom import ANATOMY, render_slice
-from node.synth_plan import (
+from node.synth.phantom import ANATOMY, render_slice
+from node.synth.plan import (
     ENCODERS,
     TRANSFER_SYNTAXES,
     PatientPhi,

@@ -18,10 +18,10 @@ import pydicom
 from rich.console import Console
 from rich.table import Table
 
-from .audit import verify
-from .synth import generate
-from .testing import NodeThread, loopback_config
-from .testing import free_port as _free_port
+from ..audit.verify import verify
+from ..synth.generate import generate
+from ..testing.nodes import NodeThread, loopback_config
+from ..testing.nodes import free_port as _free_port
 
 console = Console()
 DCMTK = Path("/usr/bin")

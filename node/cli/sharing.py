@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .cli_common import ConfigOpt, console, err, load_or_exit
-from .config import NodeConfig
-from .identity import NodeIdentity
+from .common import ConfigOpt, console, err, load_or_exit
+from ..config.model import NodeConfig
+from ..identity import NodeIdentity
 
 if TYPE_CHECKING:
-    from .control.client import Actor, ControlClient
+    from ..control.client import Actor, ControlClient
 
 
 def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
-    from .federation_wiring import load_node_membership
+    from ..federation_wiring import load_node_membership
 
     membership = load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir)
     if membership is None or membership.secrets is None:
@@ -32,12 +32,12 @@ def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
 
 async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: str,
                  role: str, purpose: str, department: str, deadline_s: float) -> None:
-    from .federation_wiring import load_node_membership
-    from .keyshare.service import KeyShareService
-    from .node import Node
-    from .replica.service import ReplicaService
-    from .sharing.retrieve import FetchError, Retriever, local_assertion, parse_series_ref
-    from .sharing.sinks import sink_for
+    from ..federation_wiring import load_node_membership
+    from ..keyshare.service import KeyShareService
+    from ..node import Node
+    from ..replica.service import ReplicaService
+    from ..sharing.retrieve import FetchError, Retriever, local_assertion, parse_series_ref
+    from ..sharing.sinks import sink_for
 
     ref = parse_series_ref(ref_text)
     if load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir) is None:
@@ -106,11 +106,11 @@ def register(app: typer.Typer) -> None:
 
         When the node runs ('medfed run'), it does the fetch through its control socket;
         otherwise this command starts the node's federation parts itself for the fetch."""
-        from .control import control_socket_path
-        from .control.client import Actor, ControlClient, ControlError
-        from .sharing.retrieve import FetchError
-        from .sharing.sinks import FORMATS, SinkError
-        from .sharing.volume import VolumeError
+        from ..control import control_socket_path
+        from ..control.client import Actor, ControlClient, ControlError
+        from ..sharing.retrieve import FetchError
+        from ..sharing.sinks import FORMATS, SinkError
+        from ..sharing.volume import VolumeError
 
         if fmt not in FORMATS:
             err.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
@@ -141,8 +141,8 @@ def register(app: typer.Typer) -> None:
              allow_burned_in: bool = typer.Option(False, "--allow-burned-in"),
              config: Path = ConfigOpt) -> None:
         """De-identify a folder with the federation's keys (PS3.15 basic profile)."""
-        from .deid import DeidKeys, DeidOptions
-        from .deid_files import FolderError, deidentify_folder
+        from ..deid.actions import DeidKeys, DeidOptions
+        from ..deid.files import FolderError, deidentify_folder
 
         secrets = _secrets(load_or_exit(config))
         keys = DeidKeys(uid_key=secrets.uid_key, patient_key=secrets.linkage_key)

@@ -45,8 +45,8 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from node.deid_profile import Profile, ProfileRule, default_profile
-from node.deid_values import concrete_vr, dummy_value, empty_value, shift_dates
+from node.deid.profile import Profile, ProfileRule, default_profile
+from node.deid.values import concrete_vr, dummy_value, empty_value, shift_dates
 
 MIN_KEY_BYTES = 16
 MAX_SHIFT_DAYS = 365

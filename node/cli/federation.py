@@ -8,18 +8,18 @@ from typing import Optional
 
 import typer
 
-from .cli_common import ConfigOpt, console, err, load_or_exit
-from .identity import NodeIdentity
-from .net.admission import AdmissionError
-from .net.client import PeerClient
-from .net.errors import PeerError
-from .net.federation import FederationError, admit as federation_admit_member
-from .net.federation import create_federation, revoke as federation_revoke_member
-from .net.files import write_atomic
-from .net.membership import MembershipPaths, create_request, install_bundle
-from .net.roster import RosterError
-from .net.roster_sync import announce
-from .users import UserError, UserStore
+from .common import ConfigOpt, console, err, load_or_exit
+from ..identity import NodeIdentity
+from ..net.admission import AdmissionError
+from ..net.client import PeerClient
+from ..net.errors import PeerError
+from ..net.federation import FederationError, admit as federation_admit_member
+from ..net.federation import create_federation, revoke as federation_revoke_member
+from ..net.files import write_atomic
+from ..net.membership import MembershipPaths, create_request, install_bundle
+from ..net.roster import RosterError
+from ..net.roster_sync import announce
+from ..users import UserError, UserStore
 
 federation_app = typer.Typer(help="Run a federation: its CA, admissions and revocations.",
                              no_args_is_help=True)

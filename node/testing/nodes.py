@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
 
-from .config import AllowedPeer, DicomConfig, Destination, NodeConfig
-from .node import Node
+from ..config.model import AllowedPeer, DicomConfig, Destination, NodeConfig
+from ..node import Node
 
 T = TypeVar("T")
 

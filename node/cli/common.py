@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .config import ConfigError, NodeConfig, load_config
+from ..config.model import ConfigError, NodeConfig, load_config
 
 console = Console()
 err = Console(stderr=True)

@@ -25,8 +25,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from node.synth_names import FAMILY, FEMALE, INSTITUTIONS, MALE, STUDY_TITLES
-from node.synth_phantom import Blob, Contrast, random_lesions
+from node.synth.names import FAMILY, FEMALE, INSTITUTIONS, MALE, STUDY_TITLES
+from node.synth.phantom import Blob, Contrast, random_lesions
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 ENCODERS = {RLELossless: RLELosslessEncoder}

@@ -12,16 +12,16 @@ import nibabel
 from rich.console import Console
 from rich.table import Table
 
-from .audit import verify
-from .net.assertion import issue_assertion
-from .node import Node
-from .query.model import FederatedQuery
-from .services import federated_services
-from .sharing.retrieve import Retriever
-from .sharing.sinks import sink_for
-from .store.ingest_local import ingest_dataset
-from .synth import iter_datasets
-from .testing_federation import start_federation
+from ..audit.verify import verify
+from ..net.assertion import issue_assertion
+from ..node import Node
+from ..query.model import FederatedQuery
+from ..services import federated_services
+from ..sharing.retrieve import Retriever
+from ..sharing.sinks import sink_for
+from ..store.ingest_local import ingest_dataset
+from ..synth.generate import iter_datasets
+from ..testing.federation import start_federation
 
 SITES = ["st-mary", "city-general", "north-clinic", "lakeside", "university"]
 console = Console()
@@ -147,7 +147,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
 
 
 def _ref(owner_id: str, keyed_series_uid: str) -> object:
-    from .sharing.retrieve import parse_series_ref
+    from ..sharing.retrieve import parse_series_ref
 
     return parse_series_ref(f"{owner_id}:{keyed_series_uid}")
 

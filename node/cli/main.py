@@ -11,10 +11,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import ConfigOpt, console, err, load_or_exit
-from .config import AllowedPeer, ConfigError
-from .config_template import render_config
-from .identity import IdentityError, NodeIdentity
+from .common import ConfigOpt, console, err, load_or_exit
+from ..config.model import AllowedPeer, ConfigError
+from ..config.template import render_config
+from ..identity import IdentityError, NodeIdentity
 
 app = typer.Typer(help="medfed: a peer-to-peer federation of hospital imaging nodes.",
                   no_args_is_help=True, add_completion=False)
@@ -63,14 +63,14 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
 def run(config: Path = ConfigOpt,
         log_level: str = typer.Option("INFO", "--log-level")) -> None:
     """Run the node until SIGINT/SIGTERM."""
-    from .logsetup import setup_logging
-    from .node import Node
+    from ..logsetup import setup_logging
+    from ..node import Node
 
     cfg = load_or_exit(config)
     setup_logging(cfg.log_path, log_level)
 
     async def main() -> None:
-        from .services import default_services
+        from ..services import default_services
 
         node = Node(cfg, services=default_services(cfg))
         await node.start()
@@ -95,7 +95,7 @@ def run(config: Path = ConfigOpt,
 @app.command()
 def status(config: Path = ConfigOpt) -> None:
     """Counts of patients/studies/series/instances, disk use, pending jobs."""
-    from .store.db import MetadataStore
+    from ..store.db import MetadataStore
 
     cfg = load_or_exit(config)
 
@@ -106,7 +106,7 @@ def status(config: Path = ConfigOpt) -> None:
     counts = asyncio.run(main())
     import shutil
 
-    from .store.files import ObjectFiles
+    from ..store.files import ObjectFiles
 
     on_disk = ObjectFiles(cfg.data_dir).disk_usage()
     free = shutil.disk_usage(cfg.data_dir).free
@@ -124,7 +124,7 @@ def status(config: Path = ConfigOpt) -> None:
 @audit_app.command("verify")
 def audit_verify(config: Path = ConfigOpt) -> None:
     """Check the audit log's hash chain and signed head; exit 1 on any problem."""
-    from .audit import verify
+    from ..audit.verify import verify
 
     cfg = load_or_exit(config)
     try:
@@ -155,7 +155,7 @@ def synth(out: Path = typer.Argument(..., help="Output folder (must not hold the
           size: int = typer.Option(256, help="rows = columns"),
           seed: int = typer.Option(1)) -> None:
     """Write synthetic DICOM studies (fake patients with planted PHI) for tests and demos."""
-    from .synth import SynthError, synth_command
+    from ..synth.generate import SynthError, synth_command
 
     try:
         r = synth_command(out, patients, studies, series, slices, modality, size, seed)
@@ -174,9 +174,10 @@ def sync(config: Path = ConfigOpt,
     """Synchronise the upstream PACS's metadata into this node's index now (C-FIND)."""
     from rich.markup import escape
 
-    from .audit import AuditLockedError, AuditLog
-    from .pacs.upstream import UpstreamError, UpstreamService
-    from .store.db import MetadataStore
+    from ..audit.errors import AuditLockedError
+    from ..audit.log import AuditLog
+    from ..pacs.upstream import UpstreamError, UpstreamService
+    from ..store.db import MetadataStore
 
     cfg = load_or_exit(config)
     up = cfg.upstream
@@ -219,15 +220,12 @@ def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files 
     sys.exit(run_demo(workdir))
 
 
-from .cli_federation import register as _register_federation  # noqa: E402
-from .cli_query import register as _register_query  # noqa: E402
-from .cli_sharing import register as _register_sharing  # noqa: E402
-from .cli_sim import register as _register_sim  # noqa: E402
+from .federation import register as _register_federation  # noqa: E402
+from .query import register as _register_query  # noqa: E402
+from .sharing import register as _register_sharing  # noqa: E402
+from .sim import register as _register_sim  # noqa: E402
 
 _register_federation(app)
 _register_sharing(app)
 _register_query(app)
 _register_sim(app)
-
-if __name__ == "__main__":
-    app()

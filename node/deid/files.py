@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
 
-from node.deid import DeidError, DeidKeys, DeidOptions, deidentify
+from node.deid.actions import DeidError, DeidKeys, DeidOptions, deidentify
 
 TEMP_PREFIX, TEMP_SUFFIX = ".deid-", ".part"
 

@@ -75,7 +75,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from node.bundle_format import (
+from node.bundle.format import (
     END_RECORD,
     HEADER_SIZE,
     INSTANCE_HEAD,

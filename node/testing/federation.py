@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import NodeConfig
-from .dht.config import DHTConfig
-from .federation_wiring import NodeService
-from .net.testbed import LocalMember, build_federation
-from .node import Node
-from .testing import loopback_config
+from ..config.model import NodeConfig
+from ..dht.config import DHTConfig
+from ..service import NodeService
+from ..net.testbed import LocalMember, build_federation
+from ..node import Node
+from .nodes import loopback_config
 
 
 @dataclass

@@ -17,16 +17,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .audit import AuditError, AuditLockedError, AuditLog
-from .cli_common import ConfigOpt, console, err, load_or_exit
-from .config import NodeConfig
-from .federation_wiring import load_node_membership
-from .identity import IdentityError, NodeIdentity
-from .net.admission import AdmissionError
-from .net.client import PeerClient
-from .query.model import FederatedQuery, QueryError
-from .query.service import FederatedAnswer, FederatedQueryError, FederatedQueryService, HomeSite
-from .store.db import MetadataStore, StoreError
+from ..audit.errors import AuditError, AuditLockedError
+from ..audit.log import AuditLog
+from .common import ConfigOpt, console, err, load_or_exit
+from ..config.model import NodeConfig
+from ..federation_wiring import load_node_membership
+from ..identity import IdentityError, NodeIdentity
+from ..net.admission import AdmissionError
+from ..net.client import PeerClient
+from ..query.model import FederatedQuery, QueryError
+from ..query.service import FederatedAnswer, FederatedQueryError, FederatedQueryService, HomeSite
+from ..store.db import MetadataStore, StoreError
 
 
 async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: str, role: str,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import console, err
+from .common import console, err
 
 
 def sim(nodes: int = typer.Option(20, "--nodes", help="Sites in the simulated federation."),

@@ -274,7 +274,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         raise ConfigError("federation.shares_k must be between 1 and shares_n (at most 255)")
     policy = _section(raw, "policy") if "policy" in raw else default_policy()
     try:
-        from .policy import policy_from_dict
+        from ..policy import policy_from_dict
         policy_from_dict(policy)
     except ValueError as exc:
         raise ConfigError(f"[policy]: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: entry format, chain verification, signed head, the log."""

@@ -1,0 +1,1 @@
+"""Series bundles: the pure format pieces and the encrypted, compressed stream."""

@@ -1,0 +1,1 @@
+"""The `medfed` command: one module per command group, the demo beside them."""

@@ -1,0 +1,1 @@
+"""The node's configuration: the TOML model and the commented template `medfed init` writes."""

@@ -1,0 +1,1 @@
+"""Synthetic patients, studies and series with planted PHI, for tests, demos and the simulator."""
