@@ -37,7 +37,7 @@ from node.store.ingest_local import encode_part10, ingest_dataset
 from node.synth.generate import iter_datasets
 from node.testing.nodes import loopback_config
 from node.testing.federation import LocalFederation, start_federation
-from tests.test_sharing_publish import _configure, _expected  # same k/n/r and de-identified bytes
+from tests.sharing.test_sharing_publish import _configure, _expected  # same k/n/r and de-identified bytes
 
 T = TypeVar("T")
 NAMES = ["owner", "b", "c", "d", "e", "f"]
