@@ -1,7 +1,7 @@
 """Pure parts of the series-bundle format: header codec, record framing, pixel shuffle, order.
 
-No I/O and no crypto here, so each piece is tested on its own; ``node.bundle`` does
-the streaming, compression and encryption. See ``node.bundle`` for the byte layout.
+No I/O and no crypto here, so each piece is tested on its own; ``node.bundle.stream``
+does the streaming, compression and encryption; see it for the byte layout.
 
 The header holds only format parameters (magic, version, codec settings, chunk size,
 the secretstream nonce header). Nothing in it comes from a DICOM file, so it cannot

@@ -95,7 +95,7 @@ def ordered_sources(sources: Sequence[SourceInstance]) -> list[SourceInstance]:
 
 
 def encode_dataset(ds: Dataset) -> bytes:
-    """Part-10 bytes, the same way ``deid_files`` writes a de-identified file."""
+    """Part-10 bytes, the same way ``node.deid.files`` writes a de-identified file."""
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()

@@ -2,7 +2,7 @@
 
 Pure and deterministic (no pixels, no files): the same request always gives the same
 plan, so any instance can be rendered on its own and tests can know in advance what
-was planted. See node/synth.py for how seeds make patients shared between sites.
+was planted. See node/synth/generate.py for how seeds make patients shared between sites.
 """
 
 from __future__ import annotations
