@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .audit.log import AuditLog
 from .config.model import NodeConfig
+from .datadir import DataFolderLock, open_private_data_dir
 from .dht.config import DHTConfig
 from .dht.server import DHTServer
 from .federation_wiring import build_federation_parts, load_node_membership
@@ -25,6 +26,7 @@ from .net.roster import split_address
 from .net.server import PeerServer
 from .pacs.ingest import Ingestor
 from .pacs.scp import DicomService
+from .ports import listening
 from .query.local import LocalBackend
 from .store.db import MetadataStore
 from .store.files import ObjectFiles
@@ -66,6 +68,7 @@ class Node:
         self._with_dicom = with_dicom
         self._stopping = asyncio.Event()
         self._started: list[NodeService] = []
+        self._folder_lock: DataFolderLock | None = None
 
     @property
     def node_id(self) -> str:
@@ -85,7 +88,10 @@ class Node:
     async def _start(self) -> None:
         guard_phi_loggers()
         loop = asyncio.get_running_loop()
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        db = self.cfg.db_path
+        self._folder_lock = open_private_data_dir(self.cfg.data_dir, (
+            db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
+            self.cfg.audit_path, self.cfg.key_dir))
         swept = self.files.sweep_temp_files()
         if swept:
             log.info("removed %d partial files left by an earlier crash", swept)
@@ -103,7 +109,10 @@ class Node:
             ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s)
             self.dicom = DicomService(self.cfg.dicom, ingestor=ingestor,
                                       backend=self._dicom_backend(), audit=self.audit, loop=loop)
-            self.ports.dicom = await asyncio.to_thread(self.dicom.start)
+            dicom = self.dicom
+            self.ports.dicom = await listening(
+                lambda: asyncio.to_thread(dicom.start), service="DICOM",
+                host=self.cfg.dicom.host, port=self.cfg.dicom.port, config_key="[dicom] port")
         await self._start_federation()
         for svc in self.services:
             await svc.start(self)
@@ -132,16 +141,23 @@ class Node:
             register_routes = getattr(svc, "register_routes", None)
             if register_routes is not None:
                 register_routes(self)
+        peer = self.peer
         if self._peer_sock is not None:
-            self.ports.peer = await self.peer.start(sock=self._peer_sock)
+            self.ports.peer = await peer.start(sock=self._peer_sock)
         else:
-            self.ports.peer = await self.peer.start(self.cfg.peer_host, self.cfg.peer_port)
+            self.ports.peer = await listening(
+                lambda: peer.start(self.cfg.peer_host, self.cfg.peer_port), service="peer API",
+                host=self.cfg.peer_host, port=self.cfg.peer_port, config_key="[peer] port")
         if self.dht is not None:
             me = self.membership.roster.member(self.node_id)
             dht_port = self.cfg.dht_port
             if me is not None:
                 dht_port = split_address(me.dht_address)[1]
-            _host, self.ports.dht = await self.dht.start(self.cfg.peer_host, dht_port)
+            dht = self.dht
+            _host, self.ports.dht = await listening(
+                lambda: dht.start(self.cfg.peer_host, dht_port), service="DHT (UDP)",
+                host=self.cfg.peer_host, port=dht_port,
+                config_key="[dht] port (and the DHT address in the admission request)")
 
     async def bootstrap_dht(self) -> int:
         """Join the DHT through the roster's other members; returns contacts learned."""
@@ -176,6 +192,9 @@ class Node:
             self.audit = None
         await self.store.close()
         self.dht = self.peer = self.client = None  # type: ignore[assignment]
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
 
     async def __aenter__(self) -> "Node":
         await self.start()

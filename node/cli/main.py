@@ -9,17 +9,28 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import ConfigOpt, console, err, load_or_exit
 from ..config.model import AllowedPeer, ConfigError
 from ..config.template import render_config
+from ..datadir import DataFolderError, make_private_dir, restrict_umask
+from ..ports import PortUnavailableError
 from ..identity import IdentityError, NodeIdentity
 
 app = typer.Typer(help="medfed: a peer-to-peer federation of hospital imaging nodes.",
                   no_args_is_help=True, add_completion=False)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+
+
+@app.callback()
+def _owner_only_files() -> None:
+    # Every file a medfed command writes (database, keys, audit log, tokens, exports) is
+    # readable by the node's OS user only, whatever umask the shell had.
+    restrict_umask()
+
 
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder for the node (created)."),
@@ -52,7 +63,7 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
                          destinations=dests)
     cfg_path.write_text(text)
     cfg = load_or_exit(cfg_path)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cfg.data_dir)
     ident = NodeIdentity.load_or_create(cfg.key_dir)
     console.print(f"[green]created[/green] {cfg_path}")
     console.print(f"node id  {ident.node_id_hex}")
@@ -87,8 +98,8 @@ def run(config: Path = ConfigOpt,
 
     try:
         asyncio.run(main())
-    except IdentityError as exc:
-        err.print(f"[red]{exc}[/red]")
+    except (IdentityError, DataFolderError, PortUnavailableError) as exc:
+        err.print(f"[red]the node did not start:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import aiosqlite
 
+from ..datadir import create_private_file
 from .records import InstanceRecord, PatientRec, StudyRec
 from .schema import SCHEMA, SCHEMA_VERSION
 from .writer import IngestResult, MetadataWriter, StoredFile, enqueue, upsert_study
@@ -56,6 +57,9 @@ class MetadataStore:
     async def open(self) -> "MetadataStore":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # SQLite gives the WAL and shared-memory files the database file's mode, so
+            # creating it 0600 keeps all three private whatever the umask.
+            create_private_file(self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA foreign_keys=ON")

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from ..datadir import make_private_dir
+
 _UID_RE = re.compile(r"^[0-9.]{1,64}$")
 TMP_PREFIX = ".tmp-"
 
@@ -46,14 +48,14 @@ class ObjectFiles:
         final = self.root / rel
         folder = final.parent
         if folder not in self._known_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_private_dir(folder)
             self._fsync_dir(folder.parent)
             self._known_dirs.add(folder)
         tmp = folder / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
         digest = hashlib.sha256()
         size = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)

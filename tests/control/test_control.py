@@ -265,7 +265,7 @@ async def _status(path: Path) -> dict[str, Any]:
 async def test_a_stale_socket_from_a_crash_is_replaced_and_removed_at_stop(tmp_path: Path) -> None:
     node = _standalone(tmp_path)
     path = control_socket_path(node.cfg.data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the node refuses an open folder
     crashed = socket.socket(socket.AF_UNIX)
     crashed.bind(str(path))          # bound, then the process "died": the file stays
     crashed.close()
