@@ -30,6 +30,7 @@ from .ports import listening
 from .query.local import LocalBackend
 from .store.db import MetadataStore
 from .store.files import ObjectFiles
+from .users import TokenStore, UserStore
 
 if TYPE_CHECKING:
     from .pacs.upstream import UpstreamService
@@ -69,10 +70,26 @@ class Node:
         self._stopping = asyncio.Event()
         self._started: list[NodeService] = []
         self._folder_lock: DataFolderLock | None = None
+        self._users: UserStore | None = None
+        self._tokens: TokenStore | None = None
 
     @property
     def node_id(self) -> str:
         return self.identity.node_id_hex
+
+    @property
+    def users(self) -> UserStore:
+        """The local users every federated request is made for (opened on first use)."""
+        if self._users is None:
+            self._users = UserStore(self.cfg.users_path)
+        return self._users
+
+    @property
+    def tokens(self) -> TokenStore:
+        """Bearer tokens of local users (CLI login, web, DICOMweb)."""
+        if self._tokens is None:
+            self._tokens = TokenStore(self.users)
+        return self._tokens
 
     def service(self, name: str) -> NodeService | None:
         return next((s for s in self.services if s.name == name), None)

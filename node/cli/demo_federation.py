@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..audit.verify import verify
-from ..net.assertion import issue_assertion
+from ..testing.users import local_user
+from ..users import user_assertion
 from ..node import Node
 from ..query.model import FederatedQuery
 from ..services import federated_services
@@ -90,17 +91,16 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
 
         home = fed.nodes[0]
         query_svc = home.service("federated-query")
+        doctor = local_user(home, "dr.demo")
         _step(n + 3, f"A clinician at {home.cfg.name} asks once: CT series, all sites")
         answer = await query_svc.query(  # type: ignore[union-attr]
-            FederatedQuery(modality="CT", level="series"), user="dr.demo", role="clinician",
-            department="radiology", purpose="treatment")
+            FederatedQuery(modality="CT", level="series"), user=doctor, purpose="treatment")
         _print_answer(answer)
 
         _step(n + 4, "One patient, by MRN at the home site: the DHT index narrows the sites asked")
         row = await home.store.fetchone("SELECT pid FROM patient_phi ORDER BY patient_id LIMIT 1")
         one = await query_svc.query(  # type: ignore[union-attr]
-            FederatedQuery(patient_id=str(row[0]), level="study"), user="dr.demo",
-            role="clinician", department="radiology", purpose="treatment")
+            FederatedQuery(patient_id=str(row[0]), level="study"), user=doctor, purpose="treatment")
         console.print(f"  planned {one.plan.mode}: asked {len(one.plan.sites)} of {len(SITES)} "
                       f"sites ({one.plan.skipped} skipped); the MRN never left {home.cfg.name}, "
                       f"only its keyed pseudonym; {sum(len(p.records) for p in one.patients)} "
@@ -111,8 +111,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
         await fed.nodes[down].stop()
         fed.down.add(down)
         answer2 = await query_svc.query(  # type: ignore[union-attr]
-            FederatedQuery(modality="CT", level="series"), user="dr.demo", role="clinician",
-            department="radiology", purpose="treatment")
+            FederatedQuery(modality="CT", level="series"), user=doctor, purpose="treatment")
         _print_answer(answer2, patients=False)
 
         _step(n + 6, "Retrieve a north-clinic series while north-clinic is down "
@@ -120,8 +119,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
         owner_id = fed.nodes[down].node_id
         series_ref = next(r["series_uid"] for p in answer.patients for r in p.records
                           if "north-clinic" in r.get("sites", []) and "series_uid" in r)
-        assertion = issue_assertion(home.identity, user="dr.demo", role="clinician",
-                                    department="radiology", purpose="treatment", now=time.time())
+        assertion = user_assertion(home.identity, doctor, "treatment")
         out = base / "retrieved"
         t0 = time.perf_counter()
         result = await Retriever(home, deadline_s=30).fetch(

@@ -1,4 +1,4 @@
-"""`medfed federation …`, `medfed join`, `medfed user …`: membership and local users."""
+"""`medfed federation …` and `medfed join`: membership (local users: ``cli/users.py``)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from ..net.files import write_atomic
 from ..net.membership import MembershipPaths, create_request, install_bundle
 from ..net.roster import RosterError
 from ..net.roster_sync import announce
-from ..users import UserError, UserStore
+from .users import user_app
 
 federation_app = typer.Typer(help="Run a federation: its CA, admissions and revocations.",
                              no_args_is_help=True)
-
-user_app = typer.Typer(help="Local users who may log in at this node.", no_args_is_help=True)
 
 FedDirOpt = typer.Option(Path("."), "--dir", help="The federation operator's folder.")
 
@@ -117,24 +115,6 @@ def join(config: Path = ConfigOpt,
     except (AdmissionError, RosterError, PeerError) as exc:
         err.print(f"[red]join failed:[/red] {exc}")
         raise typer.Exit(1)
-
-
-@user_app.command("add")
-def user_add(name: str = typer.Argument(...),
-             role: str = typer.Option(..., "--role", help="clinician, researcher or admin"),
-             department: str = typer.Option(..., "--department"),
-             config: Path = ConfigOpt) -> None:
-    """Add a local user (the password is asked for, never taken from the command line)."""
-    cfg = load_or_exit(config)
-    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    try:
-        user = UserStore(cfg.data_dir / "users.sqlite").add_user(name, role, department,
-                                                                  password)
-    except UserError as exc:
-        err.print(f"[red]user not added:[/red] {exc}")
-        raise typer.Exit(1)
-    console.print(f"[green]added[/green] {user.name} ({user.role}, {user.department}), "
-                  f"handle {user.handle}")
 
 
 def register(app: typer.Typer) -> None:

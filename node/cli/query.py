@@ -28,11 +28,12 @@ from ..net.client import PeerClient
 from ..query.model import FederatedQuery, QueryError
 from ..query.service import FederatedAnswer, FederatedQueryError, FederatedQueryService, HomeSite
 from ..store.db import MetadataStore, StoreError
+from ..users import User
+from .users import cli_user
 
 
-async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: str, role: str,
-                    department: str, purpose: str, broadcast: bool,
-                    deadline_s: float | None) -> FederatedAnswer:
+async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: User, purpose: str,
+                    broadcast: bool, deadline_s: float | None) -> FederatedAnswer:
     """Open the home site's parts, run the query, close them again."""
     identity = NodeIdentity.load(cfg.key_dir)
     membership = load_node_membership(identity, cfg.data_dir)
@@ -49,8 +50,8 @@ async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: str, role: str,
     service = FederatedQueryService(serve=False, local_answers=audit is not None)
     try:
         await service.start(HomeSite(cfg, identity, store, audit, membership, client))
-        return await service.query(q, user=user, role=role, department=department,
-                                   purpose=purpose, broadcast=broadcast, deadline_s=deadline_s)
+        return await service.query(q, user=user, purpose=purpose, broadcast=broadcast,
+                                   deadline_s=deadline_s)
     finally:
         await service.stop()
         await client.close()
@@ -93,23 +94,25 @@ def query(config: Path = ConfigOpt,
           limit: int = typer.Option(1000, "--limit"),
           broadcast: bool = typer.Option(False, "--all", help="Ask every member (no narrowing)."),
           as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
-          user: str = typer.Option("cli", "--user", help="Your user handle at this node."),
-          role: str = typer.Option("clinician", "--role"),
-          department: str = typer.Option("radiology", "--department"),
-          purpose: str = typer.Option("treatment", "--purpose"),
+          user: Optional[str] = typer.Option(None, "--user", help="Your user at this node "
+                                             "(default: the one 'medfed user login' saved)."),
+          purpose: Optional[str] = typer.Option(None, "--purpose", help="treatment, research or "
+                                                "operations (default: your first allowed)."),
+          password_stdin: bool = typer.Option(False, "--password-stdin",
+                                              help="Read your password from stdin."),
           deadline: Optional[float] = typer.Option(None, "--deadline",
                                                    help="Seconds (default: [federation])")) -> None:
     """Ask every site once; each answers under its own policy."""
     cfg = load_or_exit(config)
+    who, _token = cli_user(cfg, user, password_stdin=password_stdin)
     try:
         q = FederatedQuery.from_json({
             "patient_id": patient_id, "issuer": issuer, "patient_pseudonym": pseudonym,
             "patient_name": name, "modality": modality and modality.upper(),
             "body_part": body_part and body_part.upper(), "study_date_from": date_from,
             "study_date_to": date_to, "level": level, "limit": limit})
-        answer = asyncio.run(run_query(cfg, q, user=user, role=role, department=department,
-                                       purpose=purpose, broadcast=broadcast,
-                                       deadline_s=deadline))
+        answer = asyncio.run(run_query(cfg, q, user=who, purpose=purpose or who.purposes[0],
+                                       broadcast=broadcast, deadline_s=deadline))
     except QueryError as exc:
         err.print(f"[red]invalid query:[/red] {exc}")
         raise typer.Exit(2)

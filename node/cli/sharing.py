@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,8 +14,11 @@ from .common import ConfigOpt, console, err, load_or_exit
 from ..config.model import NodeConfig
 from ..identity import NodeIdentity
 
+from .users import cli_user
+
 if TYPE_CHECKING:
     from ..control.client import Actor, ControlClient
+    from ..users import User
 
 
 def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
@@ -30,8 +32,8 @@ def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
     return membership.secrets
 
 
-async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: str,
-                 role: str, purpose: str, department: str, deadline_s: float) -> None:
+async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: "User",
+                 purpose: str, deadline_s: float) -> None:
     from ..federation_wiring import load_node_membership
     from ..keyshare.service import KeyShareService
     from ..node import Node
@@ -46,7 +48,7 @@ async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified
     await node.start()
     try:
         await node.bootstrap_dht()
-        assertion = local_assertion(node, user=user, role=role, department=department, purpose=purpose)
+        assertion = local_assertion(node, user, purpose)
         with _progress() as report:
             result = await Retriever(node, deadline_s=deadline_s).fetch(
                 ref, assertion, lambda bundle_id: sink_for(out, bundle_id, fmt),
@@ -96,10 +98,12 @@ def register(app: typer.Typer) -> None:
               fmt: str = typer.Option("dicom", "--format", help="dicom, nifti or nrrd."),
               identified: bool = typer.Option(False, "--identified",
                                               help="Ask the owner for identified images (its policy decides)."),
-              user: str = typer.Option(getpass.getuser(), "--user", help="Your user handle at this node."),
-              role: str = typer.Option("clinician", "--role"),
-              purpose: str = typer.Option("treatment", "--purpose"),
-              department: str = typer.Option("radiology", "--department"),
+              user: Optional[str] = typer.Option(None, "--user", help="Your user at this node "
+                                                 "(default: the one 'medfed user login' saved)."),
+              purpose: Optional[str] = typer.Option(None, "--purpose",
+                                                    help="Default: your first allowed purpose."),
+              password_stdin: bool = typer.Option(False, "--password-stdin",
+                                                  help="Read your password from stdin."),
               deadline: float = typer.Option(300.0, "--deadline", help="Seconds for the whole fetch."),
               config: Path = ConfigOpt) -> None:
         """Fetch one series from the federation (owner, else replicas + key shares).
@@ -111,23 +115,26 @@ def register(app: typer.Typer) -> None:
         from ..sharing.retrieve import FetchError
         from ..sharing.sinks import FORMATS, SinkError
         from ..sharing.volume import VolumeError
+        from ..users import UserRefused
 
         if fmt not in FORMATS:
             err.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
             raise typer.Exit(2)
         cfg = load_or_exit(config)
+        who, token = cli_user(cfg, user, password_stdin=password_stdin)
+        purpose = purpose or who.purposes[0]
         client = ControlClient(control_socket_path(cfg.data_dir))
-        actor = Actor(user, role, department, purpose)
+        actor = Actor(who.name, token, purpose)
         try:
-            if client.is_running(actor):
+            if client.is_running():
                 _fetch_via_node(client, actor, series_ref, out, fmt, identified, deadline)
                 return
         except ControlError as exc:
             err.print(f"[red]fetch failed:[/red] {exc}")
             raise typer.Exit(1)
         try:
-            asyncio.run(_fetch(cfg, series_ref, out, fmt, identified, user, role, purpose, department, deadline))
-        except (FetchError, SinkError, VolumeError, ValueError) as exc:
+            asyncio.run(_fetch(cfg, series_ref, out, fmt, identified, who, purpose, deadline))
+        except (FetchError, SinkError, VolumeError, ValueError, UserRefused) as exc:
             err.print(f"[red]fetch failed:[/red] {exc}")
             raise typer.Exit(1)
         except OSError as exc:

@@ -60,6 +60,9 @@ class DicomConfig:
     port: int = 11112
     allow: tuple[AllowedPeer, ...] = ()
     destinations: tuple[Destination, ...] = ()
+    # calling AE title -> local user name: whom a C-FIND/C-GET to the federation AE title
+    # is made for (role, department, purposes come from that user's record)
+    users: tuple[tuple[str, str], ...] = ()
     federation_ae_title: str = "FEDERATION"
     max_pdu: int = 0  # 0 = unlimited
     network_timeout_s: float = 30.0
@@ -71,6 +74,10 @@ class DicomConfig:
             if dest.ae_title == ae_title.strip():
                 return dest
         return None
+
+    def user_for(self, ae_title: str) -> str | None:
+        """The local user a calling AE title acts for at the federation AE title."""
+        return dict(self.users).get(ae_title.strip())
 
     def is_allowed(self, ae_title: str, host: str) -> bool:
         return any(p.matches(ae_title, host) for p in self.allow)
@@ -147,6 +154,10 @@ class NodeConfig:
     @property
     def key_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def users_path(self) -> Path:
+        return self.data_dir / "users.sqlite"
 
     @property
     def audit_path(self) -> Path:
@@ -226,12 +237,19 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         host, port = _hostport(target, f"dicom.destinations.{ae}")
         destinations.append(Destination(_ae(ae, "dicom.destinations"), host, port))
 
+    users_table = _get(dicom, "users", dict, {}, "dicom")
+    for ae, user in users_table.items():
+        _ae(ae, "dicom.users")
+        if not isinstance(user, str) or not user:
+            raise ConfigError(f"dicom.users.{ae} must be the name of a local user "
+                              "(see 'medfed user add')")
     dicom_cfg = DicomConfig(
         ae_title=_ae(_get(dicom, "ae_title", str, "MEDFED", "dicom"), "dicom.ae_title"),
         host=_host(_get(dicom, "host", str, "127.0.0.1", "dicom"), "dicom.host"),
         port=_port(dicom, "port", 11112, "dicom"),
         allow=allow,
         destinations=tuple(destinations),
+        users=tuple((ae.strip(), user) for ae, user in users_table.items()),
         federation_ae_title=_ae(_get(dicom, "federation_ae_title", str, "FEDERATION", "dicom"),
                                 "dicom.federation_ae_title"),
         max_pdu=_get(dicom, "max_pdu", int, 0, "dicom"),

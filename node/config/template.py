@@ -32,6 +32,11 @@ dimse_timeout_s = 30
 # C-MOVE destinations this node may send to: AE title = "HOST:PORT".
 [dicom.destinations]
 {destinations}
+# Viewers that query/retrieve through the federation AE title act for a local user:
+# calling AE title = "user name" (from 'medfed user add'); others are refused there.
+[dicom.users]
+# VIEWER = "alice"
+
 [http]
 # Web UI and DICOMweb for clinicians (never the peer API).
 host = "127.0.0.1"

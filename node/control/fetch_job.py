@@ -14,6 +14,7 @@ from node.sharing.volume import VolumeError
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.users import User
 
 # What a failed fetch reports to its user word for word (as `medfed fetch` always did).
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (FetchError, SinkError, VolumeError, ValueError,
@@ -28,15 +29,18 @@ class FetchProgress:
         self.latest = (received, instances)
 
 
-def start_fetch(node: "Node", req: FetchRequest) -> "tuple[asyncio.Task[FetchResult], FetchProgress]":
+def start_fetch(node: "Node", req: FetchRequest,
+                user: "User") -> "tuple[asyncio.Task[FetchResult], FetchProgress]":
     """Check what can be checked before answering, then run the fetch as a task."""
+    from node.users import UserRefused
+
     if req.out.exists() and not req.out.is_dir():
         raise BadRequest(400, "bad_out", f"{req.out} exists and is not a folder")
-    a = req.actor
     try:
-        assertion = local_assertion(node, user=a.user, role=a.role, department=a.department,
-                                    purpose=a.purpose)
+        assertion = local_assertion(node, user, req.actor.purpose)
         retriever = Retriever(node, deadline_s=req.deadline_s)
+    except UserRefused as exc:
+        raise BadRequest(403, exc.code, exc.reason) from None
     except ValueError as exc:
         raise BadRequest(400, "bad_actor", str(exc)) from None
     except FetchError as exc:

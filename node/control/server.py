@@ -1,10 +1,12 @@
 """The control service: an aiohttp app on the node's Unix socket (see ``node.control``).
 
-Routes (JSON; every request names the acting local user, every call is audited as
-``control.<route>``):
+Routes (JSON; every call is audited as ``control.<route>``). Only the node's own OS user
+may connect (the socket's peer credentials); ``status`` is an administrator's command and
+needs nothing more. ``fetch`` and ``query`` are made for a local user: they carry the
+user's name, a token from the node's ``TokenStore`` and a purpose; role and department
+come from the user record (unknown, disabled or expired: 401/403, audited).
 
-- ``GET  /v1/status``  node id, name, ports, store counts, members, pending jobs
-  (the user travels as query parameters).
+- ``GET  /v1/status``  node id, name, ports, store counts, members, pending jobs.
 - ``POST /v1/fetch``   fetch a series into a folder on this machine; answers NDJSON:
   ``{"bytes", "instances"}`` progress lines, then ``{"result": …}`` or ``{"error": …}``.
 - ``POST /v1/query``   one federated query; answers the merged ``FederatedAnswer``.
@@ -31,11 +33,12 @@ from aiohttp import web
 from node.control import control_socket_path
 from node.control.fetch_job import EXPECTED_ERRORS, start_fetch
 from node.control.unixsock import BoundSocket, bind_private, peer_uid, remove_if_ours
-from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_actor,
-                               parse_body, parse_fetch, parse_query)
+from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_body,
+                               parse_fetch, parse_query)
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.users import User
 
 log = logging.getLogger("medfed.control")
 PROGRESS_EVERY_S = 0.1
@@ -143,13 +146,22 @@ class ControlService:
         return parse_body(await request.read())   # read() enforces client_max_size (413)
 
     # -- routes -----------------------------------------------------------------------
+    async def _user(self, node: "Node", actor: Actor) -> "User":
+        """The user record behind a request's token; refuses (audited) otherwise."""
+        user = await asyncio.to_thread(node.tokens.verify_token, actor.token)
+        if user is None or user.name != actor.user:
+            self._audit("login", actor.user, "refused", code="bad_token")
+            raise BadRequest(401, "bad_token", f"no valid login for user {actor.user!r} (unknown "
+                                               "user, expired or revoked token); log in again "
+                                               "with 'medfed user login'")
+        return user
+
     async def _status(self, request: web.Request) -> web.Response:
         node = self._require_node()
-        actor = request[ACTOR_KEY] = parse_actor(request.query)
         counts = await node.store.counts()
         members = (len(node.membership.roster.current.active())
                    if node.membership is not None else 0)
-        self._audit("status", actor.user, "ok", role=actor.role, purpose=actor.purpose)
+        self._audit("status", f"uid:{os.getuid()}", "ok")
         return web.json_response({
             "node_id": node.node_id, "name": node.cfg.name, "ports": asdict(node.ports),
             "counts": asdict(counts), "members": members, "pending_jobs": counts.pending_jobs})
@@ -160,16 +172,17 @@ class ControlService:
         node = self._require_node()
         req = parse_query(await self._body(request))
         request[ACTOR_KEY] = req.actor
+        user = await self._user(node, req.actor)
         service = node.service("federated-query")
         if service is None:
             raise BadRequest(503, "no_query_service", "this node runs no federated-query service")
         try:
             answer = await service.query(  # type: ignore[attr-defined]
-                req.query, user=req.actor.user, role=req.actor.role, department=req.actor.department,
-                purpose=req.actor.purpose, broadcast=req.broadcast, deadline_s=req.deadline_s)
+                req.query, user=user, purpose=req.actor.purpose, broadcast=req.broadcast,
+                deadline_s=req.deadline_s)
         except FederatedQueryError as exc:
             raise BadRequest(409, "query_unavailable", str(exc)) from None
-        self._audit("query", req.actor.user, "ok", role=req.actor.role, purpose=req.actor.purpose,
+        self._audit("query", req.actor.user, "ok", role=user.role, purpose=req.actor.purpose,
                     sites=len(answer.sites), patients=len(answer.patients))
         return web.json_response(answer.to_json())
 
@@ -177,7 +190,8 @@ class ControlService:
         node = self._require_node()
         req = parse_fetch(await self._body(request))
         request[ACTOR_KEY] = req.actor
-        task, progress = start_fetch(node, req)
+        user = await self._user(node, req.actor)
+        task, progress = start_fetch(node, req, user)
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
         try:
@@ -192,7 +206,7 @@ class ControlService:
         except BaseException:   # the client hung up or the node stops: nothing is written
             if not task.done():
                 task.cancel()
-                self._audit("fetch", req.actor.user, "cancelled", role=req.actor.role,
+                self._audit("fetch", req.actor.user, "cancelled",
                             purpose=req.actor.purpose, format=req.fmt, identified=req.identified)
             raise
         await response.write(_line(self._outcome(req, task)))
@@ -206,7 +220,7 @@ class ControlService:
         exc = task.exception()
         if exc is None:
             result = task.result()
-            self._audit("fetch", actor.user, "ok", result.bundle_id, role=actor.role,
+            self._audit("fetch", actor.user, "ok", result.bundle_id,
                         purpose=actor.purpose, format=req.fmt, identified=req.identified,
                         instances=result.instances, source=result.source[:80])
             return {"result": {"bundle_id": result.bundle_id, "instances": result.instances,
@@ -222,7 +236,7 @@ class ControlService:
                       "".join(traceback.format_tb(exc.__traceback__)))
             message = f"the node hit an internal error ({type(exc).__name__}); see its log"
             kind = "internal"
-        self._audit("fetch", actor.user, "failed", role=actor.role, purpose=actor.purpose,
+        self._audit("fetch", actor.user, "failed", purpose=actor.purpose,
                     format=req.fmt, identified=req.identified, kind=kind)  # no message: may name paths
         return {"error": message, "kind": kind}
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from node.net.assertion import PURPOSES, ROLES
+from node.net.assertion import PURPOSES
 from node.query.model import FederatedQuery, QueryError
 from node.sharing.retrieve import FetchError, SeriesRef, parse_series_ref
 from node.sharing.sinks import FORMATS
@@ -34,11 +34,12 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class Actor:
-    """The local user a request is made for (authenticated by the OS account)."""
+    """The local user a request is made for: name, a token from ``medfed user login`` (or
+    one the CLI got for a password it checked), and the purpose of this request. Role and
+    department come from the user record at the node, never from here."""
 
     user: str
-    role: str
-    department: str
+    token: str
     purpose: str
 
     def to_json(self) -> dict[str, str]:
@@ -74,15 +75,16 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 def parse_actor(doc: Mapping[str, Any]) -> Actor:
-    for name in ("user", "department"):
-        value = doc.get(name)
-        if not isinstance(value, str) or not _TEXT.match(value):
-            raise BadRequest(400, "bad_actor", f"{name} must be 1-64 printable characters")
-    if doc.get("role") not in ROLES:
-        raise BadRequest(400, "bad_actor", f"role must be one of {', '.join(ROLES)}")
+    user = doc.get("user")
+    if not isinstance(user, str) or not _TEXT.match(user):
+        raise BadRequest(400, "bad_actor", "user must be 1-64 printable characters")
+    token = doc.get("token")
+    if not isinstance(token, str) or not 0 < len(token) <= 128:
+        raise BadRequest(401, "no_token", "the request carries no user token; log in with "
+                                          "'medfed user login NAME'")
     if doc.get("purpose") not in PURPOSES:
         raise BadRequest(400, "bad_actor", f"purpose must be one of {', '.join(PURPOSES)}")
-    return Actor(doc["user"], doc["role"], doc["department"], doc["purpose"])
+    return Actor(user, token, doc["purpose"])
 
 
 def _deadline(doc: Mapping[str, Any], default: float | None) -> float | None:

@@ -8,9 +8,10 @@ pseudonym as PatientID, the keyed StudyInstanceUID and StudyDate = the first day
 study month (sites release only the month); identified rows carry real values.
 
 Who is asking: a DICOM association carries only the calling AE title, which the node
-has already checked against its allowlist. It is mapped to the user handle (the AE
-title), role "clinician", purpose "treatment", department "radiology" — the default for
-a viewer in the reading room. A per-AE mapping in the config is a later issue.
+has already checked against its allowlist. ``[dicom.users]`` maps it to a local user;
+the request is made for that user (role, department from the record; purpose: the
+first the record allows). A calling AE without a mapping, or mapped to an unknown or
+disabled user, is refused at the federation AE title (audited as ``user.refused``).
 C-GET/C-MOVE to the node's own AE title retrieve from the local store; to the
 federation AE title they fetch the result's series from the sites first
 (``dicom_retrieve``), de-identified unless the owner's policy released identified data.
@@ -18,13 +19,13 @@ federation AE title they fetch the result's series from the sites first
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from node.pacs.scp import QueryRefused, RetrieveItem
 from node.pacs import status
+from node.users import User, UserRefused, resolve_user
 
 from .dicom_retrieve import FederatedRetrieve
 from .fanout import SiteAnswer
@@ -32,11 +33,22 @@ from .model import FederatedQuery, QueryError
 from .service import FederatedQueryError, FederatedQueryService
 
 
-@dataclass(frozen=True)
-class DicomUser:
-    role: str = "clinician"
-    purpose: str = "treatment"
-    department: str = "radiology"
+def dicom_user(node: Any, calling_ae: str) -> User:
+    """The local user a calling AE title acts for; QueryRefused (audited) otherwise."""
+    name = node.cfg.dicom.user_for(calling_ae)
+    if name is None:
+        if node.audit is not None:
+            node.audit.append("user.refused", calling_ae[:16], "refused", code="unmapped_ae",
+                              via="dicom")
+        raise QueryRefused(f"calling AE title {calling_ae!r} acts for no local user; add it "
+                           f"under [dicom.users] in the node's config", status.UNABLE_TO_PROCESS)
+    try:
+        user = resolve_user(node.users, name, audit=node.audit, via="dicom")
+    except UserRefused as exc:
+        raise QueryRefused(exc.reason, status.UNABLE_TO_PROCESS) from None
+    if not user.purposes:
+        raise QueryRefused(f"user {name!r} may state no purpose", status.UNABLE_TO_PROCESS)
+    return user
 
 
 def _study_dataset(row: dict[str, Any], answer: SiteAnswer) -> Dataset:
@@ -81,8 +93,7 @@ class FederationDicomBackend:
 
     name = "dicom-backend"
 
-    def __init__(self, user: DicomUser = DicomUser()) -> None:
-        self.user = user
+    def __init__(self) -> None:
         self._node: Any = None
         self._retrieve: FederatedRetrieve | None = None
 
@@ -112,13 +123,12 @@ class FederationDicomBackend:
             return await node.local.find(identifier, model, called_ae=called_ae,
                                          calling_ae=calling_ae)
         service = self._query_service(node)
+        user = dicom_user(node, calling_ae)
         try:
             query = FederatedQuery.from_cfind(identifier)
             if query.level != "study":
                 raise QueryError("the federation AE title answers STUDY level only")
-            answer = await service.query(query, user=calling_ae or "dicom",
-                                         role=self.user.role, purpose=self.user.purpose,
-                                         department=self.user.department)
+            answer = await service.query(query, user=user, purpose=user.purposes[0])
         except QueryError as exc:
             raise QueryRefused(str(exc)) from None
         except FederatedQueryError as exc:
@@ -132,7 +142,7 @@ class FederationDicomBackend:
             return await node.local.select(identifier, model)
         try:
             return await self._retrieve.select(identifier, service=self._query_service(node),
-                                               user=self.user, calling_ae=calling_ae)
+                                               user=dicom_user(node, calling_ae))
         except FederatedQueryError as exc:
             raise QueryRefused(str(exc), status.UNABLE_TO_PROCESS) from None
 

@@ -26,11 +26,13 @@ from typing import Any, Iterable
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from node.net.assertion import UserAssertion
 from node.pacs import status
 from node.pacs.scp import QueryRefused, RetrieveItem
 from node.sharing.retrieve import (FetchError, FetchRefused, Retriever, SeriesRef,
                                    local_assertion)
 from node.sharing.sinks import sink_for
+from node.users import User
 
 from .fanout import SiteAnswer
 from .model import MAX_LIMIT, FederatedQuery
@@ -105,24 +107,25 @@ class FederatedRetrieve:
         """Finish before the SCP stops waiting for us (its DIMSE timeout)."""
         return max(5.0, float(self.node.cfg.dicom.dimse_timeout_s) - 2.0)
 
-    async def select(self, identifier: Dataset, *, service: Any, user: Any,
-                     calling_ae: str) -> list[RetrieveItem]:
-        """The requested study/series as local files (query, fetch, all within budget)."""
+    async def select(self, identifier: Dataset, *, service: Any,
+                     user: User) -> list[RetrieveItem]:
+        """The requested study/series as local files (query, fetch, all within budget),
+        for ``user`` (a local user record) stating the first purpose the record allows."""
         study_uid, series_uid = requested_uids(identifier)
-        who = dict(user=calling_ae or "dicom", role=user.role, purpose=user.purpose,
-                   department=user.department)
+        purpose = user.purposes[0]
         try:
             async with asyncio.timeout(self._budget_s()):
                 answer = await service.query(FederatedQuery(level="series", limit=MAX_LIMIT),
-                                             **who)
+                                             user=user, purpose=purpose)
                 targets = targets_for(answer.answers, study_uid, series_uid)
-                return await self._fetch_into_scratch(targets, who)
+                return await self._fetch_into_scratch(targets, local_assertion(
+                    self.node, user, purpose))
         except TimeoutError:
             raise QueryRefused("the sites did not deliver the study in time",
                                status.QR_SUBOPS_OUT_OF_RESOURCES) from None
 
     async def _fetch_into_scratch(self, targets: list[SeriesTarget],
-                                  who: dict[str, str]) -> list[RetrieveItem]:
+                                  assertion: UserAssertion) -> list[RetrieveItem]:
         if not targets:
             return []
         total = sum(t.instances for t in targets)
@@ -131,7 +134,7 @@ class FederatedRetrieve:
                                status.QR_SUBOPS_OUT_OF_RESOURCES)
         scratch = self.cache / secrets.token_hex(8)
         try:
-            paths = await self._fetch_all(targets, scratch, who)
+            paths = await self._fetch_all(targets, scratch, assertion)
             items = await asyncio.to_thread(lambda: [_item(p) for p in paths])
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -141,10 +144,9 @@ class FederatedRetrieve:
         return items
 
     async def _fetch_all(self, targets: list[SeriesTarget], scratch: Path,
-                         who: dict[str, str]) -> list[Path]:
+                         assertion: UserAssertion) -> list[Path]:
         retriever = Retriever(self.node, deadline_s=self._budget_s())
         gate = asyncio.Semaphore(PARALLEL_SERIES)
-        assertion = local_assertion(self.node, **who)
 
         async def one(n: int, target: SeriesTarget) -> list[Path]:
             ref = SeriesRef(target.owner, keyed_series_uid=target.keyed_series_uid)

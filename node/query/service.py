@@ -1,6 +1,7 @@
 """The federated query as a node service: a clinician asks once, every site answers.
 
-The home node vouches for its user with a signed assertion, turns a patient ID into the
+The home node vouches for its user with a signed assertion built from the user's record
+(``node.users.user_assertion``: role and department are the record's), turns a patient ID into the
 federation pseudonym, asks the planned sites in parallel (itself included, locally) and
 merges what arrives before the deadline. Each site decides what to release with its own
 policy; this side only reports per site what happened.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Any, Protocol
 
 from node.identity import NodeIdentity
-from node.net.assertion import issue_assertion
+from node.users import User, UserRefused, user_assertion
 from node.net.client import PeerClient
 from node.net.roster import Member
 
@@ -112,16 +113,19 @@ class FederatedQueryService:
                                       "(revoked?); ask the federation operator")
         return site, me
 
-    async def _start(self, q: FederatedQuery, *, user: str, role: str, department: str,
-                     purpose: str, broadcast: bool, deadline_s: float | None
-                     ) -> tuple[Plan, AsyncIterator[SiteAnswer]]:
+    async def _start(self, q: FederatedQuery, *, user: User, purpose: str, broadcast: bool,
+                     deadline_s: float | None) -> tuple[Plan, AsyncIterator[SiteAnswer]]:
         site, me = self._context()
         assert site.membership is not None and site.client is not None
         client = site.client
         wire = q.for_federation(site.membership.secrets.linkage_key)
         try:
-            assertion = issue_assertion(site.identity, user=user, role=role,
-                                        department=department, purpose=purpose, now=time.time())
+            assertion = user_assertion(site.identity, user, purpose)
+        except UserRefused as exc:
+            if site.audit is not None:
+                site.audit.append("user.refused", user.name, "refused", code=exc.code,
+                                  via="query", purpose=purpose[:16])
+            raise FederatedQueryError(str(exc)) from None
         except ValueError as exc:
             raise FederatedQueryError(str(exc)) from None
         body = {"query": wire.to_json(), "assertion": assertion.to_dict()}
@@ -141,24 +145,23 @@ class FederatedQueryService:
                           hedge=lambda m: m.node_id != me.node_id or not local)
         return plan, answers
 
-    async def stream(self, q: FederatedQuery, *, user: str, role: str, department: str,
-                     purpose: str, broadcast: bool = False,
+    async def stream(self, q: FederatedQuery, *, user: User, purpose: str,
+                     broadcast: bool = False,
                      deadline_s: float | None = None) -> AsyncIterator[SiteAnswer]:
-        """Per-site answers as they arrive (every planned site exactly once)."""
-        _plan, answers = await self._start(q, user=user, role=role, department=department,
-                                           purpose=purpose, broadcast=broadcast,
+        """Per-site answers as they arrive (every planned site exactly once), asked for
+        ``user`` (a local user record, e.g. from ``node.users.resolve_user``)."""
+        _plan, answers = await self._start(q, user=user, purpose=purpose, broadcast=broadcast,
                                            deadline_s=deadline_s)
         async with contextlib.aclosing(answers):
             async for answer in answers:
                 yield answer
 
-    async def query(self, q: FederatedQuery, *, user: str, role: str, department: str,
-                    purpose: str, broadcast: bool = False,
+    async def query(self, q: FederatedQuery, *, user: User, purpose: str,
+                    broadcast: bool = False,
                     deadline_s: float | None = None) -> FederatedAnswer:
         """Everything within the deadline, merged; every planned site has a status."""
         start = time.monotonic()
-        plan, stream = await self._start(q, user=user, role=role, department=department,
-                                         purpose=purpose, broadcast=broadcast,
+        plan, stream = await self._start(q, user=user, purpose=purpose, broadcast=broadcast,
                                          deadline_s=deadline_s)
         async with contextlib.aclosing(stream):
             answers = [a async for a in stream]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
@@ -37,6 +36,7 @@ from node.sharing.sinks import InstanceSink
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.users import User
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -319,9 +319,9 @@ async def decode_into(stream: AsyncIterator[bytes], key: bytes, bundle_id: str, 
                        identified, outputs)
 
 
-def local_assertion(node: "Node", *, user: str, role: str, department: str, purpose: str) -> UserAssertion:
-    """An assertion this node signs for its own (already authenticated) user."""
-    from node.net.assertion import issue_assertion
+def local_assertion(node: "Node", user: "User", purpose: str) -> UserAssertion:
+    """An assertion this node signs for its own (already authenticated) user; raises
+    ``node.users.UserRefused`` when the user record does not allow ``purpose``."""
+    from node.users import user_assertion
 
-    return issue_assertion(node.identity, user=user, role=role, department=department, purpose=purpose,
-                           now=time.time())
+    return user_assertion(node.identity, user, purpose)

@@ -16,7 +16,8 @@ from ..dht.config import DHTConfig
 from ..service import NodeService
 from ..net.testbed import LocalMember, build_federation
 from ..node import Node
-from .nodes import loopback_config
+from .nodes import TEST_VIEWER, loopback_config
+from .users import local_user
 
 
 @dataclass
@@ -47,6 +48,8 @@ async def start_federation(directory: Path, names: Sequence[str], *,
                                         ae_title=f"NODE{i}"[:16]))
         node = Node(cfg, member.identity, membership=member.membership, peer_sock=member.sock,
                     services=services(i, name), dht_config=dht_config, with_dicom=with_dicom)
+        if with_dicom:
+            local_user(node, TEST_VIEWER)   # whom the test AE titles act for
         await node.start()
         nodes.append(node)
     if bootstrap:

@@ -25,6 +25,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+TEST_VIEWER = "viewer"    # the local user the test AE titles act for ([dicom.users])
+
+
 def loopback_config(data_dir: Path, *, name: str = "Test Hospital", ae_title: str = "MEDFED",
                     allow: tuple[str, ...] = ("STORESCU@127.0.0.1", "FINDSCU@127.0.0.1",
                                               "GETSCU@127.0.0.1", "MOVESCU@127.0.0.1",
@@ -36,6 +39,7 @@ def loopback_config(data_dir: Path, *, name: str = "Test Hospital", ae_title: st
         ae_title=ae_title, host="127.0.0.1", port=0,
         allow=tuple(AllowedPeer.parse(a) for a in allow),
         destinations=tuple(Destination(ae, h, p) for ae, (h, p) in (destinations or {}).items()),
+        users=tuple((AllowedPeer.parse(a).ae_title, TEST_VIEWER) for a in allow),
         network_timeout_s=10, acse_timeout_s=10, dimse_timeout_s=20)
     return NodeConfig(name=name, data_dir=data_dir, dicom=dicom, http_port=0, peer_port=0,
                       dht_port=0, **overrides)

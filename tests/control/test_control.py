@@ -36,13 +36,13 @@ from node.sharing.publisher import PublisherService, PublisherSettings
 from node.store.ingest_local import encode_part10, ingest_dataset
 from node.synth.generate import iter_datasets
 from node.testing.nodes import loopback_config
+from node.users import UserStore
 from node.testing.federation import LocalFederation, start_federation
 from tests.sharing.test_sharing_publish import _configure, _expected  # same k/n/r and de-identified bytes
 
 T = TypeVar("T")
 NAMES = ["owner", "b", "c", "d", "e", "f"]
-CLINICIAN = Actor("dr-ctl", "clinician", "radiology", "treatment")
-ADMIN = Actor("it-ops", "admin", "it", "operations")
+PASSWORD = "correct horse battery"
 
 
 class LoopThread:
@@ -70,6 +70,8 @@ class Running:
     requester: Node
     bundle_id: str
     expected: list[bytes]     # de-identified Part-10 bytes, computed independently
+    clinician: Actor          # users of the requester, logged in (token from its TokenStore)
+    admin: Actor
 
     def client(self, node: Node) -> ControlClient:
         return ControlClient(control_socket_path(node.cfg.data_dir))
@@ -100,7 +102,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     try:
         owner = fed.nodes[0]
         bundle_id, raws = loop.call(_publish(owner))
-        yield Running(loop, fed, owner, fed.nodes[5], bundle_id, _expected(owner, raws))
+        requester = fed.nodes[5]
+        requester.users.add_user("dr-ctl", "clinician", "radiology", PASSWORD)
+        requester.users.add_user("it-ops", "admin", "it", PASSWORD)
+        requester.users.add_user("dr-cli", "clinician", "radiology", PASSWORD)
+        clinician = Actor("dr-ctl", requester.tokens.issue_token("dr-ctl", 3600), "treatment")
+        admin = Actor("it-ops", requester.tokens.issue_token("it-ops", 3600), "operations")
+        yield Running(loop, fed, owner, requester, bundle_id, _expected(owner, raws), clinician,
+                      admin)
     finally:
         loop.call(fed.stop())
         loop.close()
@@ -124,7 +133,7 @@ def _raw(path: Path, method: str, target: str, body: bytes | None = None,
 # -- the federation, running ------------------------------------------------------------
 def test_status_route_reports_the_running_node(running: Running) -> None:
     node = running.owner
-    doc = running.client(node).status(ADMIN)
+    doc = running.client(node).status()     # an administrator's call: the OS user suffices
     assert doc["node_id"] == node.node_id and doc["name"] == "owner"
     assert doc["ports"] == {"dicom": node.ports.dicom, "peer": node.ports.peer, "dht": node.ports.dht}
     counts = running.loop.call(node.store.counts())
@@ -134,13 +143,13 @@ def test_status_route_reports_the_running_node(running: Running) -> None:
     mode = os.lstat(control_socket_path(node.cfg.data_dir)).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
     last = [e for e in _audit(node) if e["action"] == "control.status"][-1]
-    assert (last["actor"], last["outcome"], last["detail"]["role"]) == ("it-ops", "ok", "admin")
+    assert (last["actor"], last["outcome"]) == (f"uid:{os.getuid()}", "ok")
 
 
 def test_client_fetch_writes_byte_identical_deidentified_files(running: Running, tmp_path: Path) -> None:
     events: list[tuple[int, int]] = []
     client = running.client(running.requester)
-    result = client.fetch(f"{running.owner.node_id}:{running.bundle_id}", tmp_path / "out", CLINICIAN,
+    result = client.fetch(f"{running.owner.node_id}:{running.bundle_id}", tmp_path / "out", running.clinician,
                           progress=lambda b, n: events.append((b, n)))
     assert result["source"] == "owner" and result["instances"] == 6
     outputs = [Path(p) for p in result["outputs"]]
@@ -152,7 +161,7 @@ def test_client_fetch_writes_byte_identical_deidentified_files(running: Running,
     assert (entry["actor"], entry["outcome"], entry["subject"]) == ("dr-ctl", "ok", running.bundle_id)
 
     # by keyed UID would need the DHT; as a volume the node writes one NIfTI file
-    result = client.fetch(running.bundle_id, tmp_path / "vol", CLINICIAN, fmt="nifti")
+    result = client.fetch(running.bundle_id, tmp_path / "vol", running.clinician, fmt="nifti")
     assert [Path(p).name for p in result["outputs"]] == [f"{running.bundle_id}.nii.gz"]
 
 
@@ -160,21 +169,26 @@ def test_fetch_failures_carry_the_node_s_reason_and_write_nothing(running: Runni
     client = running.client(running.requester)
     ref = f"{running.owner.node_id}:{running.bundle_id}"
     with pytest.raises(ControlFailed, match="owning site refused") as refused:
-        client.fetch(ref, tmp_path / "adm", ADMIN)          # owner policy: admins get counts only
+        client.fetch(ref, tmp_path / "adm", running.admin)  # owner policy: admins get counts only
     assert refused.value.kind == "FetchRefused" and not (tmp_path / "adm").exists()
     taken = tmp_path / "taken" / running.bundle_id
     taken.mkdir(parents=True)
     (taken / "keep.txt").write_text("mine")
     with pytest.raises(ControlFailed, match="already exists") as sink:
-        client.fetch(ref, tmp_path / "taken", CLINICIAN)
+        client.fetch(ref, tmp_path / "taken", running.clinician)
     assert sink.value.kind == "SinkError" and os.listdir(taken) == ["keep.txt"]
     with pytest.raises(ControlRefused, match="series reference") as bad_ref:
-        client.fetch("not-a-ref!", tmp_path / "x", CLINICIAN)
+        client.fetch("not-a-ref!", tmp_path / "x", running.clinician)
     assert bad_ref.value.status == 400
-    with pytest.raises(ControlRefused, match="role must be one of"):
-        client.fetch(ref, tmp_path / "x", Actor("u", "janitor", "it", "treatment"))
+    with pytest.raises(ControlRefused, match="no valid login") as forged:
+        client.fetch(ref, tmp_path / "x", Actor("dr-ctl", "mft_not-a-token", "treatment"))
+    assert forged.value.status == 401
+    with pytest.raises(ControlRefused, match="may not state purpose") as purpose:
+        client.fetch(ref, tmp_path / "x", Actor("it-ops", running.admin.token, "treatment"))
+    assert (purpose.value.status, purpose.value.code) == (403, "purpose_not_allowed")
     status, doc = _raw(client.socket_path, "POST", "/v1/fetch",
-                       json.dumps({"ref": ref, "out": "relative/dir", **CLINICIAN.to_json()}).encode())
+                       json.dumps({"ref": ref, "out": "relative/dir",
+                                   **running.clinician.to_json()}).encode())
     assert (status, doc["error"]) == (400, "bad_out") and "absolute" in doc["reason"]
     outcomes = [(e["outcome"], e["detail"].get("kind") or e["detail"].get("code"))
                 for e in _audit(running.requester) if e["action"] == "control.fetch"]
@@ -185,15 +199,16 @@ def test_query_route_answers_like_the_query_service(running: Running) -> None:
     from node.query.model import FederatedQuery
 
     client = running.client(running.requester)
-    doc = client.query({"level": "study"}, CLINICIAN, broadcast=True, deadline_s=10)
+    doc = client.query({"level": "study"}, running.clinician, broadcast=True, deadline_s=10)
     direct = running.loop.call(running.requester.service("federated-query").query(  # type: ignore[union-attr]
-        FederatedQuery(level="study"), broadcast=True, deadline_s=10, **CLINICIAN.to_json()))
+        FederatedQuery(level="study"), broadcast=True, deadline_s=10,
+        user=running.requester.users.get("dr-ctl"), purpose="treatment"))
     assert sorted(s["site"] for s in doc["sites"]) == sorted(NAMES)
     assert all(s["status"] == "ok" for s in doc["sites"])
     assert doc["patients"] == direct.to_json()["patients"] and len(doc["patients"]) == 1
     assert doc["patients"][0]["sites"] == ["owner"]
     with pytest.raises(ControlRefused, match="unknown query field") as bad:
-        client.query({"colour": "red"}, CLINICIAN)
+        client.query({"colour": "red"}, running.clinician)
     assert bad.value.status == 400
     assert [e["outcome"] for e in _audit(running.requester) if e["action"] == "control.query"][-2:] == [
         "ok", "refused"]
@@ -216,18 +231,21 @@ def test_medfed_fetch_uses_the_socket_while_the_node_holds_its_ports(running: Ru
     config = _config_file(node, tmp_path / "medfed.toml")
     out = tmp_path / "cli-out"
     result = CliRunner().invoke(app, ["fetch", f"{running.owner.node_id}:{running.bundle_id}", "--out",
-                                      str(out), "--config", str(config), "--user", "dr-cli"])
+                                      str(out), "--config", str(config), "--user", "dr-cli",
+                                      "--password-stdin"], input=PASSWORD + "\n")
     assert result.exit_code == 0, result.output
     assert "fetched 6 instances" in result.output
     assert sorted(p.read_bytes() for p in (out / running.bundle_id).iterdir()) == running.expected
     assert [e["actor"] for e in _audit(node) if e["action"] == "control.fetch"][-1] == "dr-cli"
-    refused = CliRunner().invoke(app, ["fetch", "zz", "--out", str(out), "--config", str(config)])
+    token = node.tokens.issue_token("dr-cli", 60)
+    refused = CliRunner().invoke(app, ["fetch", "zz", "--out", str(out), "--config", str(config)],
+                                 env={"MEDFED_TOKEN": token})
     assert refused.exit_code == 1 and "series reference" in " ".join(refused.output.split())
 
 
 def test_garbage_on_the_socket_gets_4xx_and_the_node_keeps_running(running: Running) -> None:
     path = control_socket_path(running.owner.cfg.data_dir)
-    who = CLINICIAN.to_json()
+    who = running.clinician.to_json()
     status, doc = _raw(path, "POST", "/v1/fetch", b"{not json", {"Content-Type": "application/json"})
     assert (status, doc["error"]) == (400, "bad_json")
     status, doc = _raw(path, "POST", "/v1/fetch", b"[1, 2]")
@@ -239,18 +257,18 @@ def test_garbage_on_the_socket_gets_4xx_and_the_node_keeps_running(running: Runn
     huge = json.dumps({"query": {}, "pad": "x" * 100_000, **who}).encode()
     status, doc = _raw(path, "POST", "/v1/query", huge)
     assert status == 413 and doc["reason"]
-    status, doc = _raw(path, "GET", "/v1/status")                    # no user named
-    assert (status, doc["error"]) == (400, "bad_actor")
+    status, doc = _raw(path, "POST", "/v1/query", json.dumps({"query": {}, "user": "dr-ctl",
+                                                             "purpose": "treatment"}).encode())
+    assert (status, doc["error"]) == (401, "no_token")              # a user but no login
     with socket.socket(socket.AF_UNIX) as raw:                       # not HTTP at all
         raw.settimeout(5)
         raw.connect(str(path))
         raw.sendall(b"\x16\x03\x01garbage\r\n\r\n")
         assert raw.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
-    assert running.client(running.owner).status(ADMIN)["node_id"] == running.owner.node_id
+    assert running.client(running.owner).status()["node_id"] == running.owner.node_id
     refused = [e for e in _audit(running.owner) if e["outcome"] == "refused" and
                e["action"].startswith("control.")]
-    assert {e["action"] for e in refused} >= {"control.fetch", "control.unknown", "control.query",
-                                              "control.status"}
+    assert {e["action"] for e in refused} >= {"control.fetch", "control.unknown", "control.query"}
 
 
 # -- lifecycle of the socket file (a stand-alone node is enough) --------------------------
@@ -259,7 +277,7 @@ def _standalone(tmp_path: Path) -> Node:
 
 
 async def _status(path: Path) -> dict[str, Any]:
-    return await asyncio.to_thread(ControlClient(path).status, ADMIN)
+    return await asyncio.to_thread(ControlClient(path).status)
 
 
 async def test_a_stale_socket_from_a_crash_is_replaced_and_removed_at_stop(tmp_path: Path) -> None:
@@ -306,10 +324,12 @@ async def test_routes_that_need_the_federation_say_so_on_a_standalone_node(tmp_p
     await node.start()
     try:
         client = ControlClient(control_socket_path(node.cfg.data_dir))
+        node.users.add_user("dr-solo", "clinician", "radiology", PASSWORD)
+        me = Actor("dr-solo", node.tokens.issue_token("dr-solo", 60), "treatment")
         with pytest.raises(ControlRefused, match="no federated-query service") as query:
-            await asyncio.to_thread(client.query, {}, CLINICIAN)
+            await asyncio.to_thread(client.query, {}, me)
         with pytest.raises(ControlRefused, match="join a federation") as fetch:
-            await asyncio.to_thread(client.fetch, "ab" * 32, tmp_path / "out", CLINICIAN)
+            await asyncio.to_thread(client.fetch, "ab" * 32, tmp_path / "out", me)
         assert (query.value.status, fetch.value.status) == (503, 409)
     finally:
         await node.stop()
@@ -325,8 +345,10 @@ def test_medfed_fetch_falls_back_in_process_when_no_node_answers(tmp_path: Path)
     config = tmp_path / "medfed.toml"
     config.write_text(f'[node]\nname = "solo"\ndata_dir = "{data}"\n[dicom]\nport = 0\n'
                       '[peer]\nport = 0\n[dht]\nport = 0\n')
+    UserStore(data / "users.sqlite").add_user("dr-solo", "clinician", "radiology", PASSWORD)
     result = CliRunner().invoke(app, ["fetch", "ab" * 32, "--out", str(tmp_path / "o"), "--config",
-                                      str(config)])
+                                      str(config), "--user", "dr-solo", "--password-stdin"],
+                                input=PASSWORD + "\n")
     # the in-process path ran (its own check, before any port is bound) and says what to do
     assert result.exit_code == 1, result.output
     said = " ".join(result.output.split())

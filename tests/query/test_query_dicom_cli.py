@@ -21,6 +21,7 @@ from tests.dicom_tools import DCMTK
 from tests.query_support import audit_entries, federation, query_services
 
 T = TypeVar("T")
+PASSWORD = "a long test password"
 
 
 async def _findscu(port: int, called: str, out: Path) -> list[Dataset]:
@@ -58,7 +59,9 @@ async def test_cfind_to_the_federation_ae_answers_from_every_site(tmp_path: Path
         local = await _findscu(a.ports.dicom, a.cfg.dicom.ae_title, tmp_path / "local")
         assert len(local) == len(data[0].keyed_studies)
         assert all(str(ds.PatientID).startswith("MRN") for ds in local)  # own data, own IDs
-        assert audit_entries(fed.nodes[1])[-1]["actor"].endswith("/FINDSCU")
+        viewer = a.users.get("viewer")        # [dicom.users] FINDSCU = "viewer"
+        assert viewer is not None and audit_entries(fed.nodes[1])[-1]["actor"].endswith(
+            "/" + viewer.handle)
     finally:
         await fed.stop()
 
@@ -109,10 +112,12 @@ def test_medfed_query_json_against_a_running_federation(tmp_path: Path) -> None:
     try:
         fed, data = bg.run(federation(tmp_path, ["a", "b", "c"]))
         config = _home_config(tmp_path, fed)
-        args = ["query", "--config", str(config), "--json", "--all", "--user", "cli-user"]
+        cli_user = fed.nodes[0].users.add_user("cli-user", "clinician", "radiology", PASSWORD)
+        args = ["query", "--config", str(config), "--json", "--all", "--user", "cli-user",
+                "--password-stdin"]
 
         def run(extra: list[str]) -> dict[str, Any]:
-            result = runner.invoke(_cli(), args + extra)
+            result = runner.invoke(_cli(), args + extra, input=PASSWORD + "\n")
             assert result.exit_code == 0, result.output
             return json.loads(result.stdout)
 
@@ -122,7 +127,7 @@ def test_medfed_query_json_against_a_running_federation(tmp_path: Path) -> None:
             ("a", "ok"), ("b", "ok"), ("c", "ok")]
         assert {p["pseudonym"] for p in doc["patients"]} == set().union(
             *(d.pseudonyms for d in data))
-        assert audit_entries(fed.nodes[0])[-1]["actor"].endswith("/cli-user")
+        assert audit_entries(fed.nodes[0])[-1]["actor"].endswith("/" + cli_user.handle)
 
         # node a stopped: the CLI answers for a from its SQLite and audits in its log
         bg.run(fed.nodes[0].stop())
@@ -133,9 +138,12 @@ def test_medfed_query_json_against_a_running_federation(tmp_path: Path) -> None:
         assert {r["study_uid"] for p in doc["patients"] for r in p["records"]} == chest
         assert audit_entries(fed.nodes[0])[-1]["detail"]["query_level"] == "study"
 
-        table = runner.invoke(_cli(), ["query", "--config", str(config)])
+        token = fed.nodes[0].tokens.issue_token("cli-user", 60)
+        table = runner.invoke(_cli(), ["query", "--config", str(config)],
+                              env={"MEDFED_TOKEN": token})
         assert table.exit_code == 0 and "PSN-" in table.stdout and "sites" in table.stdout
-        bad = runner.invoke(_cli(), ["query", "--config", str(config), "--modality", "C;T"])
+        bad = runner.invoke(_cli(), ["query", "--config", str(config), "--modality", "C;T"],
+                            env={"MEDFED_TOKEN": token})
         assert bad.exit_code == 2 and "modality" in bad.output
     finally:
         if fed is not None:

@@ -17,16 +17,35 @@ from node.query.model import FederatedQuery
 from node.query.serve import QUERY_PATH, answer_query
 from node.query.service import FederatedQueryService
 from node.synth.generate import PhiOverrides
+from node.testing.users import local_user
 from tests.query_support import DENY_ALL, audit_entries, federation, patient_id
 
 CLINICIAN = dict(user="dr-who", role="clinician", department="radiology", purpose="treatment")
 RESEARCHER = dict(user="res-1", role="researcher", department="oncology", purpose="research")
 
 
-def _service(node: Node) -> FederatedQueryService:
-    svc = node.service("federated-query")
-    assert isinstance(svc, FederatedQueryService)
-    return svc
+class _Asker:
+    """The node's query service, asked for a local user made from a CLINICIAN-like dict."""
+
+    def __init__(self, node: Node) -> None:
+        svc = node.service("federated-query")
+        assert isinstance(svc, FederatedQueryService)
+        self.node, self.svc = node, svc
+
+    def _who(self, who: dict[str, str]) -> dict[str, Any]:
+        user = local_user(self.node, who["user"], role=who["role"], department=who["department"],
+                          purposes=(who["purpose"],))
+        return {"user": user, "purpose": who["purpose"]}
+
+    def query(self, q: FederatedQuery, **who: str) -> Any:
+        return self.svc.query(q, **self._who(who))
+
+    def stream(self, q: FederatedQuery, **who: str) -> Any:
+        return self.svc.stream(q, **self._who(who))
+
+
+def _service(node: Node) -> _Asker:
+    return _Asker(node)
 
 
 def _body(asker: Node, query: dict[str, Any], who: dict[str, str] = CLINICIAN,
@@ -141,7 +160,8 @@ async def test_each_site_answers_under_its_own_policy(tmp_path: Path) -> None:
 
         denied = audit_entries(fed.nodes[3])
         assert len(denied) >= 3 and all(e["outcome"] == "denied" for e in denied)
-        assert denied[0]["actor"] == f"{fed.nodes[0].node_id[:16]}/dr-who"
+        handle = fed.nodes[0].users.get("dr-who").handle   # sites see the handle, not the name
+        assert denied[0]["actor"] == f"{fed.nodes[0].node_id[:16]}/{handle}"
         assert denied[0]["detail"]["code"] == "policy_denied"
         served = audit_entries(fed.nodes[1])
         assert [e["detail"]["level"] for e in served if e["outcome"] == "ok"][:2] == [

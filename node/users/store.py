@@ -1,4 +1,4 @@
-"""Local users of one node: who may log in at the home node, and as what.
+"""Local users of one node: who may log in at the home node, as what, for which purposes.
 
 Users exist only at their home node; other sites learn about a user solely from signed
 assertions (``node.net.assertion``), which carry the user's pseudonymous ``handle``, not
@@ -27,7 +27,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from node.net.assertion import ROLES
+from node.net.assertion import PURPOSES, ROLES
 
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
@@ -41,8 +41,16 @@ CREATE TABLE IF NOT EXISTS users (
     department TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0
+    disabled INTEGER NOT NULL DEFAULT 0,
+    purposes TEXT NOT NULL DEFAULT ''
 )"""
+# What a user may state as the purpose of a request unless `user add --purpose` says otherwise.
+ROLE_PURPOSES: dict[str, tuple[str, ...]] = {
+    "clinician": ("treatment",),
+    "researcher": ("research",),
+    "admin": ("operations",),
+}
+_COLUMNS = "name, handle, role, department, created_at, disabled, purposes"
 
 
 class UserError(ValueError):
@@ -61,17 +69,34 @@ class User:
     department: str
     created_at: int
     disabled: bool
+    purposes: tuple[str, ...] = ()   # purposes this user may state in a request
+
+    def may_state(self, purpose: str) -> bool:
+        return purpose in self.purposes
 
 
 class UserStore:
+    """The node's users (``users.sqlite`` in the data folder, mode 0600)."""
+
     def __init__(self, path: Path, *, hasher: PasswordHasher | None = None) -> None:
         self.path = path
         self._hasher = hasher or PasswordHasher()
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        self._dummy: str | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # password hashes: owner only
+        os.chmod(path, 0o600)
         with self._db() as db:
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+            if "purposes" not in columns:   # a users.sqlite written before purposes existed
+                db.execute("ALTER TABLE users ADD COLUMN purposes TEXT NOT NULL DEFAULT ''")
+
+    @property
+    def _dummy_hash(self) -> str:
+        """Hashed once, on first login: "no such user" costs as much as a wrong password."""
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -82,31 +107,32 @@ class UserStore:
         finally:
             db.close()
 
-    def add_user(self, name: str, role: str, department: str, password: str) -> User:
+    def add_user(self, name: str, role: str, department: str, password: str,
+                 purposes: tuple[str, ...] | list[str] = ()) -> User:
+        """``purposes`` empty: the role's usual ones (``ROLE_PURPOSES``)."""
         _check_new(name, role, department, password)
+        allowed = _check_purposes(tuple(purposes) or ROLE_PURPOSES[role])
         user = User(name, "u-" + secrets.token_hex(8), role, department.strip(),
-                    int(time.time()), False)
+                    int(time.time()), False, allowed)
         digest = self._hasher.hash(password)
         try:
             with self._db() as db:
                 db.execute("INSERT INTO users (name, handle, role, department, password_hash,"
-                           " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           " created_at, purposes) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (user.name, user.handle, user.role, user.department, digest,
-                            user.created_at))
+                            user.created_at, ",".join(allowed)))
         except sqlite3.IntegrityError as exc:
             raise UserError(f"a user called {name!r} already exists") from exc
         return user
 
     def get(self, name: str) -> User | None:
         with self._db() as db:
-            row = db.execute("SELECT name, handle, role, department, created_at, disabled "
-                             "FROM users WHERE name = ?", (name,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone()
         return None if row is None else _user(row)
 
     def list_users(self) -> list[User]:
         with self._db() as db:
-            rows = db.execute("SELECT name, handle, role, department, created_at, disabled "
-                              "FROM users ORDER BY name").fetchall()
+            rows = db.execute(f"SELECT {_COLUMNS} FROM users ORDER BY name").fetchall()
         return [_user(r) for r in rows]
 
     def authenticate(self, name: str, password: str) -> User:
@@ -145,8 +171,16 @@ class UserStore:
 
 
 def _user(row: tuple[Any, ...]) -> User:
-    name, handle, role, department, created_at, disabled = row
-    return User(name, handle, role, department, created_at, bool(disabled))
+    name, handle, role, department, created_at, disabled, purposes = row
+    allowed = tuple(p for p in purposes.split(",") if p) or ROLE_PURPOSES.get(role, ())
+    return User(name, handle, role, department, created_at, bool(disabled), allowed)
+
+
+def _check_purposes(purposes: tuple[str, ...]) -> tuple[str, ...]:
+    for purpose in purposes:
+        if purpose not in PURPOSES:
+            raise UserError(f"purpose must be one of {', '.join(PURPOSES)}, not {purpose!r}")
+    return tuple(dict.fromkeys(purposes))
 
 
 def _check_password(password: str) -> None:
