@@ -18,13 +18,17 @@ from node.index.publisher import IndexPublisher
 from node.node import Node
 from node.query.dht_planner import DhtPlanner
 from node.query.service import FederatedQueryService
+from node.users import User
 from sim.data import GroundTruth, Placement, ground_truth, plan_layout, plant
 from sim.grid import ServiceFactory, SimGrid
 from sim.link import LinkSpec
 
 SCENARIOS = ("query", "lookup", "sharing")
-CLINICIAN: dict[str, str] = {"user": "sim-clinician", "role": "clinician",
-                             "department": "radiology", "purpose": "treatment"}
+# The simulated clinician: a user record (as a node's UserStore would hold it) + purpose.
+CLINICIAN: dict[str, Any] = {
+    "user": User("sim-clinician", "u-sim-clinician", "clinician", "radiology", 0, False,
+                 ("treatment",)),
+    "purpose": "treatment"}
 
 
 class SimOptionsError(ValueError):
