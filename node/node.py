@@ -56,6 +56,7 @@ class Node:
         self.files = ObjectFiles(cfg.objects_dir)
         self.audit: AuditLog | None = None
         self.dicom: DicomService | None = None
+        self.ingestor: Ingestor | None = None   # the one validate/write/commit path (C-STORE, STOW-RS)
         self.local = LocalBackend(self.store, self.files, cfg.dicom.ae_title)
         self.membership = membership
         self.peer: PeerServer | None = None
@@ -122,9 +123,9 @@ class Node:
                                             audit=self.audit)
             self.local.upstream = self.upstream
             await self.upstream.start()
+        self.ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s)
         if self._with_dicom:
-            ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s)
-            self.dicom = DicomService(self.cfg.dicom, ingestor=ingestor,
+            self.dicom = DicomService(self.cfg.dicom, ingestor=self.ingestor,
                                       backend=self._dicom_backend(), audit=self.audit, loop=loop)
             dicom = self.dicom
             self.ports.dicom = await listening(

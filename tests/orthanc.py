@@ -83,6 +83,7 @@ class Orthanc:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orthanc-")))
     dicom_port: int = 0
     http_port: int = 0
+    extra_config: dict[str, Any] = field(default_factory=dict)   # e.g. plugins (benchmarks)
     _proc: subprocess.Popen[bytes] | None = None
     _owns_workdir: bool = True
 
@@ -98,8 +99,9 @@ class Orthanc:
         self.dicom_port = self.dicom_port or _free_port()
         self.http_port = self.http_port or _free_port()
         config = self.workdir / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(storage, self.dicom_port, self.http_port,
-                                                    self.modalities), indent=1))
+        config.write_text(json.dumps({**orthanc_config(storage, self.dicom_port, self.http_port,
+                                                       self.modalities), **self.extra_config},
+                                     indent=1))
         log = open(self.workdir / "orthanc.log", "wb")
         env = dict(os.environ, TCP_NODELAY="1")
         self._proc = subprocess.Popen([str(ORTHANC_BIN), str(config)], stdout=log,

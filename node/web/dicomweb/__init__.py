@@ -1,0 +1,31 @@
+"""DICOMweb at the home node (QIDO-RS federated, WADO-RS local + remote, STOW-RS).
+
+Mount on the web app with ``add_dicomweb(app, node, authenticate)``; see README
+"DICOMweb" for the endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aiohttp import web
+
+from .context import DicomwebContext
+from .memory_cache import DEFAULT_MAX_BYTES, SeriesCache
+from .requester import Authenticate
+from .routes import dicomweb_routes
+
+__all__ = ["add_dicomweb", "DicomwebContext"]
+
+
+def add_dicomweb(app: web.Application, node: Any, authenticate: Authenticate, *,
+                 prefix: str = "/dicomweb", public_url: str | Callable[[], str] = "",
+                 cache_bytes: int = DEFAULT_MAX_BYTES) -> DicomwebContext:
+    """Add the DICOMweb routes under ``prefix``. ``public_url`` (e.g. the node's
+    configured https://host:port, or a callable giving it once the port is known)
+    prefixes BulkDataURIs and RetrieveURLs; empty gives absolute-path URIs."""
+    url = public_url if callable(public_url) else (lambda: public_url)  # type: ignore[misc]
+    ctx = DicomwebContext(node, authenticate, prefix.rstrip("/"), url,
+                          series_cache=SeriesCache(cache_bytes))
+    app.add_routes(dicomweb_routes(ctx))
+    return ctx

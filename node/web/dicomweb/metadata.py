@@ -1,0 +1,157 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2): instances as DICOM JSON, bulk data by reference.
+
+Top-level binary elements over 1 KB (always the pixel data) are replaced by a
+BulkDataURI under the instance's own URL; nested ones stay inline. URIs start with the
+configured public base URL, or are absolute paths when none is configured — never
+built from the request's Host header (some clients send it without the port).
+
+Metadata of a series is cached per instance as JSON text (bounded, least recently used
+first out), so asking again for a series costs a store query and a join; an instance
+added later is converted on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from .fast_json import NotFast, header_json
+from .instances import InstanceView
+
+BULK_THRESHOLD = 1024
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+DEFAULT_CACHE_BYTES = 64 << 20
+
+
+def instance_url(base: str, view: InstanceView) -> str:
+    return (f"{base}/studies/{view.study_uid}/series/{view.series_uid}"
+            f"/instances/{view.sop_uid}")
+
+
+HEAD_BYTES = 64 << 10
+
+
+def _header(view: InstanceView) -> Dataset:
+    source: Any = io.BytesIO(view.data) if view.data is not None else str(view.path)
+    with warnings.catch_warnings():   # pydicom warnings can quote values (PHI)
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(source, defer_size=BULK_THRESHOLD)
+
+
+def _head_bytes(view: InstanceView, size: int) -> tuple[bytes, bool]:
+    """The first ``size`` bytes of the instance and whether that is all of it."""
+    if view.data is not None:
+        return view.data, True
+    assert view.path is not None
+    with open(view.path, "rb") as fh:
+        head = fh.read(size)
+        return head, len(head) < size
+
+
+def _fast(view: InstanceView, url: str) -> dict[str, Any]:
+    def bulk(tag: int, _vr: str) -> str:
+        return f"{url}/bulk/{tag:08X}"
+
+    size = HEAD_BYTES
+    while True:
+        data, whole = _head_bytes(view, size)
+        try:
+            doc, pixel_vr = header_json(data, bulk, threshold=BULK_THRESHOLD)
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
+            if whole or isinstance(exc, NotFast):
+                raise NotFast(str(exc)) from None
+            size *= 16
+            continue
+        if pixel_vr or whole:
+            break
+        size *= 16          # the header is longer than what was read
+    if pixel_vr:
+        doc["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": bulk(0x7FE00010, pixel_vr)}
+    return doc
+
+
+def _general(view: InstanceView, url: str) -> dict[str, Any]:
+    """pydicom's converter, for what ``fast_json`` does not handle."""
+    ds = _header(view)
+    bulk: dict[str, dict[str, str]] = {}
+    for elem in list(ds):
+        length = getattr(elem, "length", None)
+        if length is None:
+            value = elem.value
+            length = len(value) if isinstance(value, (bytes, bytearray)) else 0
+        if (str(elem.VR) in _BINARY_VRS and length > BULK_THRESHOLD) or elem.tag == 0x7FE00010:
+            vr = str(elem.VR)
+            if elem.tag == 0x7FE00010:
+                compressed = UID(view.transfer_syntax).is_compressed
+                vr = "OB" if compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+            bulk[f"{int(elem.tag):08X}"] = {"vr": vr, "BulkDataURI": f"{url}/bulk/{int(elem.tag):08X}"}
+            del ds[elem.tag]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        doc = ds.to_json_dict(bulk_data_threshold=1 << 62, suppress_invalid_tags=True)
+    doc.update(bulk)
+    return doc
+
+
+def metadata_doc(view: InstanceView, base: str) -> dict[str, Any]:
+    """One instance's metadata (blocking: reads the file's header)."""
+    url = instance_url(base, view)
+    try:
+        doc = _fast(view, url)
+    except NotFast:
+        doc = _general(view, url)
+    return dict(sorted(doc.items()))
+
+
+def metadata_json(view: InstanceView, base: str) -> str:
+    return json.dumps(metadata_doc(view, base), separators=(",", ":"))
+
+
+class MetadataCache:
+    """Instance metadata JSON by SOP Instance UID, bounded by total size."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._size = 0
+
+    def _put(self, key: tuple[str, str], text: str) -> None:
+        if key in self._items:
+            return
+        self._items[key] = text
+        self._size += len(text)
+        while self._size > self.max_bytes and self._items:
+            _k, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+    async def series_json(self, views: list[InstanceView], base: str, *,
+                          cache: bool = True) -> bytes:
+        """``[meta, meta, ...]`` for ``views``; missing entries are built in one thread hop.
+        Remote instances are not cached here (their cache is the series cache)."""
+        texts: dict[int, str] = {}
+        missing: list[int] = []
+        for i, view in enumerate(views):
+            key = (base, view.sop_uid)
+            text = self._items.get(key) if cache and not view.remote else None
+            if text is None:
+                missing.append(i)
+            else:
+                self._items.move_to_end(key)
+                texts[i] = text
+        if missing:
+            built = await asyncio.to_thread(lambda: [metadata_json(views[i], base)
+                                                     for i in missing])
+            for i, text in zip(missing, built):
+                texts[i] = text
+                if cache and not views[i].remote:
+                    self._put((base, views[i].sop_uid), text)
+        return ("[" + ",".join(texts[i] for i in range(len(views))) + "]").encode()

@@ -1,0 +1,60 @@
+"""QIDO-RS (PS3.18 10.6): this node's matches and, at the federated root, every site's.
+
+Local and federated parts run at the same time; the answer is local rows first, then
+the other sites' rows, each tagged with its site (RetrieveAETitle, InstitutionName).
+Sites that did not answer by the deadline are left out and named in the search record
+(``X-Medfed-Search`` header -> ``GET {root}/searches/{id}``), so partial results are
+visible as partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from node.pacs.qr_attributes import QueryLevel
+
+from .context import DicomwebContext
+from .dicom_json import json_response
+from .errors import NotFound
+from .qido_federated import federated_qido
+from .qido_local import local_qido
+from .requester import Requester
+from .uids import checked_uid
+
+
+def _path_filters(request: web.Request) -> dict[str, str]:
+    info = request.match_info
+    out: dict[str, str] = {}
+    if "study" in info:
+        out["StudyInstanceUID"] = checked_uid(info["study"], "StudyInstanceUID")
+    if "series" in info:
+        out["SeriesInstanceUID"] = checked_uid(info["series"], "SeriesInstanceUID")
+    return out
+
+
+async def search(ctx: DicomwebContext, request: web.Request, who: Requester,
+                 federated: bool, level: QueryLevel) -> web.Response:
+    q, sql = ctx.queries.plan(level, list(request.query.items()), _path_filters(request))
+    if federated:
+        local, (remote, record) = await asyncio.gather(
+            local_qido(ctx.node, q, sql), federated_qido(ctx.node, q, who, ctx.index))
+    else:
+        local, remote, record = await local_qido(ctx.node, q, sql), [], None
+    items = (local + remote)[:q.limit]
+    headers: dict[str, str] = {}
+    if record is not None:
+        headers["X-Medfed-Search"] = ctx.searches.add(record)
+        headers["X-Medfed-Sites"] = record.summary()
+    ctx.audit("dicomweb.search", who, "partial" if record is not None and record.partial else "ok",
+              level=level.value, local=len(local), remote=len(remote))
+    return json_response(items, headers=headers)
+
+
+async def search_status(ctx: DicomwebContext, request: web.Request, who: Requester,
+                        federated: bool) -> web.Response:
+    record = ctx.searches.get(request.match_info["search"], who.handle)
+    if record is None:
+        raise NotFound("no such search for this user (searches are kept for a while only)")
+    return web.json_response(record.to_json())

@@ -1,0 +1,160 @@
+"""WADO-RS (PS3.18 10.4): instances as stored, metadata, frames, bulk data, rendered.
+
+A series goes out as a stream of the stored Part-10 bytes (read ahead one batch while
+the previous one is written), never decoded and re-encoded. Frames and bulk data are cut
+from the stored pixel data; rendering decodes one frame. The same handlers serve local
+instances and other sites' instances held in the memory cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from .accept import choose_bytes, choose_instances, choose_rendered
+from .context import DicomwebContext
+from .errors import NotFound
+from .instances import InstanceView, describe
+from .multipart import closing, content_type, multipart_body, new_boundary, part_head
+from .pixels import PIXEL_DATA, bulk_of, frames_of, parse
+from .rendered import render_frame, render_options
+from .requester import Requester
+from .uids import BadUid, checked_uid
+
+BATCH_BYTES = 8 << 20
+DICOM = "application/dicom"
+
+
+def path_uids(request: web.Request) -> tuple[str, str | None, str | None]:
+    info = request.match_info
+    study = checked_uid(info["study"], "StudyInstanceUID")
+    series = checked_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
+    sop = checked_uid(info["instance"], "SOPInstanceUID") if "instance" in info else None
+    return study, series, sop
+
+
+def _batches(views: list[InstanceView]) -> list[list[InstanceView]]:
+    """Local files in groups of about BATCH_BYTES (one thread hop per group)."""
+    out: list[list[InstanceView]] = [[]]
+    size = 0
+    for view in views:
+        out[-1].append(view)
+        size += (view.path.stat().st_size if view.path is not None else len(view.data or b""))
+        if size >= BATCH_BYTES:
+            out.append([])
+            size = 0
+    return [b for b in out if b]
+
+
+def _read_batch(batch: list[InstanceView]) -> list[bytes]:
+    return [v.read_sync() for v in batch]
+
+
+async def stream_instances(request: web.Request, views: list[InstanceView]) -> web.StreamResponse:
+    boundary = new_boundary()
+    response = web.StreamResponse(headers={"Content-Type": content_type(DICOM, boundary)})
+    await response.prepare(request)
+    batches = await asyncio.to_thread(_batches, views)
+    first = True
+    pending = asyncio.ensure_future(asyncio.to_thread(_read_batch, batches[0])) if batches else None
+    try:
+        for i in range(len(batches)):
+            assert pending is not None
+            datas = await pending
+            pending = (asyncio.ensure_future(asyncio.to_thread(_read_batch, batches[i + 1]))
+                       if i + 1 < len(batches) else None)
+            for data in datas:
+                await response.write(part_head(boundary, DICOM, first=first))
+                await response.write(data)
+                first = False
+        await response.write(closing(boundary))
+    finally:
+        if pending is not None:
+            pending.cancel()
+    await response.write_eof()
+    return response
+
+
+async def retrieve(ctx: DicomwebContext, request: web.Request, who: Requester,
+                   federated: bool) -> web.StreamResponse:
+    study, series, sop = path_uids(request)
+    views = await ctx.views(who, study, series, sop, federated=federated)
+    mode = choose_instances(request.headers.get("Accept"), {v.transfer_syntax for v in views},
+                            single=len(views) == 1)
+    ctx.audit("dicomweb.retrieve", who, "ok", **describe(views))
+    if mode == "single":
+        return web.Response(body=await views[0].read(), content_type=DICOM)
+    return await stream_instances(request, views)
+
+
+async def metadata(ctx: DicomwebContext, request: web.Request, who: Requester,
+                   federated: bool) -> web.Response:
+    study, series, sop = path_uids(request)
+    views = await ctx.views(who, study, series, sop, federated=federated)
+    body = await ctx.metadata.series_json(views, ctx.base(federated))
+    ctx.audit("dicomweb.metadata", who, "ok", **describe(views))
+    return web.Response(body=body, content_type="application/dicom+json")
+
+
+async def _one(ctx: DicomwebContext, request: web.Request, who: Requester,
+               federated: bool) -> tuple[InstanceView, Any]:
+    study, series, sop = path_uids(request)
+    views = await ctx.views(who, study, series, sop, federated=federated)
+    view = views[0]
+    data = await view.read()
+    ds = await asyncio.to_thread(parse, data)
+    return view, ds
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise BadUid("frame numbers must be 1-based whole numbers separated by commas") from None
+    if not numbers or len(numbers) > 10000:
+        raise BadUid("name 1 to 10000 frame numbers")
+    return numbers
+
+
+def _bytes_response(request: web.Request, parts: list[bytes], transfer_syntax: str) -> web.Response:
+    mode, part_type = choose_bytes(request.headers.get("Accept"), transfer_syntax)
+    if mode == "single":
+        return web.Response(body=b"".join(parts), content_type=part_type)
+    boundary = new_boundary()
+    ts = transfer_syntax if part_type == "application/octet-stream" else None
+    return web.Response(body=multipart_body(parts, part_type, boundary),
+                        headers={"Content-Type": content_type(part_type, boundary, ts)})
+
+
+async def frames(ctx: DicomwebContext, request: web.Request, who: Requester,
+                 federated: bool) -> web.Response:
+    numbers = _frame_numbers(request.match_info["frames"])
+    view, ds = await _one(ctx, request, who, federated)
+    parts = frames_of(ds, numbers)
+    ctx.audit("dicomweb.frames", who, "ok", frames=len(numbers), remote=view.remote)
+    return _bytes_response(request, parts, view.transfer_syntax)
+
+
+async def bulk(ctx: DicomwebContext, request: web.Request, who: Requester,
+               federated: bool) -> web.Response:
+    view, ds = await _one(ctx, request, who, federated)
+    tag = request.match_info["tag"].upper()
+    value = bulk_of(ds, tag)
+    ctx.audit("dicomweb.bulk", who, "ok", tag=tag, remote=view.remote)
+    ts = view.transfer_syntax if int(tag, 16) == PIXEL_DATA else "1.2.840.10008.1.2.1"
+    return _bytes_response(request, [value], ts)
+
+
+async def rendered(ctx: DicomwebContext, request: web.Request, who: Requester,
+                   federated: bool) -> web.Response:
+    media_type = choose_rendered(request.headers.get("Accept"))
+    opts = render_options(dict(request.query), media_type)
+    numbers = _frame_numbers(request.match_info.get("frames", "1"))
+    if len(numbers) != 1:
+        raise NotFound("render one frame per request")
+    view, ds = await _one(ctx, request, who, federated)
+    image = await asyncio.to_thread(render_frame, ds, numbers[0], opts)
+    ctx.audit("dicomweb.rendered", who, "ok", remote=view.remote)
+    return web.Response(body=image, content_type=media_type)
