@@ -8,6 +8,8 @@ for pair in storescu:dcmtk Orthanc:orthanc; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   [ -x "/usr/bin/$cmd" ] || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# Orthanc's DICOMweb plugin: the anchor of bench/dicomweb.py
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=("orthanc-dicomweb")
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "bootstrap: installing system packages: ${need[*]}"

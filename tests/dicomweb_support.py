@@ -34,12 +34,16 @@ class TestPrincipal:
     purpose: str = "treatment"
 
 
-def bearer_auth(token: str = TOKEN) -> Callable[[web.Request], Any]:
-    """Stands in for the web app's authenticate() until it lands: one fixed token."""
+OTHER_TOKEN = "mft_second-user-token"
+USERS = {TOKEN: TestPrincipal(TestUser()),
+         OTHER_TOKEN: TestPrincipal(TestUser("bob", "usr-bob"))}
+
+
+def bearer_auth(users: dict[str, TestPrincipal] = USERS) -> Callable[[web.Request], Any]:
+    """Stands in for the web app's authenticate() until it lands: fixed tokens."""
     def authenticate(request: web.Request) -> TestPrincipal | None:
-        if request.headers.get("Authorization") == f"Bearer {token}":
-            return TestPrincipal(TestUser())
-        return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return users.get(token) if scheme == "Bearer" else None
     return authenticate
 
 

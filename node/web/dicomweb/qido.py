@@ -1,6 +1,6 @@
 """QIDO-RS (PS3.18 10.6): this node's matches and, at the federated root, every site's.
 
-Local and federated parts run at the same time; the answer is local rows first, then
+The local part is answered first (about a millisecond), then the federation; the answer is local rows first, then
 the other sites' rows, each tagged with its site (RetrieveAETitle, InstitutionName).
 Sites that did not answer by the deadline are left out and named in the search record
 (``X-Medfed-Search`` header -> ``GET {root}/searches/{id}``), so partial results are
@@ -8,8 +8,6 @@ visible as partial.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
@@ -37,11 +35,12 @@ def _path_filters(request: web.Request) -> dict[str, str]:
 async def search(ctx: DicomwebContext, request: web.Request, who: Requester,
                  federated: bool, level: QueryLevel) -> web.Response:
     q, sql = ctx.queries.plan(level, list(request.query.items()), _path_filters(request))
+    local = await local_qido(ctx.node, q, sql)
+    remote, record = [], None
     if federated:
-        local, (remote, record) = await asyncio.gather(
-            local_qido(ctx.node, q, sql), federated_qido(ctx.node, q, who, ctx.index))
-    else:
-        local, remote, record = await local_qido(ctx.node, q, sql), [], None
+        # After the local part, not beside it: the federated query registers an SQLite
+        # function on the same connection, which SQLite refuses while a statement runs.
+        remote, record = await federated_qido(ctx.node, q, who, ctx.index)
     items = (local + remote)[:q.limit]
     headers: dict[str, str] = {}
     if record is not None:

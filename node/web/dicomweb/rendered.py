@@ -90,7 +90,9 @@ def _grey_to_8bit(pixels: np.ndarray, ds: Dataset, opts: RenderOptions) -> np.nd
             center, width = (low + high) / 2, max(high - low, 1.0)
     if opts.sigmoid:
         out = 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    else:   # PS3.3 C.11.2.1.2.1
+    elif width <= 1.0:   # PS3.3 C.11.2.1.2.1: a width of 1 is a threshold
+        out = np.where(values > center - 0.5, 255.0, 0.0)
+    else:
         out = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
     out = np.clip(out, 0, 255).astype(np.uint8)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":

@@ -40,8 +40,19 @@ def requester_of(principal: Any) -> Requester:
     handle = str(getattr(source, "handle", "") or name)
     return Requester(name=name, handle=handle, role=str(getattr(source, "role", "clinician")),
                      department=str(getattr(source, "department", "") or "radiology"),
-                     purpose=str(getattr(principal, "purpose", "") or DEFAULT_PURPOSE),
+                     purpose=_purpose(principal),
                      record=source if source is not principal else record)
+
+
+def _purpose(principal: Any) -> str:
+    """The stated purpose, else treatment when the user may state it, else their first."""
+    stated = getattr(principal, "purpose", "")
+    if stated:
+        return str(stated)
+    allowed = tuple(getattr(principal, "purposes", ()) or ())
+    if not allowed or DEFAULT_PURPOSE in allowed:
+        return DEFAULT_PURPOSE
+    return str(allowed[0])
 
 
 def unauthorized() -> web.HTTPUnauthorized:

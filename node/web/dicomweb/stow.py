@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import warnings
 from typing import Any
 
@@ -145,4 +146,5 @@ async def store(ctx: DicomwebContext, request: web.Request, who: Requester,
               reason="; ".join(sorted(reasons))[:200])
     headers = {"Warning": "299 medfed \"" + "; ".join(sorted(reasons))[:200] + "\""} \
         if reasons else None
-    return web.json_response(answer, status=code, content_type=DICOM_JSON, headers=headers)
+    return web.Response(body=json.dumps(answer).encode(), status=code, content_type=DICOM_JSON,
+                        headers=headers)
