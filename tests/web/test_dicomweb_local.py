@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from node.datadir import make_private_dir
 from node.node import Node
 from node.store.ingest_local import encode_part10, ingest_dataset
 from node.synth.generate import iter_datasets
@@ -29,8 +30,10 @@ from tests.dicomweb_support import TOKEN, LoopThread, Served, serve
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, list[Dataset], Node]]:
     loop = LoopThread()
-    node = Node(loopback_config(tmp_path_factory.mktemp("dw") / "node", name="Alpha Hospital",
-                                ae_title="ALPHA"), with_dicom=False)
+    data_dir = tmp_path_factory.mktemp("dw") / "node"
+    make_private_dir(data_dir)                     # the node refuses a folder open to others
+    node = Node(loopback_config(data_dir, name="Alpha Hospital", ae_title="ALPHA"),
+                with_dicom=False)
     loop.call(node.start())
     originals = list(iter_datasets(patients=2, studies=1, series=2, slices=4, rows=32, cols=32))
     for ds in originals:
