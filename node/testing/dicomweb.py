@@ -1,0 +1,67 @@
+"""A node's DICOMweb on an ephemeral loopback port, outside the web app (tests, benchmarks).
+
+dicomweb-client and the benchmark clients are blocking, so nodes and their HTTP server
+run on an event loop in a thread of their own (``LoopThread``) and callers use the
+client from their own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, Awaitable, TypeVar
+
+from aiohttp import web
+
+from node.web.dicomweb import DicomwebContext, add_dicomweb
+from node.web.dicomweb.requester import Authenticate
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread; ``call`` runs a coroutine on it."""
+
+    def __init__(self, name: str = "loop-thread") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
+        self._thread.start()
+
+    def call(self, coro: Awaitable[T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class ServedDicomweb:
+    runner: web.AppRunner
+    port: int
+    ctx: DicomwebContext
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicomweb"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve_dicomweb(node: Any, authenticate: Authenticate, **kwargs: Any) -> ServedDicomweb:
+    """DICOMweb of ``node`` on 127.0.0.1 (ephemeral port), BulkDataURIs from that URL."""
+    app = web.Application()
+    bound: list[int] = []
+    ctx = add_dicomweb(app, node, authenticate,
+                       public_url=lambda: f"http://127.0.0.1:{bound[0]}", **kwargs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets  # type: ignore[union-attr]
+    bound.append(int(server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
+    return ServedDicomweb(runner, bound[0], ctx)
