@@ -32,21 +32,15 @@ import requests
 
 from node.store.ingest_local import ingest_dataset
 from node.synth.generate import generate, iter_datasets
-from node.testing.dicomweb import LoopThread, serve_dicomweb
+from node.testing.dicomweb import LoopThread, serve_dicomweb, user_token
 
-from .dicomweb_server import BenchPrincipal
 from .dicomweb_report import Rounds, federated_line, p50, table
 from .results import load_average, stamp, write_section
 from .wan_links import Link
 
 SECTION = "DICOMweb (QIDO-RS / WADO-RS / STOW-RS) vs Orthanc DICOMweb plugin"
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-TOKEN = "mft_bench"
 STOW_BATCH = 50
-
-
-def _authenticate(request: Any) -> BenchPrincipal | None:
-    return BenchPrincipal() if request.headers.get("Authorization") == f"Bearer {TOKEN}" else None
 
 
 def _timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -106,17 +100,18 @@ def measure(session: requests.Session, url: str, files: list[Path], uids: tuple[
 
 def medfed_round(work: Path, files: list[Path], uids: tuple[str, str, str], rounds: Rounds) -> None:
     """A fresh node in its own process (bench.dicomweb_server), measured over HTTP."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.dicomweb_server", str(work / "medfed"),
-                             TOKEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dicomweb_server", str(work / "medfed")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             cwd=Path(__file__).resolve().parent.parent)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         if not line.startswith("dicomweb ready:"):
             raise RuntimeError(f"the medfed DICOMweb server did not start: {line!r}")
-        url = f"http://127.0.0.1:{int(line.split(':')[1])}/dicomweb"
+        port, token = line.split(":", 1)[1].split()
+        url = f"http://127.0.0.1:{int(port)}/dicomweb"
         with requests.Session() as session:
-            session.headers["Authorization"] = f"Bearer {TOKEN}"
+            session.headers["Authorization"] = f"Bearer {token}"
             measure(session, url, files, uids, rounds, "medfed")
     finally:
         if proc.stdin is not None:
@@ -150,11 +145,12 @@ async def _federated(base: Path, queries: int, one_way_ms: float) -> tuple[list[
             for ds in iter_datasets(patients=1, studies=1, series=1, slices=2, rows=16, cols=16,
                                     seed=40 + i, patient_offset=10 * i):
                 await ingest_dataset(node.store, node.files, ds)
-        served = await serve_dicomweb(fed.nodes[requester], _authenticate)
+        token = await asyncio.to_thread(user_token, fed.nodes[requester], "bench")
+        served = await serve_dicomweb(fed.nodes[requester])
         times: list[float] = []
         statuses: set[str] = set()
         async with fed.links(requester, Link(1000.0, one_way_ms)), aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+                headers={"Authorization": f"Bearer {token}"}) as client:
             for n in range(queries + 3):          # 3 warm-up queries (TLS sessions open)
                 t = time.perf_counter()
                 async with client.get(served.url + "/studies") as r:

@@ -2,8 +2,9 @@
 
 Why a process: the benchmark's HTTP client would otherwise share one interpreter (and
 its GIL) with the node it measures, while Orthanc runs apart. Prints one line
-``dicomweb ready: PORT`` and serves until stdin closes (the benchmark ends it that way).
-``python -m bench.dicomweb_server DATA_DIR TOKEN``
+``dicomweb ready: PORT TOKEN`` (a bearer token of the local user "bench") and serves
+until stdin closes (the benchmark ends it that way).
+``python -m bench.dicomweb_server DATA_DIR``
 """
 
 from __future__ import annotations
@@ -11,30 +12,20 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 from node.datadir import make_private_dir
 from node.node import Node
-from node.testing.dicomweb import serve_dicomweb
+from node.testing.dicomweb import serve_dicomweb, user_token
 from node.testing.nodes import loopback_config
 
 
-class BenchPrincipal:
-    handle = name = "bench"
-    role, department, purpose = "clinician", "radiology", "treatment"
-
-
-async def serve(data_dir: Path, token: str) -> None:
+async def serve(data_dir: Path) -> None:
     make_private_dir(data_dir)
     node = Node(loopback_config(data_dir, name="bench"), with_dicom=False)
     await node.start()
-
-    def authenticate(request: Any) -> BenchPrincipal | None:
-        ok = request.headers.get("Authorization") == f"Bearer {token}"
-        return BenchPrincipal() if ok else None
-
-    served = await serve_dicomweb(node, authenticate)
-    print(f"dicomweb ready: {served.port}", flush=True)
+    token = await asyncio.to_thread(user_token, node, "bench")
+    served = await serve_dicomweb(node)
+    print(f"dicomweb ready: {served.port} {token}", flush=True)
     try:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     finally:
@@ -43,10 +34,10 @@ async def serve(data_dir: Path, token: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bench.dicomweb_server DATA_DIR TOKEN", file=sys.stderr)
+    if len(argv) != 1:
+        print("usage: python -m bench.dicomweb_server DATA_DIR", file=sys.stderr)
         return 2
-    asyncio.run(serve(Path(argv[0]), argv[1]))
+    asyncio.run(serve(Path(argv[0])))
     return 0
 
 

@@ -14,8 +14,11 @@ from typing import Any, Awaitable, TypeVar
 
 from aiohttp import web
 
+from node.users import User
 from node.web.dicomweb import DicomwebContext, add_dicomweb
 from node.web.dicomweb.requester import Authenticate
+
+from .users import local_user
 
 T = TypeVar("T")
 
@@ -37,6 +40,21 @@ class LoopThread:
         self.loop.close()
 
 
+def token_authenticate(node: Any) -> Authenticate:
+    """Bearer tokens of the node's own users (node.tokens), as the web app checks them."""
+    async def authenticate(request: web.Request) -> User | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token:
+            return None
+        return await asyncio.to_thread(node.tokens.verify_token, token)
+    return authenticate
+
+
+def user_token(node: Any, name: str, **kwargs: Any) -> str:
+    """A bearer token for local user ``name`` (created when missing; blocking)."""
+    return str(node.tokens.issue_token(local_user(node, name, **kwargs)))
+
+
 @dataclass
 class ServedDicomweb:
     runner: web.AppRunner
@@ -51,11 +69,12 @@ class ServedDicomweb:
         await self.runner.cleanup()
 
 
-async def serve_dicomweb(node: Any, authenticate: Authenticate, **kwargs: Any) -> ServedDicomweb:
+async def serve_dicomweb(node: Any, authenticate: Authenticate | None = None,
+                         **kwargs: Any) -> ServedDicomweb:
     """DICOMweb of ``node`` on 127.0.0.1 (ephemeral port), BulkDataURIs from that URL."""
     app = web.Application()
     bound: list[int] = []
-    ctx = add_dicomweb(app, node, authenticate,
+    ctx = add_dicomweb(app, node, authenticate or token_authenticate(node),
                        public_url=lambda: f"http://127.0.0.1:{bound[0]}", **kwargs)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -24,7 +24,7 @@ from node.store.ingest_local import ingest_dataset
 from node.synth.generate import iter_datasets
 from node.synth.plan import PhiOverrides
 from node.testing.federation import LocalFederation, start_federation
-from tests.dicomweb_support import OTHER_TOKEN, TOKEN, LoopThread, Served, serve
+from tests.dicomweb_support import LoopThread, Served, serve
 
 CANARIES = ("QZXNAME^WEBCANARY", "QZXPID5521", "19140212", "QZXACC7713")
 PHI = PhiOverrides(patient_name=CANARIES[0], patient_id=CANARIES[1], birth_date=CANARIES[2],
@@ -80,7 +80,7 @@ def _value(item: dict, tag: str) -> object:  # type: ignore[type-arg]
 def test_federated_qido_tags_each_site(federation) -> None:  # type: ignore[no-untyped-def]
     fed, served, remote, local, _loop = federation
     home, site = fed.by_name("home"), fed.by_name("site")
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = served.auth()
     r = requests.get(served.url + "/studies", headers=auth, timeout=60)
     assert r.status_code == 200
     studies = r.json()
@@ -98,7 +98,7 @@ def test_federated_qido_tags_each_site(federation) -> None:  # type: ignore[no-u
     assert sorted(s["site"] for s in status["sites"]) == ["c", "d", "home", "site"]
     assert status["partial"] is False and all(s["status"] == "ok" for s in status["sites"])
     other = requests.get(served.url + "/searches/" + r.headers["X-Medfed-Search"],
-                         headers={"Authorization": f"Bearer {OTHER_TOKEN}"}, timeout=30)
+                         headers=served.auth(served.other_token), timeout=30)
     assert other.status_code == 404                        # another user's search stays theirs
     local_only = served.client(local=True).search_for_studies()
     assert [_value(s, "0020000D") for s in local_only] == [local[0].StudyInstanceUID]
@@ -154,16 +154,16 @@ def test_owner_down_replica_path_and_partial_search(federation) -> None:  # type
     study = keyed_uid(remote[0].StudyInstanceUID, key)
     last = remote[-1]
     series_uid = keyed_uid(last.SeriesInstanceUID, key)
-    bob = served.client(OTHER_TOKEN)
+    bob = served.client(served.other_token)
     assert bob.search_for_series(study)              # bob learns of the series while site is up
     loop.call(site.stop())
     fed.down.add(fed.nodes.index(site))
-    r = requests.get(served.url + "/studies", headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
+    r = requests.get(served.url + "/studies", headers=served.auth(served.other_token),
                      timeout=60)
     assert r.status_code == 200
     assert "unreachable=1" in r.headers["X-Medfed-Sites"] or "timeout=1" in r.headers["X-Medfed-Sites"]
     status = requests.get(served.url + "/searches/" + r.headers["X-Medfed-Search"],
-                          headers={"Authorization": f"Bearer {OTHER_TOKEN}"}, timeout=30).json()
+                          headers=served.auth(served.other_token), timeout=30).json()
     assert status["partial"] is True
     assert {s["site"] for s in status["sites"] if s["status"] != "ok"} == {"site"}, status["sites"]
     got = bob.retrieve_series(study, series_uid)      # not in bob's cache: replica + shares

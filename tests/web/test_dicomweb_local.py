@@ -24,7 +24,7 @@ from node.node import Node
 from node.store.ingest_local import encode_part10, ingest_dataset
 from node.synth.generate import iter_datasets
 from node.testing.nodes import loopback_config
-from tests.dicomweb_support import TOKEN, LoopThread, Served, serve
+from tests.dicomweb_support import LoopThread, Served, serve
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_qido_filters(site: tuple[Served, list[Dataset], Node]) -> None:
 
 def test_qido_bad_query_is_refused_with_reason(site: tuple[Served, list[Dataset], Node]) -> None:
     served, _originals, _node = site
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = served.auth()
     r = requests.get(served.url + "/studies?NoSuchKeyword=1", headers=headers, timeout=30)
     assert r.status_code == 400 and "NoSuchKeyword" in r.text
     r = requests.get(served.url + "/studies?limit=0", headers=headers, timeout=30)
@@ -110,7 +110,7 @@ def test_nothing_without_login(site: tuple[Served, list[Dataset], Node]) -> None
 def test_path_traversal_in_uids_refused(site: tuple[Served, list[Dataset], Node]) -> None:
     served, originals, _node = site
     one = originals[0]
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = served.auth()
     for bad in ("..", "..%2F..%2Fetc", "1.2.3%2F..%2F..", "1.2.3;rm", "%2e%2e", "1" * 65):
         for path in (f"/studies/{bad}/metadata",
                      f"/studies/{one.StudyInstanceUID}/series/{bad}",
@@ -133,7 +133,7 @@ def test_wado_series_is_byte_identical(site: tuple[Served, list[Dataset], Node])
     stored = node.files.root
     raw = requests.get(f"{served.url}/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
                        f"/instances/{one.SOPInstanceUID}",
-                       headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/dicom"},
+                       headers={**served.auth(), "Accept": "application/dicom"},
                        timeout=30)
     assert raw.status_code == 200 and raw.headers["Content-Type"] == "application/dicom"
     files = list(stored.rglob(f"{one.SOPInstanceUID}.dcm"))
@@ -174,7 +174,7 @@ def test_bulk_data_uris_ignore_the_host_header(site: tuple[Served, list[Dataset]
     served, originals, _node = site
     one = originals[0]
     r = requests.get(f"{served.url}/studies/{one.StudyInstanceUID}/metadata",
-                     headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example"},
+                     headers={**served.auth(), "Host": "evil.example"},
                      timeout=30)
     assert r.status_code == 200 and "evil.example" not in r.text
     assert f"http://127.0.0.1:{served.port}/dicomweb/studies/" in r.text
@@ -188,7 +188,7 @@ def test_frames_and_octet_stream(site: tuple[Served, list[Dataset], Node]) -> No
     assert frames == [one.PixelData]
     url = (f"{served.url}/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
            f"/instances/{one.SOPInstanceUID}")
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = served.auth()
     raw = requests.get(url + "/frames/1", headers={**auth, "Accept": "application/octet-stream"},
                        timeout=30)
     assert raw.status_code == 200 and raw.headers["Content-Type"] == "application/octet-stream"
@@ -215,7 +215,7 @@ def test_rendered_frames(site: tuple[Served, list[Dataset], Node]) -> None:
     url = (f"{served.url}/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
            f"/instances/{one.SOPInstanceUID}/frames/1/rendered")
     r = requests.get(url, params={"window": f"{center},{width},linear"},
-                     headers={"Authorization": f"Bearer {TOKEN}", "Accept": "image/png"}, timeout=30)
+                     headers={**served.auth(), "Accept": "image/png"}, timeout=30)
     thresholded = np.asarray(Image.open(io.BytesIO(r.content)))
     assert ((thresholded > 127) == (hu > center)).mean() > 0.99
     jpeg = client.retrieve_instance_frames_rendered(
@@ -223,7 +223,7 @@ def test_rendered_frames(site: tuple[Served, list[Dataset], Node]) -> None:
         media_types=("image/jpeg",))
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
     bad = requests.get(url, params={"window": "40,-1"},
-                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+                       headers=served.auth(), timeout=30)
     assert bad.status_code == 400 and "width" in bad.text
 
 
@@ -234,7 +234,7 @@ def _stow(served: Served, parts: list[bytes], *, part_type: str = "application/d
                     + b"\r\n\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary.encode() + b"--\r\n"
     ctype = content_type or f'multipart/related; type="application/dicom"; boundary={boundary}'
     return requests.post(served.url + "/studies" + (f"/{study}" if study else ""), data=body,
-                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": ctype},
+                         headers={**served.auth(), "Content-Type": ctype},
                          timeout=60)
 
 
@@ -285,7 +285,7 @@ def test_stow_refuses_bad_input_with_reason(site: tuple[Served, list[Dataset], N
     wrong_type = _stow(served, [b"{}"], content_type="application/json")
     assert wrong_type.status_code == 415
     truncated = requests.post(served.url + "/studies", data=b"--xx\r\nContent-Type: appl",
-                              headers={"Authorization": f"Bearer {TOKEN}",
+                              headers={**served.auth(),
                                        "Content-Type": 'multipart/related; type="application/dicom"; boundary=xx'},
                               timeout=30)
     assert truncated.status_code == 400

@@ -115,8 +115,7 @@ async def federated_qido(node: Any, q: QidoRequest, who: Requester,
     try:
         fq = replace(FederatedQuery.from_cfind(q.identifier), level=LEVELS[q.level],
                      limit=min(10000, q.offset + q.limit))
-        answer = await service.query(fq, user=who.handle, role=who.role,
-                                     department=who.department, purpose=who.purpose)
+        answer = await service.query(fq, user=who.user, purpose=who.purpose)
     except (QueryError, FederatedQueryError) as exc:
         return [], SearchRecord(who.handle, LEVELS[q.level], [], True, 0.0,
                                 note=f"other sites not asked: {exc}")

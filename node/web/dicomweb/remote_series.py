@@ -39,8 +39,7 @@ class RemoteSeriesSource:
             return []
         try:
             answer = await service.query(FederatedQuery(level="series", limit=MAX_LIMIT),
-                                         user=who.handle, role=who.role,
-                                         department=who.department, purpose=who.purpose)
+                                         user=who.user, purpose=who.purpose)
         except FederatedQueryError:
             return []
         me = self.node.identity.node_id_hex
@@ -84,8 +83,7 @@ class RemoteSeriesSource:
         key = (who.cache_key, target.owner, target.keyed_series_uid, target.identified)
 
         async def fetch() -> list[bytes]:
-            assertion = local_assertion(self.node, user=who.handle, role=who.role,
-                                        department=who.department, purpose=who.purpose)
+            assertion = local_assertion(self.node, who.user, who.purpose)
             try:
                 result = await Retriever(self.node, deadline_s=FETCH_DEADLINE_S).fetch(
                     SeriesRef(target.owner, keyed_series_uid=target.keyed_series_uid),

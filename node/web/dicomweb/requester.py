@@ -1,58 +1,40 @@
-"""Who is asking: the authenticated principal of a DICOMweb request, and the 401 otherwise.
+"""Who is asking: the local user behind a DICOMweb request, and the 401/403 otherwise.
 
 The web app's ``authenticate(request)`` (session cookie or bearer token) decides who the
-caller is; this module only reads what a federated request needs from its answer: the
-user's pseudonymous handle (what other sites see), role, department and purpose.
+caller is. Every federated request is made for a registered local user
+(``node.users``): role and department come from the user's record, the purpose is one
+the record allows (``treatment`` when allowed, else the first), and other sites see only
+the user's pseudonymous handle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
 
 from aiohttp import web
 
+from node.users import User, UserRefused, resolve_user
+
 Authenticate = Callable[[web.Request], Union[Any, Awaitable[Any]]]
-DEFAULT_PURPOSE = "treatment"
+PREFERRED_PURPOSE = "treatment"
 
 
 @dataclass(frozen=True)
 class Requester:
-    name: str            # login name at this node (home-site audit only)
-    handle: str          # pseudonymous id sent to other sites
-    role: str
-    department: str
+    user: User
     purpose: str
-    record: Any = None   # the user record, when the principal carries one
+
+    @property
+    def handle(self) -> str:
+        return self.user.handle
 
     @property
     def cache_key(self) -> tuple[str, str, str, str]:
         """What a release decision depends on: decrypted data is never shared across these."""
-        return (self.handle, self.role, self.department, self.purpose)
-
-
-def requester_of(principal: Any) -> Requester:
-    """Read a principal: its ``user`` record, or the same attributes on itself."""
-    record = getattr(principal, "user", None)
-    source = record if record is not None and not isinstance(record, str) else principal
-    name = str(getattr(source, "name", "") or getattr(principal, "name", "") or record or "")
-    handle = str(getattr(source, "handle", "") or name)
-    return Requester(name=name, handle=handle, role=str(getattr(source, "role", "clinician")),
-                     department=str(getattr(source, "department", "") or "radiology"),
-                     purpose=_purpose(principal),
-                     record=source if source is not principal else record)
-
-
-def _purpose(principal: Any) -> str:
-    """The stated purpose, else treatment when the user may state it, else their first."""
-    stated = getattr(principal, "purpose", "")
-    if stated:
-        return str(stated)
-    allowed = tuple(getattr(principal, "purposes", ()) or ())
-    if not allowed or DEFAULT_PURPOSE in allowed:
-        return DEFAULT_PURPOSE
-    return str(allowed[0])
+        return (self.user.handle, self.user.role, self.user.department, self.purpose)
 
 
 def unauthorized() -> web.HTTPUnauthorized:
@@ -62,14 +44,34 @@ def unauthorized() -> web.HTTPUnauthorized:
         headers={"WWW-Authenticate": 'Bearer realm="medfed"'})
 
 
-async def requester_for(request: web.Request, authenticate: Authenticate) -> Requester:
-    """The caller, or raise 401."""
+def _purpose(principal: Any, user: User) -> str:
+    stated = getattr(principal, "purpose", "") or ""
+    if stated:
+        if not user.may_state(stated):
+            raise UserRefused("purpose_not_allowed",
+                              f"user {user.name!r} may not state purpose {stated!r}")
+        return str(stated)
+    if user.may_state(PREFERRED_PURPOSE):
+        return PREFERRED_PURPOSE
+    if not user.purposes:
+        raise UserRefused("no_purpose", f"user {user.name!r} may state no purpose; an "
+                                        "administrator sets one with 'medfed user add --purpose'")
+    return user.purposes[0]
+
+
+async def requester_for(request: web.Request, authenticate: Authenticate, node: Any) -> Requester:
+    """The caller as a local user record, or raise 401 (no login) / 403 (user refused)."""
     principal = authenticate(request)
     if inspect.isawaitable(principal):
         principal = await principal
     if principal is None:
         raise unauthorized()
-    who = requester_of(principal)
-    if not who.handle:
-        raise unauthorized()
-    return who
+    try:
+        user = principal if isinstance(principal, User) else getattr(principal, "user", None)
+        if not isinstance(user, User):
+            name = user if isinstance(user, str) else getattr(principal, "name", "")
+            user = await asyncio.to_thread(resolve_user, node.users, str(name),
+                                           audit=node.audit, via="dicomweb")
+        return Requester(user, _purpose(principal, user))
+    except UserRefused as exc:
+        raise web.HTTPForbidden(text=exc.reason) from None

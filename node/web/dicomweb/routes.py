@@ -33,7 +33,7 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 def _wrap(ctx: DicomwebContext, action: str, handler: Handler,
           federated: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        who = await requester_for(request, ctx.authenticate)
+        who = await requester_for(request, ctx.authenticate, ctx.node)
         try:
             return await handler(ctx, request, who, federated)
         except (BadUid, QidoError, MultipartError) as exc:
