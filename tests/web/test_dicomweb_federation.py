@@ -134,6 +134,9 @@ def test_remote_series_byte_identical_and_memory_only(federation) -> None:  # ty
     assert client.retrieve_instance_frames(study, series_uid, sop, [1]) == [originals[sop].PixelData]
     png = client.retrieve_instance_rendered(study, series_uid, sop, media_types=("image/png",))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = client.search_for_instances(study, series_uid)      # from the fetched series
+    assert {_value(i, "00080018") for i in listed} == set(originals)
+    assert all(_value(i, "00080080") == "site" for i in listed)
     whole_study = client.retrieve_study(study)
     assert len(whole_study) == len(remote)
     # nothing decrypted was written to the home node's disk

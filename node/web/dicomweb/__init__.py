@@ -18,13 +18,25 @@ from .routes import dicomweb_routes
 __all__ = ["add_dicomweb", "DicomwebContext"]
 
 
+def web_service_url(node: Any) -> Callable[[], str]:
+    """The node's web address as its "web" service states it (configured host, bound
+    port, https with a certificate), once it listens; "" before (absolute-path URIs)."""
+    def url() -> str:
+        service = node.service("web") if hasattr(node, "service") else None
+        return str(getattr(service, "url", "") or "").rstrip("/")
+    return url
+
+
 def add_dicomweb(app: web.Application, node: Any, authenticate: Authenticate, *,
-                 prefix: str = "/dicomweb", public_url: str | Callable[[], str] = "",
+                 prefix: str = "/dicomweb", public_url: str | Callable[[], str] | None = None,
                  cache_bytes: int = DEFAULT_MAX_BYTES) -> DicomwebContext:
-    """Add the DICOMweb routes under ``prefix``. ``public_url`` (e.g. the node's
-    configured https://host:port, or a callable giving it once the port is known)
-    prefixes BulkDataURIs and RetrieveURLs; empty gives absolute-path URIs."""
-    url = public_url if callable(public_url) else (lambda: public_url)  # type: ignore[misc]
+    """Add the DICOMweb routes under ``prefix``. ``public_url`` (a URL, or a callable
+    giving it once the port is known; default: the node's web service address) prefixes
+    BulkDataURIs and RetrieveURLs; "" gives absolute-path URIs. Never the Host header."""
+    if public_url is None:
+        url = web_service_url(node)
+    else:
+        url = public_url if callable(public_url) else (lambda: public_url)  # type: ignore[misc]
     ctx = DicomwebContext(node, authenticate, prefix.rstrip("/"), url,
                           series_cache=SeriesCache(cache_bytes))
     app.add_routes(dicomweb_routes(ctx))
