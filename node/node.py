@@ -43,6 +43,7 @@ class NodePorts:
     dicom: int = 0
     peer: int = 0
     dht: int = 0
+    web: int = 0
 
 
 class Node:

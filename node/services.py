@@ -17,6 +17,7 @@ from .query.dicom_federation import FederationDicomBackend
 from .query.service import FederatedQueryService
 from .replica.service import ReplicaService
 from .sharing.publisher import PublisherService
+from .web.service import WebService
 
 if TYPE_CHECKING:
     from .config.model import NodeConfig
@@ -27,9 +28,9 @@ def default_services(cfg: "NodeConfig") -> list[NodeService]:
     federation C-FIND entry point, key custody, replicas and the series publisher — for a node that has joined a
     federation. A stand-alone hospital node (no `medfed join` yet) runs none of them."""
     if not membership_paths(cfg.data_dir).roster.exists():
-        return [ControlService()]
+        return [WebService(), ControlService()]
     # The control socket comes last: clients connect only once everything runs.
-    return federated_services() + [ControlService()]
+    return federated_services() + [WebService(), ControlService()]
 
 
 def federated_services() -> list[NodeService]:

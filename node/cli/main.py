@@ -90,15 +90,20 @@ def run(config: Path = ConfigOpt,
             loop.add_signal_handler(sig, node.request_stop)
         console.print(f"[green]medfed node {cfg.name!r} running[/green]: DICOM "
                       f"{cfg.dicom.ae_title}@{cfg.dicom.host}:{node.ports.dicom}", highlight=False)
+        web = node.service("web")
+        if web is not None:
+            console.print(f"web: {web.url}", highlight=False)  # type: ignore[attr-defined]
         try:
             await node.run_until_stopped()
         finally:
             await node.stop()
             console.print("node stopped cleanly")
 
+    from ..web.tls import WebConfigError
+
     try:
         asyncio.run(main())
-    except (IdentityError, DataFolderError, PortUnavailableError) as exc:
+    except (IdentityError, DataFolderError, PortUnavailableError, WebConfigError) as exc:
         err.print(f"[red]the node did not start:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
 

@@ -129,6 +129,9 @@ class NodeConfig:
     dicom: DicomConfig = field(default_factory=DicomConfig)
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_cert: Path | None = None     # the hospital's TLS certificate for the web port (PEM)
+    http_key: Path | None = None      # its private key (PEM)
+    http_session_idle_s: float = 900.0
     peer_host: str = "127.0.0.1"
     peer_port: int = 8443
     dht_port: int = 8468
@@ -215,6 +218,26 @@ def _hostport(text: str, where: str) -> tuple[str, int]:
     return _host(host, where), int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost': the only places plain HTTP may listen."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_tls(http: dict[str, Any], base_dir: Path) -> tuple[Path | None, Path | None]:
+    cert = _get(http, "cert", str, "", "http")
+    key = _get(http, "key", str, "", "http")
+    if bool(cert) != bool(key):
+        raise ConfigError("[http] needs both cert and key (PEM files), or neither")
+    if not cert:
+        return None, None
+    return ((base_dir / cert).resolve(), (base_dir / key).resolve())
+
+
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> NodeConfig:
     node = _section(raw, "node")
     dicom = _section(raw, "dicom")
@@ -290,6 +313,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         raise ConfigError(f"[federation] has unknown key(s): {', '.join(sorted(unknown))}")
     if not 1 <= federation.shares_k <= federation.shares_n <= 255:
         raise ConfigError("federation.shares_k must be between 1 and shares_n (at most 255)")
+    http_cert, http_key = _http_tls(http, base_dir)
+    http_host = _host(_get(http, "host", str, "127.0.0.1", "http"), "http.host")
+    if http_cert is None and not is_loopback(http_host):
+        raise ConfigError(f"http.host = {http_host!r} without http.cert and http.key: the web "
+                          "port serves plain HTTP only on loopback; give the hospital's TLS "
+                          "certificate and key, or bind to 127.0.0.1")
     policy = _section(raw, "policy") if "policy" in raw else default_policy()
     try:
         from ..policy import policy_from_dict
@@ -301,8 +330,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         name=name,
         data_dir=data_dir,
         dicom=dicom_cfg,
-        http_host=_host(_get(http, "host", str, "127.0.0.1", "http"), "http.host"),
+        http_host=http_host,
         http_port=_port(http, "port", 8080, "http"),
+        http_cert=http_cert,
+        http_key=http_key,
+        http_session_idle_s=_get(http, "session_idle_s", float, 900.0, "http"),
         peer_host=_host(_get(peer, "host", str, "127.0.0.1", "peer"), "peer.host"),
         peer_port=_port(peer, "port", 8443, "peer"),
         dht_port=_port(dht, "port", 8468, "dht"),

@@ -38,9 +38,14 @@ dimse_timeout_s = 30
 # VIEWER = "alice"
 
 [http]
-# Web UI and DICOMweb for clinicians (never the peer API).
+# Web app, OHIF viewer and DICOMweb for clinicians (never the peer API).
+# Plain HTTP only on loopback: any other host needs the hospital's certificate + key (PEM).
 host = "127.0.0.1"
 port = {http_port}
+# cert = "tls/web.crt"
+# key = "tls/web.key"
+# A web session ends after this many seconds without a request.
+session_idle_s = 900
 
 [peer]
 # Peer API for other federation members (mutual TLS).

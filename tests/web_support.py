@@ -1,0 +1,99 @@
+"""Shared helpers for the web app's tests: a node with its web port, users, a browser-like client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from node.config.model import NodeConfig
+from node.node import Node
+from node.service import NodeService
+from node.testing.nodes import loopback_config
+from node.users import UserStore
+from node.web.accounts import users_path
+from node.web.service import WebService
+
+PASSWORD = "correct horse battery"
+USERS = (("alice", "clinician", "radiology"), ("rob", "researcher", "oncology"),
+         ("ada", "admin", "it"))
+
+
+def add_users(data_dir: Path, users: Sequence[tuple[str, str, str]] = USERS) -> None:
+    store = UserStore(users_path(data_dir))
+    for name, role, department in users:
+        store.add_user(name, role, department, PASSWORD)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A hospital-style TLS certificate for 127.0.0.1 (what [http] cert/key point at)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medfed web test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "web.crt", directory / "web.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def web_config(data_dir: Path, **overrides: Any) -> NodeConfig:
+    return replace(loopback_config(data_dir, name="St Example Hospital"), **overrides)
+
+
+@asynccontextmanager
+async def web_node(cfg: NodeConfig, *, web: WebService | None = None,
+                   services: Sequence[NodeService] = ()) -> AsyncIterator[tuple[Node, WebService]]:
+    """A stand-alone node (no DICOM port) serving the web app; users from ``add_users``."""
+    svc = web or WebService()
+    node = Node(cfg, services=[*services, svc], with_dicom=False)
+    await node.start()
+    try:
+        yield node, svc
+    finally:
+        await node.stop()
+
+
+def browser(**kwargs: Any) -> aiohttp.ClientSession:
+    """A client that keeps cookies for 127.0.0.1 (aiohttp's default jar refuses IP hosts)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), **kwargs)
+
+
+def hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert match, f"no hidden field {name} in page"
+    return match.group(1)
+
+
+async def login(client: aiohttp.ClientSession, base: str, user: str,
+                password: str = PASSWORD, next_path: str = "/") -> aiohttp.ClientResponse:
+    """Fill in the login form as a browser would; returns the (unfollowed) answer."""
+    page = await (await client.get(base + "login")).text()
+    return await client.post(base + "login", allow_redirects=False, data={
+        "csrf": hidden(page, "csrf"), "next": next_path, "username": user,
+        "password": password})
+
+
+async def page_csrf(client: aiohttp.ClientSession, base: str, path: str = "") -> str:
+    """The session's CSRF token, as a page of the app carries it."""
+    return hidden(await (await client.get(base + path)).text(), "csrf")
