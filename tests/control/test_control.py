@@ -135,7 +135,8 @@ def test_status_route_reports_the_running_node(running: Running) -> None:
     node = running.owner
     doc = running.client(node).status()     # an administrator's call: the OS user suffices
     assert doc["node_id"] == node.node_id and doc["name"] == "owner"
-    assert doc["ports"] == {"dicom": node.ports.dicom, "peer": node.ports.peer, "dht": node.ports.dht}
+    assert doc["ports"] == {"dicom": node.ports.dicom, "peer": node.ports.peer, "dht": node.ports.dht,
+                            "web": node.ports.web}
     counts = running.loop.call(node.store.counts())
     assert doc["counts"]["instances"] == counts.instances == 6
     assert doc["members"] == len(NAMES)
