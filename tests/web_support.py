@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from node.config.model import NodeConfig
+from node.datadir import make_private_dir
 from node.node import Node
 from node.service import NodeService
 from node.testing.nodes import loopback_config
-from node.users import UserStore
-from node.web.accounts import users_path
+from node.testing.web_federation import add_users as add_demo_users
 from node.web.service import WebService
 
 PASSWORD = "correct horse battery"
@@ -31,9 +31,8 @@ USERS = (("alice", "clinician", "radiology"), ("rob", "researcher", "oncology"),
 
 
 def add_users(data_dir: Path, users: Sequence[tuple[str, str, str]] = USERS) -> None:
-    store = UserStore(users_path(data_dir))
-    for name, role, department in users:
-        store.add_user(name, role, department, PASSWORD)
+    """The node's users, as `medfed user add` makes them (its data folder stays private)."""
+    add_demo_users(data_dir, [(name, role, dept, PASSWORD) for name, role, dept in users])
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -66,6 +65,7 @@ async def web_node(cfg: NodeConfig, *, web: WebService | None = None,
                    services: Sequence[NodeService] = ()) -> AsyncIterator[tuple[Node, WebService]]:
     """A stand-alone node (no DICOM port) serving the web app; users from ``add_users``."""
     svc = web or WebService()
+    make_private_dir(cfg.data_dir)
     node = Node(cfg, services=[*services, svc], with_dicom=False)
     await node.start()
     try:
@@ -97,3 +97,19 @@ async def login(client: aiohttp.ClientSession, base: str, user: str,
 async def page_csrf(client: aiohttp.ClientSession, base: str, path: str = "") -> str:
     """The session's CSRF token, as a page of the app carries it."""
     return hidden(await (await client.get(base + path)).text(), "csrf")
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> list[tuple[str, dict[str, Any]]]:
+    """Every server-sent event of a finished stream, as (event name, JSON data)."""
+    import json
+
+    events = []
+    for block in (await resp.text()).split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines.get("data", "{}"))))
+    return events
+
+
+def chip_statuses(strip_html: str) -> dict[str, str]:
+    return dict(re.findall(r'data-site="([^"]+)" data-status="([^"]+)"', strip_html))

@@ -4,7 +4,6 @@ all of them, and a retrieval that still works when the owning hospital is down."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from ..query.model import FederatedQuery
 from ..services import federated_services
 from ..sharing.retrieve import Retriever
 from ..sharing.sinks import sink_for
-from ..store.ingest_local import ingest_dataset
-from ..synth.generate import iter_datasets
 from ..testing.federation import start_federation
+from ..testing.web_federation import demo_settings, load_demo_site
 
 SITES = ["st-mary", "city-general", "north-clinic", "lakeside", "university"]
 console = Console()
@@ -32,34 +30,12 @@ def _step(n: int, text: str) -> None:
     console.rule(f"[bold]{n}. {text}", align="left")
 
 
-def _configure(cfg):  # type: ignore[no-untyped-def]
-    fed = dataclasses.replace(cfg.federation, shares_k=2, shares_n=3, replicas=2,
-                              query_deadline_s=3.0, repair_interval_s=0.0)
-    return dataclasses.replace(cfg, federation=fed)
-
-
-SHARED_AT = (0, 1, 2)  # patients 1-2 were treated at the first three hospitals
-
-
-async def _load_site(node: Node, site: int) -> int:
-    """Two patients of this site's own, plus patients 1-2 at three of the sites (same
-    identity, different studies): the cross-site links a query must find."""
-    count = 0
-    offsets = ((0, 100 + site),) if site in SHARED_AT else ()
-    for offset, seed in offsets + ((2 + 2 * site, 100 + site),):
-        for ds in iter_datasets(patients=2, studies=1, series=1, slices=12, rows=96, cols=96,
-                                seed=1, site_seed=seed, patient_offset=offset):
-            await ingest_dataset(node.store, node.files, ds)
-            count += 1
-    return count
-
-
 async def run_federation_demo(base: Path, first_step: int) -> None:
     n = first_step
     _step(n, f"Create a federation CA and admit {len(SITES)} hospitals (mTLS, signed roster)")
     fed = await start_federation(base / "federation", SITES,
                                  services=lambda i, name: federated_services(),
-                                 configure=_configure)
+                                 configure=demo_settings)
     try:
         for node in fed.nodes:
             console.print(f"  {node.cfg.name:13} node {node.node_id[:12]}…  peer "
@@ -68,7 +44,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
         _step(n + 1, "Each hospital stores its own CT studies (patients 1-2 at three of them)")
         raw = 0
         for i, node in enumerate(fed.nodes):
-            await _load_site(node, i)
+            await load_demo_site(node, i)
             raw += (await node.store.counts()).bytes
         counts = [await node.store.counts() for node in fed.nodes]
         console.print(f"  {sum(c.instances for c in counts)} instances, "

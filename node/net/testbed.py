@@ -34,16 +34,17 @@ class LocalMember:
         return found
 
 
-def reserve_socket(host: str = "127.0.0.1") -> socket.socket:
+def reserve_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 
 def build_federation(directory: Path, names: Sequence[str], *,
                      federation: str = "Test Federation",
-                     host: str = "127.0.0.1") -> tuple[Path, list[LocalMember]]:
+                     host: str = "127.0.0.1",
+                     ports: Sequence[int] | None = None) -> tuple[Path, list[LocalMember]]:
     """Operator folder at ``directory/operator``; node ``i`` under ``directory/<name>``."""
     operator = directory / "operator"
     create_federation(operator, federation)
@@ -52,7 +53,7 @@ def build_federation(directory: Path, names: Sequence[str], *,
     for i, name in enumerate(names):
         identity = NodeIdentity.generate()
         paths = MembershipPaths.under(directory / name / "federation")
-        sock = reserve_socket(host)
+        sock = reserve_socket(host, ports[i] if ports is not None else 0)
         address = f"{host}:{sock.getsockname()[1]}"
         request = create_request(identity, paths, name=name, peer_address=address,
                                  dht_address=address, dicom_ae=f"NODE{i}"[:16])

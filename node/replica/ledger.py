@@ -68,6 +68,15 @@ class ReplicaLedger(SqliteFile):
             "UPDATE replica_holders SET checked_at=? WHERE bundle_id=? AND holder=?",
             (time.time(), bundle_id, holder))
 
+    async def summary(self) -> tuple[int, int, int]:
+        """(bundles this node keeps replicas of, replicas placed, bundles below target r)."""
+        async with self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(n < r), 0) FROM ("
+                "SELECT t.r AS r, COUNT(h.holder) AS n FROM replica_targets t "
+                "LEFT JOIN replica_holders h ON h.bundle_id=t.bundle_id GROUP BY t.bundle_id)") as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
     async def holders(self, bundle_id: str) -> list[str]:
         async with self.db.execute(
                 "SELECT holder FROM replica_holders WHERE bundle_id=? ORDER BY placed_at",

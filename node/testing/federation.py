@@ -40,8 +40,10 @@ async def start_federation(directory: Path, names: Sequence[str], *,
                            services: Callable[[int, str], Sequence[NodeService]] = lambda i, n: (),
                            with_dicom: bool = False, dht_config: DHTConfig | None = None,
                            configure: Callable[[NodeConfig], NodeConfig] = lambda c: c,
-                           bootstrap: bool = True) -> LocalFederation:
-    operator, members = build_federation(directory, names)
+                           bootstrap: bool = True,
+                           peer_ports: Sequence[int] | None = None) -> LocalFederation:
+    """``peer_ports`` fixes each node's peer (and DHT) port; ephemeral by default."""
+    operator, members = build_federation(directory, names, ports=peer_ports)
     nodes: list[Node] = []
     for i, (name, member) in enumerate(zip(names, members)):
         cfg = configure(loopback_config(directory / name / "data", name=name,

@@ -14,15 +14,19 @@ from aiohttp import web
 
 from .accounts import Accounts
 from .dicomweb import add_dicomweb
-from .guard import gate, security_headers
+from .guard import errors, gate, security_headers
 from .home import add_home_routes
+from .jobs_routes import add_job_routes
 from .keys import (ACCOUNTS_KEY, LOGIN_SECRET_KEY, NODE_KEY, PAGES_KEY, SESSIONS_KEY,
                    SETTINGS_KEY, THROTTLE_KEY)
 from .login import Lockout, add_login_routes
 from .pages import Pages
+from .search import add_search_routes
 from .principal import authenticate
 from .sessions import SessionStore
 from .settings import WebSettings
+from .trail import add_trail_routes
+from .viewer import add_viewer_routes
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -31,7 +35,7 @@ MAX_BODY = 64 * 1024 * 1024   # STOW-RS uploads; forms are far smaller
 
 
 def build_app(node: "Node", accounts: Accounts, settings: WebSettings) -> web.Application:
-    app = web.Application(middlewares=[gate], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors, gate], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
     app[SETTINGS_KEY] = settings
     app[ACCOUNTS_KEY] = accounts
@@ -44,5 +48,9 @@ def build_app(node: "Node", accounts: Accounts, settings: WebSettings) -> web.Ap
     app.on_response_prepare.append(security_headers)
     add_login_routes(app)
     add_home_routes(app)
+    add_search_routes(app)
+    add_job_routes(app)
+    add_trail_routes(app)
     add_dicomweb(app, node, authenticate)
+    add_viewer_routes(app)   # last: OHIF's catch-all
     return app

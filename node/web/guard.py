@@ -3,14 +3,16 @@
 Every path needs a login except the login page and the app's own static files. An
 unauthenticated browser is sent to the login page; DICOMweb and JSON clients get 401
 with ``WWW-Authenticate: Bearer``. A state-changing request carried by the session
-cookie must come from this origin and, for the app's own forms, carry the session's
-CSRF token (form field ``csrf`` or header ``X-CSRF-Token``). Bearer requests carry no
+cookie must come from this origin and, except for DICOMweb (OHIF cannot send a token),
+carry the session's CSRF token (form field ``csrf`` or header ``X-CSRF-Token``). Bearer requests carry no
 ambient credentials, so they need neither.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -20,6 +22,7 @@ from .audit import audit_web
 from .keys import SESSION_KEY
 from .principal import authenticate
 
+log = logging.getLogger("medfed.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
@@ -36,8 +39,12 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+def is_dicomweb(path: str) -> bool:
+    return path == "/dicomweb" or path.startswith("/dicomweb/")
+
+
 def is_api(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path == "/dicomweb"
+    return path.startswith(API_PREFIXES) or is_dicomweb(path)
 
 
 def safe_next(value: str | None) -> str:
@@ -83,6 +90,22 @@ async def _csrf_ok(request: web.Request) -> bool:
 
 
 @web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unexpected failure is one log line (code lines only: messages may quote data)
+    and a plain 500 for the user, never a traceback in the browser."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.error("web request %s %s failed (%s):\n%s", request.method, request.path[:80],
+                  type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+        return web.Response(status=500, content_type="text/plain",
+                            text="The node could not complete this request (internal error). "
+                                 "It has been logged; please tell your PACS team.")
+
+
+@web.middleware
 async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     principal = await authenticate(request)
@@ -94,7 +117,7 @@ async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
             audit_web(request, "csrf", "refused", reason="cross-origin", path=path[:80])
             return web.json_response({"error": "forbidden",
                                       "reason": "cross-origin request refused"}, status=403)
-        if not is_api(path) and path not in OWN_CSRF and not await _csrf_ok(request):
+        if not is_dicomweb(path) and path not in OWN_CSRF and not await _csrf_ok(request):
             audit_web(request, "csrf", "refused", reason="token", path=path[:80])
             raise web.HTTPForbidden(text="The form has expired or did not come from this site. "
                                          "Reload the page and try again.")

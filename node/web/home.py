@@ -6,13 +6,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .pages import render
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    return render(request, "home.html", title="Home")
+    raise web.HTTPSeeOther("/search")
 
 
 def add_home_routes(app: web.Application) -> None:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from node.node import Node
 
     from .accounts import Accounts
+    from .jobs import JobRunner
     from .pages import Pages
     from .login import Lockout
     from .sessions import Session, SessionStore
@@ -29,6 +30,7 @@ SESSIONS_KEY = web.AppKey("sessions", "SessionStore")
 THROTTLE_KEY = web.AppKey("throttle", "Lockout")
 PAGES_KEY = web.AppKey("pages", "Pages")
 LOGIN_SECRET_KEY = web.AppKey("login_secret", bytes)
+JOBS_KEY = web.AppKey("jobs", "JobRunner")
 
 PRINCIPAL_KEY = web.RequestKey("principal", object)
 SESSION_KEY = web.RequestKey("session", "Session")

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from node.ports import listening
+
 from .accounts import Accounts, TokenLookup
 from .app import build_app
 from .settings import WebSettings
@@ -46,7 +48,8 @@ class WebService:
         await runner.setup()
         try:
             site = web.TCPSite(runner, cfg.http_host, cfg.http_port, ssl_context=ssl_context)
-            await site.start()
+            await listening(site.start, service="web", host=cfg.http_host, port=cfg.http_port,
+                            config_key="[http] port")
         except BaseException:
             await runner.cleanup()
             raise

@@ -37,8 +37,8 @@ async def test_nothing_without_login_and_a_login_session(tmp_path: Path) -> None
             assert cookie.value != "planted-by-attacker" and len(cookie.value) >= 40
             assert cookie["httponly"] and cookie["samesite"] == "Strict"
             assert not cookie["secure"]   # plain HTTP on loopback; TLS is tested separately
-            home = await client.get(web.url)
-            assert home.status == 200 and "alice" in await home.text()
+            home = await client.get(web.url)    # / is the search page
+            assert home.status == 200 and home.url.path == "/search" and "alice" in await home.text()
             assert home.headers["Cache-Control"] == "no-store"
             assert "frame-ancestors 'none'" in home.headers["Content-Security-Policy"]
 
@@ -65,10 +65,10 @@ async def test_csrf_origin_and_logout(tmp_path: Path) -> None:
                                  headers={"Origin": "https://evil.example"},
                                  allow_redirects=False)
         assert resp.status == 403
-        assert (await client.get(web.url, allow_redirects=False)).status == 200  # still in
+        assert (await client.get(web.url + "search", allow_redirects=False)).status == 200
         resp = await client.post(web.url + "logout", data={"csrf": csrf}, allow_redirects=False)
         assert resp.status == 303 and resp.headers["Location"] == "/login"
-        assert (await client.get(web.url, allow_redirects=False)).status == 303
+        assert (await client.get(web.url + "search", allow_redirects=False)).status == 303
 
 
 async def test_open_redirects_are_refused(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ async def test_bearer_tokens_are_judged_alone(tmp_path: Path) -> None:
 
     async with web_node(cfg, web=WebService(token_lookup=lookup)) as (node, web), \
             browser() as client:
-        resp = await client.get(web.url, headers={"Authorization": "Bearer good-token"},
+        resp = await client.get(web.url + "search", headers={"Authorization": "Bearer good-token"},
                                 allow_redirects=False)
         assert resp.status == 200 and "tool" in await resp.text()
         assert (await login(client, web.url, "alice")).status == 303
@@ -170,4 +170,4 @@ async def test_bearer_tokens_are_judged_alone(tmp_path: Path) -> None:
         resp = await client.post(web.url + "logout", headers={"Authorization": "Bearer x"},
                                  allow_redirects=False)
         assert resp.status == 401
-        assert (await client.get(web.url, allow_redirects=False)).status == 200
+        assert (await client.get(web.url + "search", allow_redirects=False)).status == 200
