@@ -113,3 +113,26 @@ async def sse_events(resp: aiohttp.ClientResponse) -> list[tuple[str, dict[str, 
 
 def chip_statuses(strip_html: str) -> dict[str, str]:
     return dict(re.findall(r'data-site="([^"]+)" data-status="([^"]+)"', strip_html))
+
+
+CHROMIUM = "/usr/bin/chromium"   # Debian's package, installed by scripts/bootstrap.sh
+# Screenshots of browser tests, kept after the run (pytest's own tmp folders rotate away).
+ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts" / "web"
+
+
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def bright_fraction(png: bytes, box: tuple[int, int, int, int] | None = None) -> float:
+    """Share of pixels (in ``box``) that are clearly lit: an image drawn, not a black canvas."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("L")
+    if box is not None:
+        image = image.crop(box)
+    histogram = image.histogram()
+    return sum(histogram[60:]) / max(1, sum(histogram))

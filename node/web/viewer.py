@@ -78,7 +78,7 @@ def app_config_js(node_name: str) -> str:
 
 def _inside(root: Path, tail: str) -> Path | None:
     """The file ``tail`` names under ``root``, or None (traversal, symlinks out, folders)."""
-    if "\x00" in tail or "\\" in tail:
+    if "\x00" in tail or "\\" in tail or ".." in tail.split("/"):
         return None
     candidate = (root / tail.lstrip("/")).resolve()
     if not candidate.is_relative_to(root) or not candidate.is_file():
@@ -112,7 +112,8 @@ async def ohif(request: web.Request) -> web.StreamResponse:
     if found is not None:
         cache = "public, max-age=31536000, immutable" if ".bundle." in found.name else "no-cache"
         return web.FileResponse(found, headers={**headers, "Cache-Control": cache})
-    if "." in tail.rsplit("/", 1)[-1] or tail.startswith(("assets/", "api/", "dicomweb")):
+    if ("." in tail.rsplit("/", 1)[-1] or ".." in tail.split("/")
+            or tail.startswith(("assets/", "api/", "dicomweb", "static/"))):
         raise web.HTTPNotFound()
     return web.FileResponse(root / "index.html",
                             headers={**headers, "Cache-Control": "no-store"})

@@ -7,6 +7,7 @@ import html
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nibabel
 import pytest
@@ -17,7 +18,8 @@ from node.testing.nodes import free_port
 from node.testing.web_federation import start_web_federation
 from node.web.service import WebService
 
-from web_support import (PASSWORD, browser, chip_statuses, login, page_csrf, sse_events)
+from web_support import (CHROMIUM, artifacts_dir, PASSWORD, browser, chip_statuses, login, page_csrf,
+                         sse_events)
 
 NAMES = ["st-mary", "city-general", "north-clinic"]
 USERS = [("alice", "clinician", "radiology", PASSWORD), ("rob", "researcher", "oncology", PASSWORD),
@@ -189,3 +191,69 @@ async def test_audit_trail_is_the_users_own_and_admin_status(setup: Setup) -> No
         page = await (await client.get(base + "admin")).text()
         assert "intact" in page and all(name in page for name in NAMES)
         assert 'id="repair-backlog"' in page
+
+
+# -- a real browser (Debian's chromium, driven by Playwright) --------------------------
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as driver:
+        browser_ = await driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
+        try:
+            yield browser_
+        finally:
+            await browser_.close()
+
+
+async def _browser_login(chromium: Any, base: str, user: str) -> Any:
+    context = await chromium.new_context(viewport={"width": 1400, "height": 900},
+                                         accept_downloads=True)
+    page = await context.new_page()
+    await page.goto(base + "search")
+    assert page.url.startswith(base + "login")
+    await page.fill("#username", user)
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "search", timeout=60_000)
+    return page
+
+
+async def _browser_search(page: Any, purpose: str) -> None:
+    await page.select_option("#modality", "CT")
+    await page.select_option("#purpose", purpose)
+    await page.click("#search-button")
+    await page.wait_for_selector("body[data-search=done]", timeout=60_000)
+
+
+async def test_browser_search_download_and_no_phi_for_the_denied(
+        setup: Setup, chromium: Any) -> None:
+    shots = artifacts_dir()
+    base = setup.web.url
+    page = await _browser_login(chromium, base, "alice")
+    await _browser_search(page, "treatment")
+    chips = page.locator(".site-chip")
+    assert await chips.count() == 3
+    assert {await c.get_attribute("data-status") for c in await chips.all()} == {"ok"}
+    assert await page.locator("tbody.patient").count() == 8
+    await page.screenshot(path=str(shots / "search-alice.png"), full_page=True)
+    async with page.expect_download(timeout=120_000) as download:
+        await page.locator("button[data-format=nifti]").first.click()
+    saved = shots / "series.nii.gz"
+    await (await download.value).save_as(saved)
+    assert nibabel.load(str(saved)).shape[2] == 12
+    await page.wait_for_selector(".jtext.ok", timeout=60_000)
+    await page.context.close()
+
+    page = await _browser_login(chromium, base, "rob")
+    await _browser_search(page, "research")
+    statuses = {await c.get_attribute("data-site"): await c.get_attribute("data-status")
+                for c in await page.locator(".site-chip").all()}
+    assert statuses["north-clinic"] == "denied"
+    text = await page.inner_text("body")
+    assert not [value for value in setup.phi() if value in text]
+    await page.screenshot(path=str(shots / "search-rob-denied.png"), full_page=True)
+    await page.context.close()
+    print(f"screenshots: {shots}")
