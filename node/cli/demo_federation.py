@@ -20,7 +20,7 @@ from ..services import federated_services
 from ..sharing.retrieve import Retriever
 from ..sharing.sinks import sink_for
 from ..testing.federation import start_federation
-from ..testing.web_federation import demo_settings, load_demo_site
+from ..testing.web_federation import demo_settings, load_demo_site, publish_all
 
 SITES = ["st-mary", "city-general", "north-clinic", "lakeside", "university"]
 console = Console()
@@ -53,7 +53,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
         _step(n + 2, "Publish: de-identify, bundle (zstd + XChaCha20), split keys 2-of-3, 2 replicas")
         t0 = time.perf_counter()
         for node in fed.nodes:
-            await node.service("publisher").run_due()  # type: ignore[union-attr]
+            await publish_all(node)
         stored = 0
         for node in fed.nodes:
             for bundle in (node.cfg.data_dir / "bundles").glob("*.mfb"):

@@ -8,7 +8,9 @@ index entries; the first site serves the web app with a few local users.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,13 @@ from ..services import federated_services
 from ..store.ingest_local import ingest_dataset
 from ..synth.generate import iter_datasets
 from ..users import UserStore
-from ..web.accounts import users_path
 from ..web.service import WebService
 from .federation import LocalFederation, start_federation
 
 SHARED_AT = (0, 1, 2)  # patients 1-2 were treated at the first three hospitals
+# A series is published this long after its last instance: never half-loaded, even on a
+# busy machine where storing one instance can take a while.
+PUBLISH_DELAY_S = 2.0
 UserSpec = tuple[str, str, str, str]   # name, role, department, password
 
 
@@ -43,14 +47,24 @@ async def load_demo_site(node: Node, site: int) -> int:
     for offset, seed in offsets + ((2 + 2 * site, 100 + site),):
         for ds in iter_datasets(patients=2, studies=1, series=1, slices=12, rows=96, cols=96,
                                 seed=1, site_seed=seed, patient_offset=offset):
-            await ingest_dataset(node.store, node.files, ds)
+            await ingest_dataset(node.store, node.files, ds, publish_delay_s=PUBLISH_DELAY_S)
             count += 1
     return count
 
 
+async def publish_all(node: Node, deadline_s: float = 300.0) -> None:
+    """Publish every stored series once it is complete (no new instance for a moment)."""
+    publisher = node.service("publisher")
+    end = time.monotonic() + deadline_s
+    while (await node.store.counts()).pending_jobs and time.monotonic() < end:
+        await asyncio.sleep(PUBLISH_DELAY_S / 2)
+        await publisher.run_due()  # type: ignore[union-attr]
+
+
 def add_users(data_dir: Path, users: Sequence[UserSpec]) -> None:
+    """What `medfed user add` does, for each (name, role, department, password)."""
     make_private_dir(data_dir)
-    store = UserStore(users_path(data_dir))
+    store = UserStore(data_dir / "users.sqlite")
     for name, role, department, password in users:
         store.add_user(name, role, department, password)
 
@@ -81,8 +95,7 @@ async def start_web_federation(directory: Path, names: Sequence[str], *,
     try:
         for i, node in enumerate(fed.nodes):
             await load_demo_site(node, i)
-        for node in fed.nodes:
-            await node.service("publisher").run_due()  # type: ignore[union-attr]
+        await asyncio.gather(*(publish_all(node) for node in fed.nodes))
         for node in fed.nodes:
             await node.service("index-publisher").sync_now()  # type: ignore[union-attr]
         add_users(fed.nodes[0].cfg.data_dir, users)

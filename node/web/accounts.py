@@ -1,54 +1,36 @@
 """The node's local users as the web port sees them: password login and bearer tokens.
 
-Passwords are checked by ``node.users.UserStore`` (argon2id). Bearer tokens are looked
-up through one function, ``TokenLookup``, so the token store can change without the web
-app noticing. Hashing is CPU-bound and the store is synchronous: both run in a thread.
+Passwords are checked by the node's ``UserStore`` (argon2id), bearer tokens by its
+``TokenStore`` (``medfed user login`` issues them). Both are synchronous and hashing is
+CPU-bound, so they run in a thread. Every action re-reads the user's record
+(``current``), so disabling a user stops their open sessions too.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-from node.users import AuthenticationFailed, User, UserStore
+from node.users import AuthenticationFailed, TokenStore, User, UserRefused, UserStore, resolve_user
 
 from .principal import Principal, Via
 
 TokenLookup = Callable[[str], Awaitable["Principal | None"]]
-
-# What each role may give as its purpose of use in a federated query (the serving
-# site's policy still decides what that purpose gets).
-PURPOSES_BY_ROLE: dict[str, tuple[str, ...]] = {
-    "clinician": ("treatment", "research"),
-    "researcher": ("research",),
-    "admin": ("operations", "treatment"),
-}
-
-
-def users_path(data_dir: Path) -> Path:
-    return data_dir / "users.sqlite"
+MAX_TOKEN = 512
 
 
 def principal_of(user: User, via: Via) -> Principal:
-    return Principal(user.name, user.handle, user.role, user.department,
-                     PURPOSES_BY_ROLE.get(user.role, ()), via)
-
-
-async def no_tokens(token: str) -> Principal | None:
-    """Until a token store is configured no bearer token is valid."""
-    return None
+    return Principal(user.name, user.handle, user.role, user.department, tuple(user.purposes),
+                     via, record=user)
 
 
 class Accounts:
-    def __init__(self, users: UserStore, token_lookup: TokenLookup = no_tokens) -> None:
+    def __init__(self, users: UserStore, tokens: TokenStore, *,
+                 token_lookup: TokenLookup | None = None) -> None:
+        """``token_lookup`` replaces the token store (tests of the bearer path)."""
         self.users = users
+        self.tokens = tokens
         self._token_lookup = token_lookup
-
-    @classmethod
-    async def open(cls, data_dir: Path, token_lookup: TokenLookup | None = None) -> "Accounts":
-        users = await asyncio.to_thread(UserStore, users_path(data_dir))
-        return cls(users, token_lookup or no_tokens)
 
     async def login(self, name: str, password: str) -> Principal:
         """The user's principal; raises AuthenticationFailed (same for every reason)."""
@@ -61,9 +43,17 @@ class Accounts:
         return user.handle if user is not None else None
 
     async def principal_for_token(self, token: str) -> Principal | None:
-        if len(token) > 512:
+        if len(token) > MAX_TOKEN:
             return None
-        return await self._token_lookup(token)
+        if self._token_lookup is not None:
+            return await self._token_lookup(token)
+        user = await asyncio.to_thread(self.tokens.verify_token, token)
+        return principal_of(user, "token") if user is not None else None
+
+    async def current(self, principal: Principal, audit: object = None) -> User:
+        """The user's record as it is now; raises UserRefused when disabled or removed."""
+        return await asyncio.to_thread(resolve_user, self.users, principal.user,
+                                       audit=audit, via="web")  # type: ignore[arg-type]
 
 
-__all__ = ["Accounts", "AuthenticationFailed", "TokenLookup", "principal_of", "users_path"]
+__all__ = ["Accounts", "AuthenticationFailed", "TokenLookup", "UserRefused", "principal_of"]

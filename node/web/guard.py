@@ -60,7 +60,8 @@ def safe_next(value: str | None) -> str:
 
 
 def unauthorized(request: web.Request) -> web.StreamResponse:
-    if is_api(request.path) or request.method not in SAFE_METHODS:
+    if (is_api(request.path) or request.method not in SAFE_METHODS
+            or "Authorization" in request.headers):
         return web.json_response(
             {"error": "unauthorized", "reason": "log in, or send Authorization: Bearer <token>"},
             status=401, headers={"WWW-Authenticate": 'Bearer realm="medfed"'})

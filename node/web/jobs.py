@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 from node.sharing.retrieve import FetchError, FetchRefused, Retriever, local_assertion, parse_series_ref
 from node.sharing.sinks import SinkError, sink_for
 from node.sharing.volume import VolumeError
+from node.users import UserRefused
 
 from .dicom_send import SendError, send_files
 from .principal import Principal
 
 if TYPE_CHECKING:
     from node.node import Node
+    from node.users import User
 
 log = logging.getLogger("medfed.web.jobs")
 ACTIONS = ("download", "send")
@@ -89,17 +91,17 @@ class JobRunner:
         job = self._jobs.get(job_id)
         return job if job is not None and job.owner == principal.handle else None
 
-    def start(self, principal: Principal, body: dict[str, Any]) -> Job:
+    def start(self, principal: Principal, user: "User", body: dict[str, Any]) -> Job:
         self._expire()
         action = str(body.get("action", ""))
         fmt = str(body.get("format", "") or "dicom")
         destination = str(body.get("destination", ""))
-        purpose = str(body.get("purpose", "") or (principal.purposes[:1] or ("",))[0])
+        purpose = str(body.get("purpose", "") or (user.purposes[:1] or ("",))[0])
         if action not in ACTIONS:
             raise JobRefused(400, f"action must be one of {', '.join(ACTIONS)}")
         if action == "download" and fmt not in FORMATS:
             raise JobRefused(400, f"format must be one of {', '.join(FORMATS)}")
-        if purpose not in principal.purposes:
+        if not user.may_state(purpose):
             raise JobRefused(403, "your role does not allow that purpose of use")
         dest = self.node.cfg.dicom.destination(destination) if action == "send" else None
         if action == "send" and dest is None:
@@ -113,18 +115,20 @@ class JobRunner:
         mine = [j for j in self._jobs.values() if j.owner == principal.handle and j.state == "running"]
         if len(mine) >= MAX_JOBS_PER_USER:
             raise JobRefused(429, f"you already have {len(mine)} transfers running; wait for one")
+        try:
+            assertion = local_assertion(self.node, user, purpose)
+        except UserRefused as exc:
+            raise JobRefused(403, exc.reason) from None
         job = Job(secrets.token_urlsafe(16), principal.handle, action, fmt, destination, total)
         self._jobs[job.id] = job
-        task = asyncio.get_running_loop().create_task(self._run(job, principal, purpose, ref, dest))
+        task = asyncio.get_running_loop().create_task(self._run(job, assertion, ref, dest))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def _run(self, job: Job, principal: Principal, purpose: str, ref: Any, dest: Any) -> None:
+    async def _run(self, job: Job, assertion: Any, ref: Any, dest: Any) -> None:
         folder = self.root / job.id
         try:
-            assertion = local_assertion(self.node, user=principal.handle, role=principal.role,
-                                        department=principal.department, purpose=purpose)
             fmt = "dicom" if job.action == "send" else job.fmt
             result = await Retriever(self.node).fetch(
                 ref, assertion, lambda bundle_id: sink_for(folder, bundle_id, fmt),

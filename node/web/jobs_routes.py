@@ -9,7 +9,8 @@ from aiohttp import web
 
 from .audit import audit_web
 from .jobs import Job, JobRefused, JobRunner
-from .keys import JOBS_KEY, NODE_KEY
+from .accounts import UserRefused
+from .keys import ACCOUNTS_KEY, JOBS_KEY, NODE_KEY
 from .principal import Principal, authenticate
 
 CHUNK = 1 << 20
@@ -38,7 +39,11 @@ async def start_job(request: web.Request) -> web.Response:
         return web.json_response({"error": "bad_request", "reason": "send a JSON object"},
                                  status=400)
     try:
-        job = request.config_dict[JOBS_KEY].start(principal, body)
+        user = await request.config_dict[ACCOUNTS_KEY].current(
+            principal, request.config_dict[NODE_KEY].audit)
+        job = request.config_dict[JOBS_KEY].start(principal, user, body)
+    except UserRefused as exc:
+        return web.json_response({"error": "refused", "reason": exc.reason}, status=403)
     except JobRefused as exc:
         audit_web(request, "fetch", "refused", reason=exc.reason[:80])
         return web.json_response({"error": "refused", "reason": exc.reason}, status=exc.status)

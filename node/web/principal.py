@@ -10,12 +10,15 @@ login even when a session cookie rides along.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 
 from .keys import ACCOUNTS_KEY, PRINCIPAL_KEY, SESSION_KEY, SESSIONS_KEY, Unset
+
+if TYPE_CHECKING:
+    from node.users import User
 
 Via = Literal["session", "token"]
 
@@ -28,8 +31,9 @@ class Principal:
     handle: str                # pseudonymous id: what assertions and audit entries carry
     role: str
     department: str
-    purposes: tuple[str, ...]  # purposes of use this user may claim in a query
+    purposes: tuple[str, ...]  # purposes of use this user may state in a request
     via: Via
+    record: "User | None" = field(default=None, compare=False, repr=False)  # as at login
 
     @property
     def is_admin(self) -> bool:

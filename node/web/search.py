@@ -21,7 +21,8 @@ from node.query.model import QueryError
 from node.query.service import FederatedQueryError
 
 from .audit import audit_web
-from .keys import NODE_KEY, PAGES_KEY
+from .accounts import UserRefused
+from .keys import ACCOUNTS_KEY, NODE_KEY, PAGES_KEY
 from .pages import render
 from .principal import Principal, authenticate
 from .search_view import FORM_FIELDS, SearchView, parse_search, used_fields
@@ -89,16 +90,21 @@ async def search_stream(request: web.Request) -> web.StreamResponse:
         await response.write(_event("failed", {"reason": "this node has not joined a "
                                                "federation yet; ask your PACS team"}))
         return response
+    try:
+        user = await request.config_dict[ACCOUNTS_KEY].current(principal, node.audit)
+    except UserRefused as exc:
+        audit_web(request, "search", "refused", reason=exc.code)
+        await response.write(_event("failed", {"reason": exc.reason}))
+        return response
     started = time.monotonic()
     await response.write(_event("update", _fragments(request, view)))
     try:
-        stream = service.stream(query, user=principal.handle, role=principal.role,
-                                department=principal.department, purpose=purpose)
+        stream = service.stream(query, user=user, purpose=purpose)
         async with contextlib.aclosing(stream):
             async for answer in stream:
                 view.add(answer)
                 await response.write(_event("update", _fragments(request, view)))
-    except FederatedQueryError as exc:
+    except (FederatedQueryError, UserRefused) as exc:
         audit_web(request, "search", "failed", reason="unavailable")
         await response.write(_event("failed", {"reason": str(exc)}))
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +42,8 @@ class WebService:
         settings = self._settings or WebSettings(secure=ssl_context is not None,
                                                  session_idle_s=cfg.http_session_idle_s,
                                                  ohif_dir=default_ohif_dir())
-        accounts = await Accounts.open(cfg.data_dir, self._token_lookup)
+        users = await asyncio.to_thread(lambda: node.users)   # opening hashes a dummy password
+        accounts = Accounts(users, node.tokens, token_lookup=self._token_lookup)
         self.app = build_app(node, accounts, settings)
         runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
                                shutdown_timeout=2.0)

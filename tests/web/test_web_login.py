@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,8 @@ from node.web.principal import Principal
 from node.web.service import WebService
 from node.web.sessions import LoginThrottle, SessionStore
 
-from web_support import PASSWORD, add_users, browser, login, page_csrf, web_config, web_node
+from web_support import (PASSWORD, add_users, browser, login, page_csrf, sse_events, web_config,
+                         web_node)
 
 
 async def test_nothing_without_login_and_a_login_session(tmp_path: Path) -> None:
@@ -171,3 +173,22 @@ async def test_bearer_tokens_are_judged_alone(tmp_path: Path) -> None:
                                  allow_redirects=False)
         assert resp.status == 401
         assert (await client.get(web.url + "search", allow_redirects=False)).status == 200
+
+
+async def test_tokens_from_the_node_token_store(tmp_path: Path) -> None:
+    """`medfed user login` tokens work as bearer tokens; revoked ones and disabled users do not."""
+    cfg = web_config(tmp_path / "n")
+    add_users(cfg.data_dir)
+    async with web_node(cfg) as (node, web), browser() as client:
+        token = await asyncio.to_thread(node.tokens.issue_token, "alice")
+        bearer = {"Authorization": f"Bearer {token}"}
+        resp = await client.get(web.url + "search", headers=bearer, allow_redirects=False)
+        assert resp.status == 200 and "alice" in await resp.text()
+        await asyncio.to_thread(node.tokens.revoke, token)
+        resp = await client.get(web.url + "search", headers=bearer, allow_redirects=False)
+        assert resp.status == 401
+        # a disabled user's open session can no longer search
+        assert (await login(client, web.url, "alice")).status == 303
+        await asyncio.to_thread(node.users.set_disabled, "alice", True)
+        events = await sse_events(await client.get(web.url + "api/search?modality=CT"))
+        assert events[0][0] == "failed"
