@@ -21,6 +21,7 @@ from node.query.model import QueryError
 from node.query.service import FederatedQueryError
 
 from .audit import audit_web
+from .home_uids import real_study_uids
 from .accounts import UserRefused
 from .keys import ACCOUNTS_KEY, NODE_KEY, PAGES_KEY
 from .pages import render
@@ -103,6 +104,9 @@ async def search_stream(request: web.Request) -> web.StreamResponse:
         async with contextlib.aclosing(stream):
             async for answer in stream:
                 view.add(answer)
+                if answer.site.node_id == node.node_id and answer.status == "ok":
+                    view.real_uids.update(await real_study_uids(
+                        node, (str(r["study_uid"]) for r in answer.rows if "study_uid" in r)))
                 await response.write(_event("update", _fragments(request, view)))
     except (FederatedQueryError, UserRefused) as exc:
         audit_web(request, "search", "failed", reason="unavailable")

@@ -73,7 +73,8 @@ class Series:
 
 @dataclass
 class Study:
-    study_uid: str
+    study_uid: str           # keyed: the same at every site
+    viewer_uid: str          # what DICOMweb here knows it by (real when this node may say)
     when: str
     description: str
     modalities: list[str] = field(default_factory=list)
@@ -104,6 +105,7 @@ class SearchView:
         self.node_ids = {name: node_id for name, node_id in sites}
         self.answers: list[SiteAnswer] = []
         self.finished = False
+        self.real_uids: dict[str, str] = {}   # keyed -> real, for this node's own studies
 
     def add(self, answer: SiteAnswer) -> None:
         self.answers.append(answer)
@@ -146,8 +148,9 @@ class SearchView:
                 uid = str(row.get("study_uid", ""))
                 study = studies.get(uid)
                 if study is None:
+                    viewer = str(row.get("study_uid_real") or self.real_uids.get(uid) or uid)
                     study = studies[uid] = Study(
-                        uid, str(row.get("study_date") or row.get("study_month") or ""),
+                        uid, viewer, str(row.get("study_date") or row.get("study_month") or ""),
                         str(row.get("description") or ""), age=row.get("age"))
                 for site in row.get("sites", []):
                     if site not in study.sites:

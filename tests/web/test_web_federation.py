@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from node.testing.nodes import free_port
 from node.testing.web_federation import start_web_federation
 from node.web.service import WebService
 
-from web_support import (CHROMIUM, artifacts_dir, PASSWORD, browser, chip_statuses, login, page_csrf,
+from web_support import (CHROMIUM, artifacts_dir, bright_fraction, PASSWORD, browser, chip_statuses, login, page_csrf,
                          sse_events)
 
 NAMES = ["st-mary", "city-general", "north-clinic"]
@@ -37,6 +38,7 @@ POLICIES = {
         {"name": "clinicians", "site": "*", "role": "clinician", "level": "deidentified"}]},
 }
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+FIRST_IMAGE_DEADLINE_S = 240.0   # 9-18 s on 2 idle cores with SwiftShader; generous for a busy CI
 
 
 class Setup:
@@ -245,6 +247,23 @@ async def test_browser_search_download_and_no_phi_for_the_denied(
     await (await download.value).save_as(saved)
     assert nibabel.load(str(saved)).shape[2] == 12
     await page.wait_for_selector(".jtext.ok", timeout=60_000)
+
+    # open another site's study in OHIF from its result row: the image must be drawn
+    row = page.locator("tr.series-row", has=page.locator("td", has_text="north-clinic")).first
+    async with page.expect_popup() as popup:
+        await row.locator("a[data-action=view]").click()
+    viewer = await popup.value
+    started = time.monotonic()
+    lit = 0.0
+    while time.monotonic() - started < FIRST_IMAGE_DEADLINE_S:
+        # the viewport is the middle of the window; the study list and toolbar stay out
+        lit = bright_fraction(await viewer.screenshot(), box=(450, 150, 1250, 800))
+        if lit > 0.05:
+            break
+        await viewer.wait_for_timeout(500)
+    await viewer.screenshot(path=str(shots / "ohif-remote-study.png"))
+    print(f"OHIF first image after {time.monotonic() - started:.1f} s (lit {lit:.2f})")
+    assert lit > 0.05, "OHIF drew no image (see ohif-remote-study.png)"
     await page.context.close()
 
     page = await _browser_login(chromium, base, "rob")
