@@ -7,6 +7,7 @@ series back with getscu and push one to a viewer with movescu, then check the au
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..audit.verify import verify
+from .demo_federation import DemoPorts
 from ..synth.generate import generate
 from ..testing.nodes import NodeThread, loopback_config
 from ..testing.nodes import free_port as _free_port
@@ -43,7 +45,9 @@ def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
         raise RuntimeError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
 
 
-def run_demo(workdir: Path | None = None) -> int:
+def run_demo(workdir: Path | None = None, *, base_port: int = 0, wait: bool = False) -> int:
+    """``base_port``: the web app listens there and every other port follows it (0 = any
+    free ports); ``wait``: keep the federation up for the web app until Ctrl-C."""
     for tool in ("storescu", "findscu", "getscu", "movescu", "storescp"):
         if not (DCMTK / tool).exists():
             console.print(f"[red]dcmtk's {tool} is missing[/red]: run 'make demo' "
@@ -52,7 +56,7 @@ def run_demo(workdir: Path | None = None) -> int:
     base = workdir or Path(tempfile.mkdtemp(prefix="medfed-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(base)
+        return _run(base, DemoPorts(base_port), wait)
     except RuntimeError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
@@ -61,11 +65,13 @@ def run_demo(workdir: Path | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _run(base: Path) -> int:
-    viewer_port = _free_port()
-    _step(1, "Start a hospital node (loopback, ephemeral ports)")
+def _run(base: Path, ports: DemoPorts, wait: bool) -> int:
+    viewer_port = ports.offset(2) or _free_port()
+    _step(1, "Start a hospital node (loopback, " + (f"ports from {ports.base}" if ports.base
+                                                    else "ephemeral ports") + ")")
     cfg = loopback_config(base / "st-example", name="St Example Hospital",
                           destinations={"VIEWER": ("127.0.0.1", viewer_port)})
+    cfg = dataclasses.replace(cfg, dicom=dataclasses.replace(cfg.dicom, port=ports.offset(1)))
     with NodeThread(cfg) as node:
         console.print(f"node {cfg.name!r}: DICOM MEDFED@127.0.0.1:{node.dicom_port}, "
                       f"node id {node.node.identity.node_id_hex[:16]}…, data {cfg.data_dir}")
@@ -144,7 +150,7 @@ def _run(base: Path) -> int:
         console.print(f"audit log: {report.entries} entries, intact: {report.ok}")
     from .demo_federation import run as run_federation
 
-    run_federation(base, 8)
+    run_federation(base, 8, ports=ports, wait=wait)
     console.print("[green bold]demo finished[/green bold]: a hospital node served standard DICOM "
                   "tools; five hospitals answered one query under their own policies, and a "
                   "series was retrieved with its owner offline")

@@ -4,7 +4,11 @@ all of them, and a retrieval that still works when the owning hospital is down."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel
@@ -14,14 +18,15 @@ from rich.table import Table
 from ..audit.verify import verify
 from ..testing.users import local_user
 from ..users import user_assertion
-from ..node import Node
 from ..query.model import FederatedQuery
 from ..services import federated_services
 from ..sharing.retrieve import Retriever
 from ..sharing.sinks import sink_for
 from ..testing.federation import start_federation
+from ..web.service import WebService
 from ..testing.web_federation import demo_settings, load_demo_site, publish_all
 
+DEMO_USER = "dr.demo"
 SITES = ["st-mary", "city-general", "north-clinic", "lakeside", "university"]
 console = Console()
 
@@ -30,16 +35,23 @@ def _step(n: int, text: str) -> None:
     console.rule(f"[bold]{n}. {text}", align="left")
 
 
-async def run_federation_demo(base: Path, first_step: int) -> None:
+async def run_federation_demo(base: Path, first_step: int, *, ports: DemoPorts | None = None,
+                              wait: bool = False) -> None:
     n = first_step
+    ports = ports or DemoPorts()
     _step(n, f"Create a federation CA and admit {len(SITES)} hospitals (mTLS, signed roster)")
-    fed = await start_federation(base / "federation", SITES,
-                                 services=lambda i, name: federated_services(),
-                                 configure=demo_settings)
+    web = WebService()
+    fed = await start_federation(
+        base / "federation", SITES, configure=lambda cfg: _with_web_port(demo_settings(cfg), ports),
+        services=lambda i, name: federated_services() + ([web] if i == 0 else []),
+        peer_ports=ports.peers(len(SITES)))
     try:
         for node in fed.nodes:
             console.print(f"  {node.cfg.name:13} node {node.node_id[:12]}…  peer "
                           f"127.0.0.1:{node.ports.peer}  dht udp/{node.ports.dht}")
+        password = secrets.token_urlsafe(9)
+        fed.nodes[0].users.add_user(DEMO_USER, "clinician", "radiology", password)
+        _print_web(web, password)
 
         _step(n + 1, "Each hospital stores its own CT studies (patients 1-2 at three of them)")
         raw = 0
@@ -67,7 +79,7 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
 
         home = fed.nodes[0]
         query_svc = home.service("federated-query")
-        doctor = local_user(home, "dr.demo")
+        doctor = local_user(home, DEMO_USER)
         _step(n + 3, f"A clinician at {home.cfg.name} asks once: CT series, all sites")
         answer = await query_svc.query(  # type: ignore[union-attr]
             FederatedQuery(modality="CT", level="series"), user=doctor, purpose="treatment")
@@ -116,8 +128,61 @@ async def run_federation_demo(base: Path, first_step: int) -> None:
             node.audit.sync()
             report = verify(node.cfg.audit_path, node.identity.verify_key)
             console.print(f"  {node.cfg.name:13} {report.entries:4} entries, intact: {report.ok}")
+        if wait:
+            await _serve_until_interrupted(web, password)
     finally:
         await fed.stop()
+
+
+@dataclass(frozen=True)
+class DemoPorts:
+    """Where the demo listens: ephemeral ports, or ``base`` (web) and the ports after it."""
+
+    base: int = 0
+
+    def web(self) -> int:
+        return self.base
+
+    def peers(self, n: int) -> list[int] | None:
+        return [self.base + 10 + i for i in range(n)] if self.base else None
+
+    def offset(self, k: int) -> int:
+        return self.base + k if self.base else 0
+
+
+def _with_web_port(cfg, ports: DemoPorts):  # type: ignore[no-untyped-def]
+    return dataclasses.replace(cfg, http_port=ports.web()) if cfg.name == SITES[0] else cfg
+
+
+def _print_web(web: WebService, password: str) -> None:
+    console.print(f"web: {web.url}", highlight=False)
+    console.print(f"login: {DEMO_USER} {password}", highlight=False)
+
+
+async def _dicomweb_status(web: WebService) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        async with client.get(web.url + "dicomweb/studies") as resp:
+            return resp.status
+
+
+async def _serve_until_interrupted(web: WebService, password: str) -> None:
+    """Keep the federation up for a person at the browser until Ctrl-C (or SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console.rule("[bold]The federation stays up for the web app", align="left")
+    _print_web(web, password)
+    console.print(f"  DICOMweb for OHIF and tools: {web.url}dicomweb/ "
+                  f"(answers {await _dicomweb_status(web)} without a token). "
+                  "north-clinic stays down, as in the last query. Press Ctrl-C to stop.")
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _ref(owner_id: str, keyed_series_uid: str) -> object:
@@ -142,5 +207,5 @@ def _print_answer(answer, patients: bool = True) -> None:  # type: ignore[no-unt
                           f"{p.pseudonym} at {len(p.sites)} sites" for p in linked[:2]))
 
 
-def run(base: Path, first_step: int) -> None:
-    asyncio.run(run_federation_demo(base, first_step))
+def run(base: Path, first_step: int, *, ports: DemoPorts | None = None, wait: bool = False) -> None:
+    asyncio.run(run_federation_demo(base, first_step, ports=ports, wait=wait))

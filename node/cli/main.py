@@ -229,11 +229,19 @@ def sync(config: Path = ConfigOpt,
 
 
 @app.command()
-def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files here.")) -> None:
-    """Start a small local node, send it synthetic images, query and retrieve them."""
+def demo(workdir: Optional[Path] = typer.Option(None, "--dir", help="Keep files here."),
+         base_port: int = typer.Option(0, "--base-port", min=0, max=65000,
+                                       help="Web app on this port, every other port after it "
+                                            "(default: free ports)."),
+         no_wait: bool = typer.Option(False, "--no-wait",
+                                      help="Exit at the end instead of keeping the web app up "
+                                           "(the default when stdin is not a terminal).")) -> None:
+    """Start a small local node and a 5-hospital federation with synthetic images, query and
+    retrieve across them, then keep the web app up until Ctrl-C."""
     from .demo import run_demo
 
-    sys.exit(run_demo(workdir))
+    wait = not no_wait and sys.stdin is not None and sys.stdin.isatty()
+    sys.exit(run_demo(workdir, base_port=base_port, wait=wait))
 
 
 from .federation import register as _register_federation  # noqa: E402
