@@ -53,7 +53,7 @@ class Node:
                  with_dicom: bool = True) -> None:
         self.cfg = cfg
         self.identity = identity or NodeIdentity.load_or_create(cfg.key_dir)
-        self.store = MetadataStore(cfg.db_path, durability=cfg.durability)
+        self.store = MetadataStore.for_config(cfg)
         self.files = ObjectFiles(cfg.objects_dir)
         self.audit: AuditLog | None = None
         self.dicom: DicomService | None = None

@@ -20,6 +20,15 @@ if [ ${#need[@]} -gt 0 ]; then
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop orthanc 2>/dev/null || true; fi
   $SUDO service orthanc stop >/dev/null 2>&1 || true
 fi
+# PostgreSQL server programs (initdb, pg_ctl): the tests start a private cluster of their
+# own; the system cluster Debian starts on install is not used, so it is stopped.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "bootstrap: installing system package: postgresql"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  $SUDO service postgresql stop >/dev/null 2>&1 || true
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from node.testing.nodes import NodeThread, loopback_config
+
+if TYPE_CHECKING:
+    from node.testing.postgres import PrivateCluster
 
 
 @pytest.fixture
@@ -22,3 +25,13 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeThread]]:
     yield _start
     for node in reversed(started):
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator["PrivateCluster"]:
+    """One private PostgreSQL cluster for the whole session (initdb + pg_ctl in a temp
+    dir, unix socket only); each test that needs one gets its own database in it."""
+    from node.testing.postgres import PrivateCluster
+
+    with PrivateCluster() as cluster:
+        yield cluster

@@ -116,21 +116,17 @@ def status(config: Path = ConfigOpt) -> None:
     cfg = load_or_exit(config)
 
     async def main():  # type: ignore[no-untyped-def]
-        async with MetadataStore(cfg.db_path) as store:
+        async with MetadataStore.for_config(cfg) as store:
             return await store.counts()
 
     counts = asyncio.run(main())
     import shutil
 
-    from ..store.files import ObjectFiles
-
-    on_disk = ObjectFiles(cfg.data_dir).disk_usage()
-    free = shutil.disk_usage(cfg.data_dir).free
+    free = shutil.disk_usage(cfg.data_dir).free  # no walk over the files: constant time
     table = Table(title=f"medfed node {cfg.name}", show_header=False)
     for label, value in (("patients", counts.patients), ("studies", counts.studies),
                          ("series", counts.series), ("instances", counts.instances),
                          ("image bytes (local + cache)", f"{counts.bytes:,}"),
-                         ("data folder on disk", f"{on_disk / 1e6:,.1f} MB"),
                          ("free on that disk", f"{free / 1e9:,.1f} GB"),
                          ("pending jobs", counts.pending_jobs)):
         table.add_row(label, str(value))
@@ -164,13 +160,30 @@ def audit_verify(config: Path = ConfigOpt) -> None:
 
 
 @app.command()
-def synth(out: Path = typer.Argument(..., help="Output folder (must not hold these files)."),
+def synth(out: Optional[Path] = typer.Argument(
+              None, help="Output folder (must not hold these files); not with --metadata-only."),
           patients: int = typer.Option(3), studies: int = typer.Option(1),
           series: int = typer.Option(2), slices: int = typer.Option(64),
           modality: str = typer.Option("CT", help="CT or MR"),
           size: int = typer.Option(256, help="rows = columns"),
-          seed: int = typer.Option(1)) -> None:
-    """Write synthetic DICOM studies (fake patients with planted PHI) for tests and demos."""
+          seed: int = typer.Option(1),
+          metadata_only: bool = typer.Option(
+              False, "--metadata-only", help="Fill a stopped node's store with a realistic "
+              "archive's metadata (no pixel data) instead of writing files."),
+          instances: int = typer.Option(0, help="With --metadata-only: how many instances."),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="With --metadata-only: the node's TOML.")
+          ) -> None:
+    """Write synthetic DICOM studies (fake patients with planted PHI) for tests and demos,
+    or (--metadata-only) fill a stopped node's store for scale tests."""
+    if metadata_only:
+        from .synth_store import synth_metadata
+
+        synth_metadata(config, instances, seed)
+        return
+    if out is None:
+        err.print("[red]give an output folder (or --metadata-only --config ...)[/red]")
+        raise typer.Exit(2)
     from ..synth.generate import SynthError, synth_command
 
     try:
@@ -202,7 +215,7 @@ def sync(config: Path = ConfigOpt,
         raise typer.Exit(2)
 
     async def main():  # type: ignore[no-untyped-def]
-        async with MetadataStore(cfg.db_path, durability=cfg.durability) as store:
+        async with MetadataStore.for_config(cfg) as store:
             with AuditLog(cfg.audit_path, NodeIdentity.load(cfg.key_dir)) as audit:
                 service = UpstreamService(up, store=store, data_dir=cfg.data_dir,
                                           own_ae_title=cfg.dicom.ae_title, audit=audit)

@@ -40,7 +40,7 @@ async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: User, purpose: 
     if membership is None:
         raise FederatedQueryError(f"node in {cfg.data_dir} has not joined a federation; "
                                   "run 'medfed join' first")
-    store = await MetadataStore(cfg.db_path, durability=cfg.durability).open()
+    store = await MetadataStore.for_config(cfg).open()
     audit: AuditLog | None
     try:
         audit = AuditLog(cfg.audit_path, identity)

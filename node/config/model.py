@@ -141,6 +141,9 @@ class NodeConfig:
     federation: FederationSettings = field(default_factory=FederationSettings)
     policy: dict[str, Any] = field(default_factory=default_policy)
     source: Path | None = None
+    store_url: str | None = None     # [store] url: postgresql://... (default: SQLite file)
+    store_readers: int = 4           # [store] readers: pooled read connections
+    store_cache_mb: int = 32         # [store] cache_mb: SQLite page cache per connection
 
     @property
     def db_path(self) -> Path:
@@ -303,6 +306,16 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
     if durability not in ("full", "normal"):
         raise ConfigError("ingest.durability must be \"full\" or \"normal\"")
 
+    store = _section(raw, "store")
+    store_url = _get(store, "url", str, "", "store") or None
+    if store_url is not None and not store_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("store.url must be a postgresql://... URL (leave it out for the "
+                          "embedded SQLite store)")
+    store_readers = _get(store, "readers", int, 4, "store")
+    store_cache_mb = _get(store, "cache_mb", int, 32, "store")
+    if not 1 <= store_readers <= 64 or not 1 <= store_cache_mb <= 65536:
+        raise ConfigError("store.readers must be 1..64 and store.cache_mb 1..65536")
+
     fed = _section(raw, "federation")
     defaults = FederationSettings()
     federation = FederationSettings(**{
@@ -344,6 +357,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         federation=federation,
         policy=policy,
         source=source,
+        store_url=store_url,
+        store_readers=store_readers,
+        store_cache_mb=store_cache_mb,
     )
 
 

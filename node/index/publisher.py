@@ -1,16 +1,21 @@
 """Keeps this site's DHT index in step with its store (NodeService "index-publisher").
 
-Design: a periodic diff, not event hooks. Every ``poll_s`` seconds a cheap marker
-(max ids and row counts of patients/studies/series/instances) is read; when it moved —
-or every ``index_republish_s`` regardless — the index terms are recomputed from SQL and
-compared with what is published: new or changed terms are published, vanished ones are
-withdrawn. So ingest, upstream sync and deletion all reach the DHT the same way, and a
-crash loses nothing (the store is the truth; the next diff repairs the index).
+Design: incremental, from the store's change log. Triggers in the schema append a row
+to ``index_changes`` for every study or series added or removed. Every ``poll_s``
+seconds the publisher compares the log's newest sequence number with its cursor (one
+indexed read); when it moved, it recounts only the terms those changes touch (one
+indexed query per term), stores the new term counts and its cursor in the store
+(``index_terms``), and publishes what changed. The whole store is read once: the first
+time (or when the federation's index or linkage key changes). Hashing runs off the
+event loop. Publishing is rate-limited (``publish_rate`` records per second), new terms
+first; what a round leaves is carried over, and a restart continues from the stored
+terms and cursor instead of starting again.
 
 Bounds (documented for the README):
 - a new study is findable within ``poll_s`` (default 5 s) plus one DHT store round
-  (one lookup + k STOREs, each RPC bounded by the DHT rpc_timeout);
-- records live ``2 × index_republish_s`` (at least 4 DHT maintenance ticks) and the DHT
+  (one lookup + k STOREs, each RPC bounded by the DHT rpc_timeout), unless a first
+  publish is still working through its backlog;
+- records live ``2 x index_republish_s`` (at least 4 DHT maintenance ticks) and the DHT
   re-stores them on the then-closest nodes at half-life, so a node that left silently
   drops out of plans within that time;
 - withdrawal publishes a count-0 record (newest per publisher wins at every holder,
@@ -22,6 +27,8 @@ Records carry the node id (from the signature) and a coarse count only — never
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -29,58 +36,35 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from node.dht.index_keys import IndexKeys
-from node.index.terms import (IndexTerms, ModalityMonthRow, ModalityPartRow, PatientRow,
-                              TermRows, index_terms)
-from node.store.db import MetadataStore
+from node.index.terms import PATIENT, IndexTerms, TermEntry, coarse_count, index_terms, term_entries
+from node.store import index_rows
 
 if TYPE_CHECKING:
     from node.node import Node
 
 log = logging.getLogger("medfed.index")
 
-_MARKER_SQL = (
-    "SELECT (SELECT coalesce(max(id), 0) FROM instances), "
-    "(SELECT coalesce(max(id), 0) FROM patients), (SELECT count(*) FROM patients), "
-    "(SELECT coalesce(max(id), 0) FROM studies), (SELECT count(*) FROM studies), "
-    "(SELECT coalesce(max(id), 0) FROM series), (SELECT count(*) FROM series)")
-_PATIENTS_SQL = (
-    "SELECT ph.pid, ph.issuer, count(st.id) FROM patient_phi ph "
-    "JOIN studies st ON st.patient_id = ph.patient_id GROUP BY ph.patient_id")
-_PARTS_SQL = (
-    "SELECT modality, body_part, count(DISTINCT study_id) FROM series "
-    "GROUP BY modality, body_part")
-_MONTHS_SQL = (
-    "SELECT se.modality, substr(st.study_date, 1, 6), count(DISTINCT st.id) FROM series se "
-    "JOIN studies st ON st.id = se.study_id GROUP BY se.modality, substr(st.study_date, 1, 6)")
-
 
 class IndexPublisherError(RuntimeError):
     """The index publisher was used before its node started (or on a stand-alone node)."""
 
 
-async def store_marker(store: MetadataStore) -> tuple[int, ...]:
-    """Changes whenever rows are added or removed at patient/study/series/instance level."""
-    row = await store.fetchone(_MARKER_SQL)
-    return tuple(int(v) for v in row) if row else ()
-
-
-async def read_term_rows(store: MetadataStore) -> TermRows:
-    patients = tuple(PatientRow(str(p), str(i), int(n))
-                     for p, i, n in await store.fetchall(_PATIENTS_SQL))
-    parts = tuple(ModalityPartRow(str(m), str(b), int(n))
-                  for m, b, n in await store.fetchall(_PARTS_SQL))
-    months = tuple(ModalityMonthRow(str(m), str(d or ""), int(n))
-                   for m, d, n in await store.fetchall(_MONTHS_SQL))
-    return TermRows(patients, parts, months)
-
-
 async def local_terms(node: "Node") -> IndexTerms:
-    """The terms ``node`` holds right now, straight from its store."""
+    """The terms ``node`` holds right now, read from its whole store (a fallback for
+    when the publisher is not running; the publisher itself never does this twice)."""
     if node.membership is None:
         raise IndexPublisherError("this node has not joined a federation: it has no index key")
     secrets = node.membership.secrets
-    return index_terms(await read_term_rows(node.store), IndexKeys(secrets.index_key),
-                       secrets.linkage_key)
+    await node.store.ensure_pseudonyms(secrets.linkage_key)
+    rows = await index_rows.all_term_rows(node.store)
+    return await asyncio.to_thread(index_terms, rows, IndexKeys(secrets.index_key),
+                                   secrets.linkage_key)
+
+
+def keys_fingerprint(index_key: bytes, linkage_key: bytes) -> str:
+    """Names the key pair the stored terms were made with (not the keys themselves)."""
+    return hmac.new(index_key + linkage_key, b"medfed-index-terms", hashlib.sha256
+                    ).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -91,27 +75,35 @@ class SyncReport:
     failed: int         # terms that reached no holder (retried next poll)
     skipped_rows: int   # store rows whose values cannot be index keys
     duration_s: float
+    pending: int = 0    # due terms left for later rounds by the rate limit
+    full: bool = False  # this round read every term (first publish / key change)
 
 
 class IndexPublisher:
     name = "index-publisher"
 
     def __init__(self, *, poll_s: float = 5.0, republish_s: float | None = None,
-                 parallel: int = 8) -> None:
-        if poll_s <= 0 or parallel < 1 or (republish_s is not None and republish_s <= 0):
-            raise ValueError("index publisher: poll_s and republish_s must be > 0 and "
-                             "parallel >= 1")
+                 parallel: int = 8, publish_rate: float = 200.0) -> None:
+        if poll_s <= 0 or parallel < 1 or (republish_s is not None and republish_s <= 0) \
+                or publish_rate <= 0:
+            raise ValueError("index publisher: poll_s, republish_s and publish_rate must be "
+                             "> 0 and parallel >= 1")
         self.poll_s = poll_s
         self._republish_s = republish_s
         self._parallel = parallel
+        self.round_cap = max(parallel, int(publish_rate * poll_s))  # records per round
         self._node: Node | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._published: dict[bytes, int] = {}
-        self._local: dict[bytes, int] = {}
-        self._marker: tuple[int, ...] | None = None
+        self._published: dict[bytes, int] = {}      # what THIS process registered in the DHT
+        self._terms: dict[bytes, int] = {}          # coarse counts now (0 = to withdraw)
+        self._earlier: dict[bytes, int | None] = {}  # published by any run (from the store)
+        self._seq = -1
+        self._fingerprint = ""
+        self._loaded = False
         self._retry = False
-        self._next_full = 0.0
+        self._backlog = 0
+        self._full = False
         self.last_report: SyncReport | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -146,16 +138,16 @@ class IndexPublisher:
                    dht.config.max_record_ttl)
 
     def local_counts(self) -> Mapping[bytes, int]:
-        """Terms (key → coarse count) as of the last diff."""
-        return dict(self._local)
+        """Terms (key → coarse count) as of the last round."""
+        return {k: c for k, c in self._terms.items() if c > 0}
 
     async def current_counts(self) -> Mapping[bytes, int]:
-        """Terms the store holds now: the last diff's when the store has not changed
-        since, else recomputed (not published — the loop does that)."""
+        """Terms the store holds now (brought up to date from the change log; not
+        published — the loop does that)."""
         node = self._require()
-        if self._marker is not None and await store_marker(node.store) == self._marker:
-            return dict(self._local)
-        return (await local_terms(node)).counts
+        async with self._lock:
+            await self._refresh(node)
+        return self.local_counts()
 
     def _require(self) -> "Node":
         if self._node is None:
@@ -182,38 +174,96 @@ class IndexPublisher:
             await asyncio.sleep(self.poll_s)
 
     async def _due(self, node: "Node") -> bool:
-        if self._retry or time.monotonic() >= self._next_full:
+        if self._retry or self._backlog or not self._loaded:
             return True
-        return await store_marker(node.store) != self._marker
+        return await index_rows.change_cursor(node.store) != self._seq
+
+    async def _refresh(self, node: "Node") -> int:
+        """Bring ``_terms`` up to date with the store; returns rows that cannot be keys.
+        Reads everything only on the first run or after a key change."""
+        assert node.membership is not None
+        store = node.store
+        secrets = node.membership.secrets
+        keys = IndexKeys(secrets.index_key)
+        fingerprint = keys_fingerprint(secrets.index_key, secrets.linkage_key)
+        await store.ensure_pseudonyms(secrets.linkage_key)
+        if not self._loaded:
+            self._fingerprint, self._seq, stored = await index_rows.load_state(store)
+            self._terms = {k: t.count for k, t in stored.items()}
+            self._earlier = {k: t.published for k, t in stored.items()}
+            self._loaded = True
+        skipped = 0
+        if self._fingerprint != fingerprint:
+            self._full = True
+            seq = await index_rows.change_cursor(store)
+            rows = await index_rows.all_term_rows(store)
+            entries, skipped = await asyncio.to_thread(term_entries, rows, keys,
+                                                       secrets.linkage_key)
+            fresh = {k: (e.kind, e.ref, coarse_count(e.exact)) for k, e in entries.items()}
+            await index_rows.save_state(store, fresh, seq=seq, fingerprint=fingerprint,
+                                        replace=True)
+            self._terms = {k: 0 for k in self._terms} | {k: v[2] for k, v in fresh.items()}
+            self._seq, self._fingerprint = seq, fingerprint
+            return skipped
+        while True:
+            changes = await index_rows.changes_after(store, self._seq)
+            if changes.seq == self._seq:
+                return skipped
+            rows = await index_rows.term_rows_for(store, changes)
+            entries, more = await asyncio.to_thread(term_entries, rows, keys,
+                                                    secrets.linkage_key)
+            skipped += more
+            covered = {e.ref for e in entries.values() if e.kind == PATIENT}
+            gone = [str(p) for p in changes.patients if str(p) not in covered]
+            for ref, key in (await index_rows.patient_terms(store, gone)).items():
+                entries[key] = TermEntry(PATIENT, ref, 0)
+            update = {k: (e.kind, e.ref, coarse_count(e.exact)) for k, e in entries.items()}
+            await index_rows.save_state(store, update, seq=changes.seq, fingerprint=fingerprint)
+            self._terms.update({k: v[2] for k, v in update.items()})
+            self._seq = changes.seq
+
+    def _due_records(self) -> dict[bytes, int]:
+        """Terms to (re)publish or withdraw, new ones first, at most one round's worth."""
+        due = {k: c for k, c in self._terms.items()
+               if (c > 0 and self._published.get(k) != c)
+               or (c == 0 and (k in self._published or self._earlier.get(k)))}
+        for k in [k for k, c in self._terms.items() if c == 0 and k not in due]:
+            del self._terms[k]  # never went out: nothing to withdraw
+        order = sorted(due, key=lambda k: k in self._earlier)
+        self._backlog = max(0, len(order) - self.round_cap)
+        return {k: due[k] for k in order[:self.round_cap]}
 
     async def sync_now(self) -> SyncReport:
-        """Diff the store against what is published and fix the DHT; safe to call any
-        time (tests and the CLI use it to avoid waiting for the next poll)."""
+        """Bring the DHT in step with the store; safe to call any time (tests and the
+        CLI use it to avoid waiting for the next poll)."""
         node = self._require()
         async with self._lock:
             started = time.monotonic()
-            marker = await store_marker(node.store)
-            terms = await local_terms(node)
-            wanted = terms.counts
-            changed = {k: c for k, c in wanted.items() if self._published.get(k) != c}
-            vanished = {k: 0 for k in self._published if k not in wanted}
-            ok = await self._publish_all({**changed, **vanished})
-            for key in vanished:  # a failed withdrawal stays due (count 0) and is retried
+            self._full = False
+            skipped = await self._refresh(node)
+            records = self._due_records()
+            ok = await self._publish_all(records)
+            done: dict[bytes, int] = {}
+            for key, count in records.items():
                 if key in ok:
-                    node.dht.unpublish(key)  # type: ignore[union-attr]
-                    del self._published[key]
-                else:
-                    self._published[key] = 0
-            for key in changed:
-                if key in ok:
-                    self._published[key] = changed[key]
-                elif key not in self._published:  # never placed: retried by the next diff,
-                    node.dht.unpublish(key)  # type: ignore[union-attr]  # not by the DHT
-            failed = len(changed) + len(vanished) - len(ok)
-            self._local, self._marker, self._retry = dict(wanted), marker, failed > 0
-            self._next_full = started + self.republish_s
-            report = SyncReport(len(wanted), len(ok - vanished.keys()), len(ok & vanished.keys()),
-                                failed, terms.skipped, time.monotonic() - started)
+                    done[key] = count
+                    if count == 0:
+                        node.dht.unpublish(key)  # type: ignore[union-attr]
+                        self._published.pop(key, None)
+                        self._terms.pop(key, None)
+                        self._earlier.pop(key, None)
+                    else:
+                        self._published[key] = count
+                        self._earlier[key] = count
+                elif count > 0 and key not in self._published:  # never placed: retried by
+                    node.dht.unpublish(key)  # type: ignore[union-attr]  # us, not the DHT
+            await index_rows.mark_published(node.store, done)
+            failed = len(records) - len(ok)
+            self._retry = failed > 0
+            withdrawn = sum(1 for c in done.values() if c == 0)
+            report = SyncReport(sum(1 for c in self._terms.values() if c > 0),
+                                len(done) - withdrawn, withdrawn, failed, skipped,
+                                time.monotonic() - started, self._backlog, self._full)
             self.last_report = report
             if failed:
                 log.warning("%d index records reached no DHT holder; retrying in %.0f s",

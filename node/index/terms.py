@@ -22,11 +22,15 @@ MODALITY_MONTH = "modality+month"
 
 @dataclass(frozen=True)
 class PatientRow:
-    """One patient and how many studies the site has for it (PHI: never leaves here)."""
+    """One patient and how many studies the site has for it (PHI: never leaves here).
+    ``pseudonym`` is the store's stored one when known (saves recomputing it);
+    ``ref`` names the patient row, so a vanished patient's term can be withdrawn."""
 
     pid: str
     issuer: str
     studies: int
+    pseudonym: str | None = None
+    ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,31 +98,49 @@ def _collect(pairs: Iterable[tuple[str, bytes, int]]) -> IndexTerms:
     return IndexTerms(counts, {k: kinds[k] for k in counts})
 
 
-def index_terms(rows: TermRows, keys: IndexKeys, linkage_key: bytes) -> IndexTerms:
-    """The terms this site should publish. Rows that normalise to the same key (e.g.
-    'ct' and 'CT') are summed before coarsening."""
-    pairs: list[tuple[str, bytes, int]] = []
+@dataclass(frozen=True)
+class TermEntry:
+    kind: str
+    ref: str       # patients.id for a patient term, else ''
+    exact: int     # exact count (coarsened only when published)
+
+
+def term_entries(rows: TermRows, keys: IndexKeys, linkage_key: bytes
+                 ) -> tuple[dict[bytes, TermEntry], int]:
+    """key -> entry for these rows (counts 0 included: terms to withdraw), and how many
+    rows could not be keys. Rows that normalise to the same key are summed."""
+    out: dict[bytes, TermEntry] = {}
     skipped = 0
+
+    def add(kind: str, key: bytes, n: int, ref: str = "") -> None:
+        old = out.get(key)
+        out[key] = TermEntry(kind, ref or (old.ref if old else ""), n + (old.exact if old else 0))
+
     for p in rows.patients:
         try:
             if not p.pid.strip():
                 raise IndexKeyError("patient without an ID")
-            pairs.append((PATIENT, keys.patient_key(pseudonym(p.pid, p.issuer, linkage_key)),
-                          p.studies))
+            psn = p.pseudonym or pseudonym(p.pid, p.issuer, linkage_key)
+            add(PATIENT, keys.patient_key(psn), p.studies, p.ref)
         except IndexKeyError:
             skipped += 1
     for m in rows.modality_parts:
         try:
-            pairs.append((MODALITY_BODYPART, keys.modality_bodypart_key(m.modality, m.body_part),
-                          m.studies))
+            add(MODALITY_BODYPART, keys.modality_bodypart_key(m.modality, m.body_part), m.studies)
         except IndexKeyError:
             skipped += 1
     for d in rows.modality_months:
         try:
-            pairs.append((MODALITY_MONTH,
-                          keys.modality_month_key(d.modality, study_month(d.month)),
-                          d.studies))
+            add(MODALITY_MONTH, keys.modality_month_key(d.modality, study_month(d.month)),
+                d.studies)
         except IndexKeyError:
             skipped += 1
-    terms = _collect(pairs)
+    return out, skipped
+
+
+def index_terms(rows: TermRows, keys: IndexKeys, linkage_key: bytes) -> IndexTerms:
+    """The terms this site should publish. Rows that normalise to the same key (e.g.
+    'ct' and 'CT') are summed before coarsening."""
+    entries, skipped = term_entries(rows, keys, linkage_key)
+    terms = _collect((e.kind, k, e.exact) for k, e in entries.items())
     return IndexTerms(terms.counts, terms.kinds, skipped)

@@ -1,8 +1,9 @@
-"""C-FIND answered from the site's SQLite, and the instance list behind C-GET/C-MOVE.
+"""C-FIND answered from the site's store, and the instance list behind C-GET/C-MOVE.
 
-One indexed SQL statement per request (computed attributes are subqueries in it);
-rows are read in batches and turned into response identifiers as the caller consumes
-them, so a large answer never sits in memory whole.
+One indexed SQL statement per request (counts are columns, ModalitiesInStudy a probe
+of the study->modality table); rows are read in batches on one pooled reader and
+turned into response identifiers as the caller consumes them, so a large answer never
+sits in memory whole. ``find`` is an async iterator: consume it as the SCU reads.
 """
 
 from __future__ import annotations
@@ -34,31 +35,34 @@ class InstanceRow:
     size: int
     series_uid: str
     study_uid: str
+    source: str = "local"   # 'synthetic' rows (medfed synth --metadata-only) have no file
 
 
 async def find(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
                retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> AsyncIterator[Dataset]:
     """Response identifiers for a C-FIND request, best first by the level's natural
     order. Raises MatchError (before the first result) for a malformed identifier."""
-    query = build_query(identifier, model, limit=limit)
+    query = build_query(identifier, model, limit=limit, dialect=store.dialect)
     sent = 0
-    async with store.db.execute(query.sql, query.params) as cursor:
-        while rows := await cursor.fetchmany(_BATCH):
-            for row in rows:
-                if sent == limit:
-                    log.warning("C-FIND at %s level matched more than %d records; the "
-                                "answer was truncated (raise the query limit or narrow "
-                                "the query)", query.level, limit)
-                    return
-                sent += 1
-                yield response_dataset(query, row, retrieve_ae)
+    rows = store.stream(query.sql, query.params, batch=_BATCH)
+    try:
+        async for row in rows:
+            if sent == limit:
+                log.warning("C-FIND at %s level matched more than %d records; the "
+                            "answer was truncated (raise the query limit or narrow "
+                            "the query)", query.level, limit)
+                return
+            sent += 1
+            yield response_dataset(query, row, retrieve_ae)
+    finally:
+        await rows.aclose()  # give the reader back now, not when the generator is collected
 
 
 async def select_instances(store: MetadataStore, identifier: Dataset,
                            model: InfoModel | str) -> list[InstanceRow]:
     """The instances a C-GET/C-MOVE identifier means, in study/series/instance order.
     Raises MatchError for a malformed identifier."""
-    sql, params = build_retrieve_query(identifier, model)
+    sql, params = build_retrieve_query(identifier, model, store.dialect)
     rows = await store.fetchall(sql, params)
     return [InstanceRow(str(r[0]), str(r[1]), str(r[2]), r[3], int(r[4]), str(r[5]),
-                        str(r[6])) for r in rows]
+                        str(r[6]), str(r[7])) for r in rows]

@@ -22,6 +22,7 @@ from .qr_attributes import (ANY_LEVEL, ATTR_BY_TAG, FROM, ORDER_BY, UNIQUE_KEY, 
                             InfoModel, Kind, QueryLevel)
 from .identifier import (QR_LEVEL, charset_of, element_terms, element_vr, key_tags,
                          level_text)
+from ..store.dialect import SQLITE, Dialect
 from .value_match import IDENTIFIER_MISMATCH, Clause, Key, MatchError, key_clause
 
 DEFAULT_LIMIT = 10000
@@ -69,12 +70,14 @@ def level_of(identifier: Dataset, model: InfoModel) -> QueryLevel:
     return level
 
 
-def attr_clause(attr: Attr, level: QueryLevel, terms: list[str]) -> Clause | None:
+def attr_clause(attr: Attr, level: QueryLevel, terms: list[str],
+                dialect: Dialect = SQLITE) -> Clause | None:
     """Match condition for one known key (None = universal)."""
     sm = attr.set_match
     if sm is None:
-        return key_clause(Key(attr.expr_at(level), attr.kind, attr.keyword, attr.tag), terms)
-    inner = key_clause(Key(sm.member, sm.kind, attr.keyword, attr.tag), terms)
+        return key_clause(Key(attr.expr_at(level), attr.kind, attr.keyword, attr.tag), terms,
+                          dialect)
+    inner = key_clause(Key(sm.member, sm.kind, attr.keyword, attr.tag), terms, dialect)
     if inner is None:
         return None
     return sm.condition.format(inner[0]), inner[1]
@@ -107,7 +110,7 @@ class _Builder:
             self.params.extend(clause[1])
 
     def sql(self, limit: int) -> tuple[str, tuple[Any, ...]]:
-        where = " AND ".join(self.where) or "1"
+        where = " AND ".join(self.where) or "1 = 1"
         cols = ", ".join(self.columns) or "1"
         sql = (f"SELECT {cols} FROM {FROM[self.level]} WHERE {where} "
                f"ORDER BY {ORDER_BY[self.level]} LIMIT ?")
@@ -115,7 +118,7 @@ class _Builder:
 
 
 def build_query(identifier: Dataset, model: InfoModel | str, *,
-                limit: int = DEFAULT_LIMIT) -> SqlQuery:
+                limit: int = DEFAULT_LIMIT, dialect: Dialect = SQLITE) -> SqlQuery:
     """Translate a C-FIND identifier. Raises MatchError for a malformed identifier.
     The SQL fetches ``limit + 1`` rows so the caller can tell that it truncated."""
     if limit < 1:
@@ -136,7 +139,7 @@ def build_query(identifier: Dataset, model: InfoModel | str, *,
                                  IDENTIFIER_MISMATCH, tag)
             b.add_key(None, tag, vr)
             continue
-        b.add_clause(attr_clause(attr, level, terms))
+        b.add_clause(attr_clause(attr, level, terms, dialect))
         b.add_key(attr, tag, vr)
     for lv in model.levels():
         if lv.depth <= level.depth:
@@ -148,11 +151,11 @@ def build_query(identifier: Dataset, model: InfoModel | str, *,
 
 # -- retrieve (C-GET / C-MOVE) -------------------------------------------------------
 RETRIEVE_COLUMNS = ("i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.path, i.size, "
-                    "se.series_uid, st.study_uid")
+                    "se.series_uid, st.study_uid, i.source")
 
 
-def build_retrieve_query(identifier: Dataset,
-                         model: InfoModel | str) -> tuple[str, tuple[Any, ...]]:
+def build_retrieve_query(identifier: Dataset, model: InfoModel | str,
+                         dialect: Dialect = SQLITE) -> tuple[str, tuple[Any, ...]]:
     """The instances a C-GET/C-MOVE identifier names, by the unique keys of its level and
     the levels above (PS3.4 C.4.2.2.1). Other keys are ignored. The level's own key
     must hold a value: an empty one would silently mean 'everything'."""
@@ -172,7 +175,7 @@ def build_retrieve_query(identifier: Dataset,
                                                                  for t in terms)):
             raise MatchError(f"{attr.keyword} must be a single value in a retrieve",
                              IDENTIFIER_MISMATCH, attr.tag)
-        clause = key_clause(Key(attr.expr, attr.kind, attr.keyword, attr.tag), terms)
+        clause = key_clause(Key(attr.expr, attr.kind, attr.keyword, attr.tag), terms, dialect)
         if clause is None and terms:
             raise MatchError(f"{attr.keyword}: wildcards are not allowed in a retrieve",
                              IDENTIFIER_MISMATCH, attr.tag)

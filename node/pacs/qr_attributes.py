@@ -1,9 +1,9 @@
 """Which DICOM query attribute lives in which SQL column, at which level (PS3.4 C.6).
 
 This is the one table to edit when the store learns a new attribute: the matcher and
-the response builder read everything from here. Computed attributes (counts,
-ModalitiesInStudy, InstanceAvailability) are correlated subqueries, so they cost
-nothing unless a request asks for them.
+the response builder read everything from here. Counts and InstanceAvailability read
+count columns the store maintains; ModalitiesInStudy reads the study->modality table;
+so no computed attribute walks the instances of a match.
 """
 
 from __future__ import annotations
@@ -87,28 +87,22 @@ class Attr:
         return dict(self.by_level).get(level, self.expr)
 
 
-def _count(sql: str) -> str:
-    return f"(SELECT count(*) FROM {sql})"
-
-
 _P, _ST, _SE, _IM = QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
 
-# Instances of a patient / study / series, as FROM ... WHERE fragments for subqueries.
-_PATIENT_INSTANCES = ("instances x JOIN series y ON y.id = x.series_id "
-                      "JOIN studies z ON z.id = y.study_id WHERE z.patient_id = p.id")
+# Instances of a study, as a FROM ... WHERE fragment for subqueries.
 _STUDY_INSTANCES = "instances x JOIN series y ON y.id = x.series_id WHERE y.study_id = st.id"
-_SERIES_INSTANCES = "instances x WHERE x.series_id = se.id"
 
 
-def _availability(instances: str) -> str:
-    """NEARLINE when any instance has no local file, or none is known yet."""
-    return (f"CASE WHEN EXISTS (SELECT 1 FROM {instances} AND x.path IS NULL) "
-            f"OR NOT EXISTS (SELECT 1 FROM {instances}) THEN 'NEARLINE' ELSE 'ONLINE' END")
+def _availability(alias: str) -> str:
+    """NEARLINE when any instance has no local file, or none is known yet (from the
+    count columns the store keeps: ``num_local`` = instances with a local file)."""
+    return (f"CASE WHEN {alias}.num_instances > 0 AND {alias}.num_local = {alias}.num_instances "
+            "THEN 'ONLINE' ELSE 'NEARLINE' END")
 
 
 def _distinct_list(column: str, source: str) -> str:
     return (f"(SELECT group_concat(v, '\\') FROM (SELECT DISTINCT {column} AS v "
-            f"FROM {source} AND {column} <> '' ORDER BY v))")
+            f"FROM {source} AND {column} <> '' ORDER BY v) AS d)")
 
 
 ATTRS: tuple[Attr, ...] = (
@@ -118,11 +112,10 @@ ATTRS: tuple[Attr, ...] = (
     Attr("PatientName", _P, Kind.PN, "pp.name"),
     Attr("PatientBirthDate", _P, Kind.DATE, "pp.birth_date"),
     Attr("PatientSex", _P, Kind.TEXT, "p.sex"),
-    Attr("NumberOfPatientRelatedStudies", _P, Kind.INT,
-         _count("studies x WHERE x.patient_id = p.id")),
-    Attr("NumberOfPatientRelatedSeries", _P, Kind.INT,
-         _count("series x JOIN studies y ON y.id = x.study_id WHERE y.patient_id = p.id")),
-    Attr("NumberOfPatientRelatedInstances", _P, Kind.INT, _count(_PATIENT_INSTANCES)),
+    # counts are columns the store keeps up to date (triggers), never counted per query
+    Attr("NumberOfPatientRelatedStudies", _P, Kind.INT, "p.num_studies"),
+    Attr("NumberOfPatientRelatedSeries", _P, Kind.INT, "p.num_series"),
+    Attr("NumberOfPatientRelatedInstances", _P, Kind.INT, "p.num_instances"),
     # study level
     Attr("StudyInstanceUID", _ST, Kind.UID, "st.study_uid"),
     Attr("StudyDate", _ST, Kind.DATE, "st.study_date"),
@@ -132,14 +125,14 @@ ATTRS: tuple[Attr, ...] = (
     Attr("StudyDescription", _ST, Kind.TEXT, "sp.description"),
     Attr("ReferringPhysicianName", _ST, Kind.PN, "sp.referring_physician"),
     Attr("InstitutionName", _ST, Kind.TEXT, "sp.institution"),
-    Attr("NumberOfStudyRelatedSeries", _ST, Kind.INT, _count("series x WHERE x.study_id = st.id")),
-    Attr("NumberOfStudyRelatedInstances", _ST, Kind.INT, _count(_STUDY_INSTANCES)),
+    Attr("NumberOfStudyRelatedSeries", _ST, Kind.INT, "st.num_series"),
+    Attr("NumberOfStudyRelatedInstances", _ST, Kind.INT, "st.num_instances"),
     Attr("ModalitiesInStudy", _ST, Kind.TEXT,
-         _distinct_list("x.modality", "series x WHERE x.study_id = st.id"),
-         # EXISTS, not IN (...): with a date range it costs a probe per dated study;
-         # an IN list would first collect every study of that modality (measured).
-         set_match=SetMatch("EXISTS (SELECT 1 FROM series x WHERE x.study_id = st.id AND ({}))",
-                            "x.modality", Kind.TEXT)),
+         _distinct_list("sm.modality", "study_modalities sm WHERE sm.study_id = st.id"),
+         # one primary-key probe of study_modalities (study_id, modality) per candidate
+         # study; with a date range only the dated studies are probed
+         set_match=SetMatch("EXISTS (SELECT 1 FROM study_modalities sm "
+                            "WHERE sm.study_id = st.id AND ({}))", "sm.modality", Kind.TEXT)),
     Attr("SOPClassesInStudy", _ST, Kind.UID, _distinct_list("x.sop_class_uid", _STUDY_INSTANCES),
          set_match=SetMatch(f"EXISTS (SELECT 1 FROM {_STUDY_INSTANCES} AND ({{}}))",
                             "x.sop_class_uid", Kind.UID)),
@@ -153,7 +146,7 @@ ATTRS: tuple[Attr, ...] = (
     Attr("SeriesDescription", _SE, Kind.TEXT, "sep.description"),
     Attr("OperatorsName", _SE, Kind.PN, "sep.operators"),
     Attr("StationName", _SE, Kind.TEXT, "sep.station"),
-    Attr("NumberOfSeriesRelatedInstances", _SE, Kind.INT, _count(_SERIES_INSTANCES)),
+    Attr("NumberOfSeriesRelatedInstances", _SE, Kind.INT, "se.num_instances"),
     # image level
     Attr("SOPInstanceUID", _IM, Kind.UID, "i.sop_uid"),
     Attr("SOPClassUID", _IM, Kind.UID, "i.sop_class_uid"),
@@ -163,9 +156,8 @@ ATTRS: tuple[Attr, ...] = (
     Attr("NumberOfFrames", _IM, Kind.INT, "i.number_of_frames"),
     Attr("AvailableTransferSyntaxUID", _IM, Kind.UID, "i.transfer_syntax"),
     # any level: the value depends on the level asked
-    Attr("InstanceAvailability", _P, Kind.TEXT, _availability(_PATIENT_INSTANCES),
-         by_level=((_ST, _availability(_STUDY_INSTANCES)),
-                   (_SE, _availability(_SERIES_INSTANCES)),
+    Attr("InstanceAvailability", _P, Kind.TEXT, _availability("p"),
+         by_level=((_ST, _availability("st")), (_SE, _availability("se")),
                    (_IM, "CASE WHEN i.path IS NULL THEN 'NEARLINE' ELSE 'ONLINE' END"))),
 )
 

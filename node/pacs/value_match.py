@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from ..store.dialect import SQLITE, Dialect
 from .qr_attributes import Kind
 
 Clause = tuple[str, list[object]]
@@ -58,7 +59,7 @@ def has_wildcard(term: str) -> bool:
     return "*" in term or "?" in term
 
 
-def key_clause(key: Key, terms: list[str]) -> Clause | None:
+def key_clause(key: Key, terms: list[str], dialect: Dialect = SQLITE) -> Clause | None:
     """The condition for a key with these values (backslash-separated in DICOM; any one
     may match). None means universal matching: no condition at all."""
     terms = [t for t in terms if t]
@@ -71,14 +72,14 @@ def key_clause(key: Key, terms: list[str]) -> Clause | None:
         marks = ", ".join("?" * len(terms))
         return (f"{key.expr} = ?", list(terms)) if len(terms) == 1 else (
             f"{key.expr} IN ({marks})", list(terms))
-    clauses = [term_clause(key, t) for t in terms]
+    clauses = [term_clause(key, t, dialect) for t in terms]
     if len(clauses) == 1:
         return clauses[0]
     return ("(" + " OR ".join(sql for sql, _ in clauses) + ")",
             [p for _, params in clauses for p in params])
 
 
-def term_clause(key: Key, term: str) -> Clause:
+def term_clause(key: Key, term: str, dialect: Dialect = SQLITE) -> Clause:
     """One value of a key (no backslash)."""
     kind, expr = key.kind, key.expr
     if kind is Kind.INT:
@@ -89,9 +90,12 @@ def term_clause(key: Key, term: str) -> Clause:
         return _range_clause(key, term)
     if kind is Kind.PN:
         if has_wildcard(term):
-            return f"{expr} LIKE ? ESCAPE '!'", [like_pattern(term)]
-        return f"{expr} = ? COLLATE NOCASE", [term]
+            return dialect.nocase_like(expr, "!"), [like_pattern(term)]
+        return dialect.nocase_equals(expr), [term]
     if has_wildcard(term):
+        like = dialect.case_like(expr, "!")
+        if like is not None:
+            return like, [like_pattern(term)]
         return f"{expr} GLOB ?", [glob_pattern(term)]
     return f"{expr} = ?", [term]
 

@@ -1,4 +1,4 @@
-"""The query backend that answers from this site's own SQLite (C-FIND / C-GET / C-MOVE).
+"""The query backend that answers from this site's own store (C-FIND / C-GET / C-MOVE).
 
 Instances known only from an upstream PACS (synced metadata, no file yet) are fetched
 into the scratch cache before they are served, and pinned there until the transfer
@@ -8,14 +8,14 @@ ends so the cache bound never evicts something being sent.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, AsyncIterator
 
 from pydicom.dataset import Dataset
 
 from ..pacs.find import find, select_instances
 from ..pacs.matching import MatchError
 from ..pacs.scp import QueryRefused, RetrieveItem
-from ..pacs.status import QR_SUBOPS_OUT_OF_RESOURCES
+from ..pacs.status import QR_SUBOPS_OUT_OF_RESOURCES, UNABLE_TO_PROCESS
 from ..store.db import MetadataStore
 from ..store.files import ObjectFiles
 
@@ -36,11 +36,23 @@ class LocalBackend:
 
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
                    calling_ae: str) -> list[Dataset]:
+        """The whole answer as a list (for callers that need one); prefer find_stream."""
+        return [ds async for ds in self.find_stream(identifier, model, called_ae=called_ae,
+                                                    calling_ae=calling_ae)]
+
+    async def find_stream(self, identifier: Dataset, model: str, *, called_ae: str,
+                          calling_ae: str) -> AsyncIterator[Dataset]:
+        """Response identifiers one at a time, read from the store as they are consumed.
+        Raises QueryRefused (before the first result) for a malformed identifier."""
+        results = find(self.store, identifier, model, retrieve_ae=self.ae_title,
+                       limit=self.limit)
         try:
-            return [ds async for ds in find(self.store, identifier, model,
-                                            retrieve_ae=self.ae_title, limit=self.limit)]
+            async for ds in results:
+                yield ds
         except MatchError as exc:
             raise QueryRefused(exc.reason, exc.status) from exc
+        finally:
+            await results.aclose()
 
     async def select(self, identifier: Dataset, model: str, **_: str) -> list[RetrieveItem]:
         from ..pacs.upstream import UpstreamError, resolve_for_serving
@@ -49,6 +61,9 @@ class LocalBackend:
             rows = await select_instances(self.store, identifier, model)
         except MatchError as exc:
             raise QueryRefused(exc.reason, exc.status) from exc
+        if any(r.source == "synthetic" for r in rows):
+            raise QueryRefused("synthetic metadata only: no pixel data to send",
+                               UNABLE_TO_PROCESS)
         try:
             serving = await resolve_for_serving(self.upstream, self.files, rows)
         except UpstreamError as exc:

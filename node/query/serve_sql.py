@@ -1,9 +1,10 @@
-"""A federated query run on this site's SQLite, shaped to the level the policy allows.
+"""A federated query run on this site's store, shaped to the level the policy allows.
 
 The SQL is built here (pure) and run by ``run_query`` (the edge). PHI never reaches
-Python for a non-identified answer: the federation pseudonym is computed inside SQLite
-by a function over ``patient_phi`` (PatientID + issuer, keyed with the linkage key), and
-the PHI columns themselves are selected only when the answer level is ``identified``.
+Python for a non-identified answer: the federation pseudonym is a stored, indexed
+column (``patients.pseudonym``, computed by the store from PatientID + issuer with the
+linkage key), and the PHI tables are joined only when the answer level is
+``identified`` (or a name / description filter needs them).
 De-identified rows carry keyed UIDs, the study month instead of the date, and the age
 in years; never names, IDs, accession numbers or descriptions.
 """
@@ -13,21 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.deid.actions import keyed_uid, pseudonym
+from node.deid.actions import keyed_uid
 from node.policy import Level, suppress_count
 from node.store.db import MetadataStore
+from node.store.dialect import SQLITE, Dialect
 
 from .model import FederatedQuery
 
-PSN_FUNCTION = "medfed_pseudonym"
-PSN = f"{PSN_FUNCTION}(pp.pid, pp.issuer)"
-_BASE = ("FROM studies s JOIN patients p ON p.id = s.patient_id "
-         "JOIN patient_phi pp ON pp.patient_id = p.id "
-         "LEFT JOIN study_phi sp ON sp.study_id = s.id")
-_SERIES_BASE = "FROM series se JOIN studies s ON s.id = se.study_id " + _BASE[len("FROM studies s "):]
-_AGG_SERIES = ("(SELECT group_concat(DISTINCT x.modality) FROM series x WHERE x.study_id = s.id)",
+PSN = "p.pseudonym"
+_PATIENT_PHI = "JOIN patient_phi pp ON pp.patient_id = p.id"
+_STUDY_PHI = "LEFT JOIN study_phi sp ON sp.study_id = s.id"
+_STUDIES = "studies s JOIN patients p ON p.id = s.patient_id"
+_SERIES = "series se JOIN studies s ON s.id = se.study_id JOIN patients p ON p.id = s.patient_id"
+_AGG_SERIES = ("(SELECT group_concat(x.modality) FROM study_modalities x "
+               "WHERE x.study_id = s.id AND x.modality <> '')",
                "(SELECT group_concat(DISTINCT x.body_part) FROM series x WHERE x.study_id = s.id)",
-               "(SELECT count(*) FROM series x WHERE x.study_id = s.id)")
+               "s.num_series")
 
 
 @dataclass
@@ -44,77 +46,108 @@ def _like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def where_clause(q: FederatedQuery, *, series_row: bool) -> tuple[str, list[Any]]:
-    """WHERE over the study base (series_row: a series row ``se`` is in scope)."""
+def _joins(q: FederatedQuery, identified: bool) -> str:
+    """PHI tables only when a filter or an identified answer needs them."""
+    joins = []
+    if identified or q.patient_name is not None:
+        joins.append(_PATIENT_PHI)
+    if identified or q.description is not None:
+        joins.append(_STUDY_PHI)
+    return " ".join(joins)
+
+
+def where_clause(q: FederatedQuery, *, series_row: bool,
+                 dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
+    """WHERE over the study base (series_row: a series row ``se`` is in scope). Every
+    filter has an index: the stored pseudonym, study_modalities (modality, date),
+    series (modality, body part) and (modality, study date), studies (date)."""
     terms: list[str] = []
     params: list[Any] = []
     if q.patient_pseudonym is not None:
         terms.append(f"{PSN} = ?")
         params.append(q.patient_pseudonym)
     if q.patient_name is not None:
-        terms.append("pp.name LIKE ? ESCAPE '\\'")
+        terms.append(dialect.nocase_like("pp.name", "\\"))
         params.append(_like(q.patient_name))
-    series_terms: list[str] = []
-    for column, value in (("modality", q.modality), ("body_part", q.body_part)):
-        if value is not None:
-            series_terms.append(f"{{a}}.{column} = ?")
-            params.append(value)
-    if series_terms:
-        if series_row:
-            terms.extend(t.format(a="se") for t in series_terms)
-        else:
-            inner = " AND ".join(t.format(a="x") for t in series_terms)
-            terms.append(f"EXISTS (SELECT 1 FROM series x WHERE x.study_id = s.id AND {inner})")
-    if q.study_date_from is not None:
-        terms.append("s.study_date >= ?")
-        params.append(q.study_date_from.strftime("%Y%m%d"))
-    if q.study_date_to is not None:
-        terms.append("s.study_date <> '' AND s.study_date <= ?")
-        params.append(q.study_date_to.strftime("%Y%m%d"))
+    date_from = q.study_date_from.strftime("%Y%m%d") if q.study_date_from else None
+    date_to = q.study_date_to.strftime("%Y%m%d") if q.study_date_to else None
+
+    def date_terms(alias: str) -> None:
+        if date_from is not None:
+            terms.append(f"{alias}.study_date >= ?")
+            params.append(date_from)
+        if date_to is not None:
+            terms.append(f"{alias}.study_date <> '' AND {alias}.study_date <= ?")
+            params.append(date_to)
+
+    if series_row:
+        for column, value in (("modality", q.modality), ("body_part", q.body_part)):
+            if value is not None:
+                terms.append(f"se.{column} = ?")
+                params.append(value)
+        if q.modality is not None:
+            date_terms("se")  # the series' copy of its study date: index (modality, date)
+    elif q.body_part is not None:
+        inner = "x.body_part = ?" if q.modality is None else "x.modality = ? AND x.body_part = ?"
+        terms.append(f"EXISTS (SELECT 1 FROM series x WHERE x.study_id = s.id AND {inner})")
+        params.extend([v for v in (q.modality, q.body_part) if v is not None])
+    elif q.modality is not None:
+        terms.append("s.id IN (SELECT x.study_id FROM study_modalities x WHERE x.modality = ?"
+                     + (" AND x.study_date >= ?" if date_from is not None else "")
+                     + (" AND x.study_date <> '' AND x.study_date <= ?" if date_to else "")
+                     + ")")
+        params.extend([v for v in (q.modality, date_from, date_to) if v is not None])
+    date_terms("s")
     if q.description is not None:
-        terms.append("sp.description LIKE ? ESCAPE '\\'")
+        terms.append(dialect.nocase_like("sp.description", "\\"))
         params.append("%" + _like(q.description) + "%")
     if q.sex is not None:
         terms.append("p.sex = ?")
         params.append(q.sex)
     age = "(CAST(substr(s.study_date, 1, 4) AS INTEGER) - p.birth_year)"
+    if q.age_min is not None or q.age_max is not None:
+        terms.append("p.birth_year IS NOT NULL AND s.study_date <> ''")
     if q.age_min is not None:
-        terms.append(f"p.birth_year IS NOT NULL AND {age} >= ?")
+        terms.append(f"{age} >= ?")
         params.append(q.age_min)
     if q.age_max is not None:
-        terms.append(f"p.birth_year IS NOT NULL AND {age} <= ?")
+        terms.append(f"{age} <= ?")
         params.append(q.age_max)
     return ("WHERE " + " AND ".join(terms)) if terms else "", params
 
 
-def counts_sql(q: FederatedQuery) -> tuple[str, list[Any]]:
-    where, params = where_clause(q, series_row=True)
+def counts_sql(q: FederatedQuery, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
+    where, params = where_clause(q, series_row=True, dialect=dialect)
     return (f"SELECT count(DISTINCT p.id), count(DISTINCT s.id), count(DISTINCT se.id) "
-            f"{_SERIES_BASE} {where}", params)
+            f"FROM {_SERIES} {_joins(q, False)} {where}", params)
 
 
-def rows_sql(q: FederatedQuery, identified: bool) -> tuple[str, list[Any]]:
+def rows_sql(q: FederatedQuery, identified: bool,
+             dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     """Rows at the query's level; one more than ``limit`` to detect truncation."""
-    where, params = where_clause(q, series_row=q.level == "series")
+    where, params = where_clause(q, series_row=q.level == "series", dialect=dialect)
+    joins = _joins(q, identified)
     phi_patient = ", pp.pid, pp.issuer, pp.name, pp.birth_date" if identified else ""
     phi_study = ", sp.accession, sp.description" if identified else ""
     if q.level == "patient":
+        group = ", pp.pid, pp.issuer, pp.name, pp.birth_date" if identified else ""
         sql = (f"SELECT {PSN} AS psn, p.sex, p.birth_year, count(DISTINCT s.id), "
-               f"max(s.study_date), (SELECT group_concat(DISTINCT x.modality) FROM series x "
-               f"JOIN studies y ON y.id = x.study_id WHERE y.patient_id = p.id){phi_patient} "
-               f"{_BASE} {where} GROUP BY p.id ORDER BY psn")
+               f"max(s.study_date), (SELECT group_concat(DISTINCT x.modality) "
+               f"FROM study_modalities x JOIN studies y ON y.id = x.study_id "
+               f"WHERE y.patient_id = p.id AND x.modality <> ''){phi_patient} "
+               f"FROM {_STUDIES} {joins} {where} "
+               f"GROUP BY p.id, {PSN}, p.sex, p.birth_year{group} ORDER BY psn, p.id")
     elif q.level == "study":
         sql = (f"SELECT {PSN} AS psn, p.sex, p.birth_year, s.study_uid, s.study_date, "
                f"{', '.join(_AGG_SERIES)}{phi_patient}{phi_study} "
-               f"{_BASE} {where} ORDER BY psn, s.study_date, s.study_uid")
+               f"FROM {_STUDIES} {joins} {where} ORDER BY psn, s.study_date, s.study_uid")
     else:
         phi_series = (", (SELECT description FROM series_phi WHERE series_id = se.id)"
                       if identified else "")
         sql = (f"SELECT {PSN} AS psn, p.sex, p.birth_year, s.study_uid, s.study_date, "
                f"se.series_uid, se.modality, se.body_part, se.series_number, "
-               f"(SELECT count(*) FROM instances i WHERE i.series_id = se.id)"
-               f"{phi_patient}{phi_study}{phi_series} "
-               f"{_SERIES_BASE} {where} ORDER BY psn, s.study_date, s.study_uid, "
+               f"se.num_instances{phi_patient}{phi_study}{phi_series} "
+               f"FROM {_SERIES} {joins} {where} ORDER BY psn, s.study_date, s.study_uid, "
                f"se.series_number, se.series_uid")
     return sql + " LIMIT ?", [*params, q.limit + 1]
 
@@ -175,16 +208,23 @@ async def run_query(store: MetadataStore, q: FederatedQuery, level: Level, *,
     """Run ``q`` (already pseudonymised) and answer at ``level`` (never DENY here)."""
     if level is Level.DENY:
         raise ValueError("a denied query must not be run")
-    await store.db.create_function(
-        PSN_FUNCTION, 2, lambda pid, issuer: pseudonym(pid or "", issuer or "", linkage_key),
-        deterministic=True)
-    sql, params = counts_sql(q)
+    await store.ensure_pseudonyms(linkage_key)
+    sql, params = counts_sql(q, store.dialect)
     found = await store.fetchone(sql, params)
-    exact = dict(zip(("patients", "studies", "series"), found or (0, 0, 0)))
+    exact = {k: int(v) for k, v in zip(("patients", "studies", "series"), found or (0, 0, 0))}
     if level is Level.COUNT:
-        return LocalResult(level, {k: suppress_count(int(v), threshold) for k, v in exact.items()})
+        return LocalResult(level, {k: suppress_count(v, threshold) for k, v in exact.items()})
     identified = level is Level.IDENTIFIED
-    sql, params = rows_sql(q, identified)
-    rows = await store.fetchall(sql, params)
-    shaped = [shape_row(q, tuple(r), identified, uid_key) for r in rows[:q.limit]]
-    return LocalResult(level, dict(exact), shaped, truncated=len(rows) > q.limit)
+    sql, params = rows_sql(q, identified, store.dialect)
+    shaped: list[dict[str, Any]] = []
+    truncated = False
+    rows = store.stream(sql, params)
+    try:
+        async for r in rows:  # shaped as read: raw rows are never collected
+            if len(shaped) == q.limit:
+                truncated = True
+                break
+            shaped.append(shape_row(q, tuple(r), identified, uid_key))
+    finally:
+        await rows.aclose()
+    return LocalResult(level, dict(exact), shaped, truncated=truncated)

@@ -1,10 +1,12 @@
-"""The site's metadata in SQLite (WAL).
+"""The site's metadata behind one interface: SQLite (embedded default) or PostgreSQL.
 
-Reads go through aiosqlite so the event loop never blocks; all writes go through one
-synchronous writer connection (``node.store.writer``) serialised by one lock, each as a
-single transaction, so a row set is either all there or not at all. DICOM association
-threads call the ``*_sync`` methods directly; async code awaits the others. Nothing here
-touches image files.
+``MetadataStore`` is what the rest of the node uses; the backend (``sqlite_backend`` or
+``postgres_backend``) is chosen by ``[store] url`` in medfed.toml. Reads go through a
+pool of reader connections so one slow query does not hold the others; all writes go
+through one synchronous writer connection serialised by one lock, each as a single
+transaction, so a row set is either all there or not at all. DICOM association threads
+call the ``*_sync`` methods directly; async code awaits the others. SQL uses ``?``
+placeholders on both backends. Nothing here touches image files.
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ import asyncio
 import hashlib
 import hmac
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
 
-import aiosqlite
+from node.deid.actions import pseudonym
 
-from ..datadir import create_private_file
+from .dialect import Dialect
 from .records import InstanceRecord, PatientRec, StudyRec
-from .schema import SCHEMA, SCHEMA_VERSION
-from .writer import IngestResult, MetadataWriter, StoredFile, enqueue, upsert_study
+from .sqlite_backend import SqliteBackend
+from .writer import IngestResult, MetadataWriter, SqlConnection, StoredFile, enqueue, upsert_study
+
+if TYPE_CHECKING:
+    from node.config.model import NodeConfig
 
 __all__ = ["Counts", "IngestResult", "MetadataStore", "StoreError", "StoredFile"]
 
 T = TypeVar("T")
+_PSN_BATCH = 5000
 
 
 class StoreError(Exception):
@@ -46,52 +51,61 @@ class Counts:
 
 
 class MetadataStore:
-    def __init__(self, path: Path, *, durability: str = "full") -> None:
+    def __init__(self, path: Path, *, durability: str = "full", url: str | None = None,
+                 readers: int = 4, cache_mb: int = 32) -> None:
         self.path = path
         self.durability = durability
-        self._db: aiosqlite.Connection | None = None
+        self.url = url
+        if url:
+            from .postgres_backend import PostgresBackend
+            self._backend: Any = PostgresBackend(url, readers=readers)
+        else:
+            self._backend = SqliteBackend(path, durability=durability, readers=readers,
+                                          cache_mb=cache_mb)
         self._writer: MetadataWriter | None = None
         self._patient_salt = b""
+        self._psn_fingerprint: str | None = None
+        self._psn_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def for_config(cls, cfg: "NodeConfig") -> "MetadataStore":
+        """The store a node's medfed.toml names (``[store] url``; default its SQLite file)."""
+        return cls(cfg.db_path, durability=cfg.durability, url=cfg.store_url,
+                   readers=cfg.store_readers, cache_mb=cfg.store_cache_mb)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._backend.dialect  # type: ignore[no-any-return]
+
+    @property
+    def where(self) -> str:
+        """Where the metadata lives, for messages (never a password)."""
+        return self._backend.where if self.url else str(self.path)  # type: ignore[no-any-return]
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> "MetadataStore":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # SQLite gives the WAL and shared-memory files the database file's mode, so
-            # creating it 0600 keeps all three private whatever the umask.
-            create_private_file(self.path)
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._db.execute("PRAGMA busy_timeout=10000")
-            await self._db.executescript(SCHEMA)
-            self._writer = MetadataWriter(self.path, durability=self.durability,
+            conn = await asyncio.to_thread(self._backend.connect_writer)
+            self._writer = MetadataWriter(conn, begin=self._backend.begin,
                                           patient_key=self.patient_key)
+            await self._backend.open_readers()
             self._patient_salt = await self._salt()
         except Exception as exc:
             await self.close()
-            raise StoreError(f"cannot open metadata database {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open metadata database {self.where}: {exc}") from exc
         return self
 
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._backend.close()
 
     async def __aenter__(self) -> "MetadataStore":
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreError("metadata database is not open")
-        return self._db
 
     @property
     def writer(self) -> MetadataWriter:
@@ -105,18 +119,34 @@ class MetadataStore:
             return bytes.fromhex(row[0])
         salt = os.urandom(32)
         await self.write(lambda conn: conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('patient_salt', ?), ('schema_version', ?)",
-            (salt.hex(), str(SCHEMA_VERSION))))
+            "INSERT INTO meta(key, value) VALUES ('patient_salt', ?)", (salt.hex(),)))
         return salt
 
-    # -- reading ----------------------------------------------------------------
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+    async def schema_version(self) -> int:
+        row = await self.fetchone("SELECT value FROM meta WHERE key='schema_version'")
+        return int(row[0]) if row else 0
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.db.execute(sql, params) as cur:
-            return await cur.fetchone()
+    def size_bytes(self) -> int:
+        """Bytes the metadata takes on disk (file + WAL, or the PostgreSQL database)."""
+        return int(self._backend.size_bytes())
+
+    # -- reading ----------------------------------------------------------------
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return await self._backend.fetchall(sql, params)  # type: ignore[no-any-return]
+        except RuntimeError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def stream(self, sql: str, params: Sequence[Any] = (), *,
+                     batch: int = 256) -> AsyncIterator[Any]:
+        """Rows as they are read, ``batch`` at a time, on one pooled reader: a large
+        answer is never held whole in memory."""
+        async for row in self._backend.stream(sql, params, batch):
+            yield row
 
     def patient_key(self, pid: str, issuer: str) -> str:
         """Local link key for a patient: keyed so the DB file alone does not reveal IDs."""
@@ -124,13 +154,53 @@ class MetadataStore:
         return hmac.new(self._patient_salt, msg, hashlib.sha256).hexdigest()
 
     async def counts(self) -> Counts:
+        """Site totals in constant time (kept by triggers), plus the pending jobs."""
+        totals = {str(k): int(v) for k, v in await self.fetchall("SELECT name, value FROM totals")}
         row = await self.fetchone(
-            "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM studies), "
-            "(SELECT count(*) FROM series), (SELECT count(*) FROM instances), "
-            "(SELECT coalesce(sum(size), 0) FROM instances WHERE path IS NOT NULL), "
-            "(SELECT count(*) FROM jobs WHERE state IN ('pending', 'running'))")
-        assert row is not None
-        return Counts(*row)
+            "SELECT count(*) FROM jobs WHERE state IN ('pending', 'running')")
+        return Counts(totals.get("patients", 0), totals.get("studies", 0),
+                      totals.get("series", 0), totals.get("instances", 0),
+                      totals.get("bytes", 0), int(row[0]) if row else 0)
+
+    # -- the stored federation pseudonym -----------------------------------------
+    async def ensure_pseudonyms(self, linkage_key: bytes) -> None:
+        """Make ``patients.pseudonym`` hold every patient's pseudonym under
+        ``linkage_key``: computed once here (all patients when the key changed, only
+        missing ones otherwise) and at ingest from then on. Cheap when already done."""
+        fingerprint = hmac.new(linkage_key, b"medfed-stored-pseudonym", hashlib.sha256
+                               ).hexdigest()[:32]
+        if fingerprint == self._psn_fingerprint:
+            return
+        if self._psn_lock is None:
+            self._psn_lock = asyncio.Lock()
+        async with self._psn_lock:
+            if fingerprint == self._psn_fingerprint:
+                return
+            self.writer.pseudonym = lambda pid, issuer: pseudonym(pid, issuer, linkage_key)
+            row = await self.fetchone("SELECT value FROM meta WHERE key='pseudonym_key'")
+            everyone = row is None or row[0] != fingerprint
+            await asyncio.to_thread(self._fill_pseudonyms, linkage_key, everyone, fingerprint)
+            self._psn_fingerprint = fingerprint
+
+    def _fill_pseudonyms(self, key: bytes, everyone: bool, fingerprint: str) -> None:
+        after = 0
+        which = "" if everyone else "AND p.pseudonym IS NULL "
+        while True:
+            def batch(conn: SqlConnection, after: int = after) -> int:
+                rows = conn.execute(
+                    "SELECT p.id, pp.pid, pp.issuer FROM patients p JOIN patient_phi pp "
+                    f"ON pp.patient_id = p.id WHERE p.id > ? {which}ORDER BY p.id LIMIT ?",
+                    (after, _PSN_BATCH)).fetchall()
+                for pid, text, issuer in rows:
+                    conn.execute("UPDATE patients SET pseudonym=? WHERE id=?",
+                                 (pseudonym(text or "", issuer or "", key), pid))
+                return int(rows[-1][0]) if len(rows) == _PSN_BATCH else -1
+            after = self.writer.run(batch)
+            if after < 0:
+                break
+        self.writer.run(lambda conn: conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('pseudonym_key', ?) ON CONFLICT(key) "
+            "DO UPDATE SET value=excluded.value", (fingerprint,)))
 
     _FILE_SQL = "SELECT path, size, sha256 FROM instances WHERE sop_uid=? AND path IS NOT NULL"
 
@@ -144,7 +214,7 @@ class MetadataStore:
         return StoredFile(*row) if row else None
 
     # -- writing ----------------------------------------------------------------
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, work: Callable[[SqlConnection], T]) -> T:
         """Run ``work(conn)`` in one write transaction, off the event loop."""
         return await asyncio.to_thread(self.writer.run, work)
 
@@ -161,7 +231,7 @@ class MetadataStore:
 
     async def ingest_many(self, records: Sequence[InstanceRecord], source: str) -> int:
         """Many path-less instances in ONE transaction (one fsync); returns how many were new."""
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: SqlConnection) -> int:
             now = time.time()
             return sum(0 if self.writer.ingest_rows(conn, rec, None, source, now).duplicate
                        else 1 for rec in records)
@@ -170,7 +240,7 @@ class MetadataStore:
     async def upsert_study_tree(self, patient: PatientRec, study: StudyRec,
                                 source: str) -> int:
         """Record a study known from an upstream PACS (no instances yet)."""
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: SqlConnection) -> int:
             now = time.time()
             return upsert_study(conn, study, self.writer.upsert_patient(conn, patient, now),
                                 source, now)
@@ -179,7 +249,7 @@ class MetadataStore:
     async def run_in_transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         items = list(statements)
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: SqlConnection) -> None:
             for sql, params in items:
                 conn.execute(sql, params)
         await self.write(work)

@@ -1,5 +1,8 @@
 """Image files under a UID-based layout, written so that a crash leaves either the
-whole file or nothing: temp file in the same folder, fsync, rename, fsync the folder.
+whole file or nothing: temp file in the temp area, fsync, rename, fsync the folder.
+
+Temp files live in one folder (``<root>/.tmp``, same file system, so the rename is
+atomic) so that start-up sweeps only that folder: constant time at any archive size.
 
 A file only becomes visible to readers after its metadata row is committed, so an
 orphan left by a crash between rename and commit is never served; a later store of
@@ -18,6 +21,7 @@ from ..datadir import make_private_dir
 
 _UID_RE = re.compile(r"^[0-9.]{1,64}$")
 TMP_PREFIX = ".tmp-"
+TMP_DIR = ".tmp"
 
 
 class FileStoreError(Exception):
@@ -37,6 +41,10 @@ class ObjectFiles:
         self.root = root
         self._known_dirs: set[Path] = set()
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / TMP_DIR
+
     def relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         return f"{safe_uid(study_uid)}/{safe_uid(series_uid)}/{safe_uid(sop_uid)}.dcm"
 
@@ -51,7 +59,10 @@ class ObjectFiles:
             make_private_dir(folder)
             self._fsync_dir(folder.parent)
             self._known_dirs.add(folder)
-        tmp = folder / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
+        if self.tmp_dir not in self._known_dirs:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(self.tmp_dir)
+        tmp = self.tmp_dir / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
         digest = hashlib.sha256()
         size = 0
         try:
@@ -85,13 +96,16 @@ class ObjectFiles:
             pass
 
     def sweep_temp_files(self) -> int:
-        """Delete temp files a crash left behind; returns how many."""
+        """Delete temp files a crash left behind (only the temp area is looked at, so
+        this takes the same time at any archive size); returns how many."""
         count = 0
-        if not self.root.exists():
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
             return 0
-        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
+        for name in names:
             try:
-                tmp.unlink()
+                (self.tmp_dir / name).unlink()
                 count += 1
             except OSError:
                 pass

@@ -16,7 +16,7 @@ from node.pacs.response import response_charset, response_dataset
 from node.pacs.qr_attributes import ATTRS, Kind, QueryLevel
 from node.pacs.value_match import (IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, Key, MatchError,
                                    glob_pattern, key_clause, like_pattern)
-from node.store.schema import SCHEMA
+from node.store.sqlite_backend import migrate
 from tests.qr_helpers import ident
 
 PR, SR = InfoModel.PATIENT_ROOT, InfoModel.STUDY_ROOT
@@ -250,7 +250,7 @@ def test_every_catalogued_attribute_builds() -> None:
         q = build_query(ident("IMAGE", **{attr.keyword: sample[attr.kind]}), PR)
         assert any(k.tag == attr.tag and k.column is not None for k in q.keys), attr.keyword
         db = sqlite3.connect(":memory:")
-        db.executescript(SCHEMA)
+        migrate(db)
         db.execute(q.sql, q.params).fetchall()   # valid SQL against the real schema
 
 

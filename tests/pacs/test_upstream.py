@@ -461,7 +461,8 @@ async def test_start_sweeps_orphans_left_by_a_crash(
     orphan = tmp_path / "cache" / "1.2" / "1.3" / "1.4.dcm"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"partial")
-    temp = kept.parent / ".tmp-x.dcm.1.2"
+    temp = tmp_path / "cache" / ".tmp" / ".tmp-x.dcm.1.2"   # the temp area
+    temp.parent.mkdir(exist_ok=True)
     temp.write_bytes(b"partial")
     assert await service.cache.sweep() == 2
     assert kept.is_file() and not orphan.exists() and not temp.exists()
