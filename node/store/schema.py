@@ -142,6 +142,32 @@ CREATE INDEX IF NOT EXISTS cache_lru ON cache_entries(last_access);
 # * study_modalities (study -> modality, with the study date) for ModalitiesInStudy and
 #   modality + date; series.study_date (copied from its study) for the same on series;
 # * index_changes: what the DHT index publisher has to look at since its last run.
+V2_BACKFILL = """
+-- backfill from the version-1 rows (once, at upgrade)
+UPDATE series SET
+    study_date = (SELECT study_date FROM studies WHERE id = series.study_id),
+    num_instances = (SELECT count(*) FROM instances WHERE series_id = series.id),
+    num_local = (SELECT count(*) FROM instances WHERE series_id = series.id AND path IS NOT NULL);
+UPDATE studies SET
+    num_series = (SELECT count(*) FROM series WHERE study_id = studies.id),
+    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM series WHERE study_id = studies.id),
+    num_local = (SELECT coalesce(sum(num_local), 0) FROM series WHERE study_id = studies.id);
+UPDATE patients SET
+    num_studies = (SELECT count(*) FROM studies WHERE patient_id = patients.id),
+    num_series = (SELECT coalesce(sum(num_series), 0) FROM studies WHERE patient_id = patients.id),
+    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM studies WHERE patient_id = patients.id),
+    num_local = (SELECT coalesce(sum(num_local), 0) FROM studies WHERE patient_id = patients.id);
+INSERT INTO study_modalities(study_id, modality, study_date, num_series)
+    SELECT se.study_id, se.modality, min(st.study_date), count(*) FROM series se
+    JOIN studies st ON st.id = se.study_id GROUP BY se.study_id, se.modality;
+INSERT INTO totals(name, value) VALUES
+    ('patients', (SELECT count(*) FROM patients)),
+    ('studies', (SELECT count(*) FROM studies)),
+    ('series', (SELECT count(*) FROM series)),
+    ('instances', (SELECT count(*) FROM instances)),
+    ('bytes', (SELECT coalesce(sum(size), 0) FROM instances WHERE path IS NOT NULL));
+"""
+
 V2 = """
 ALTER TABLE patients ADD COLUMN pseudonym TEXT;
 ALTER TABLE patients ADD COLUMN num_studies INTEGER NOT NULL DEFAULT 0;
@@ -191,30 +217,7 @@ CREATE TABLE index_terms (
 );
 CREATE INDEX index_terms_ref ON index_terms(kind, ref);
 
--- backfill from the version-1 rows (once, at upgrade)
-UPDATE series SET
-    study_date = (SELECT study_date FROM studies WHERE id = series.study_id),
-    num_instances = (SELECT count(*) FROM instances WHERE series_id = series.id),
-    num_local = (SELECT count(*) FROM instances WHERE series_id = series.id AND path IS NOT NULL);
-UPDATE studies SET
-    num_series = (SELECT count(*) FROM series WHERE study_id = studies.id),
-    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM series WHERE study_id = studies.id),
-    num_local = (SELECT coalesce(sum(num_local), 0) FROM series WHERE study_id = studies.id);
-UPDATE patients SET
-    num_studies = (SELECT count(*) FROM studies WHERE patient_id = patients.id),
-    num_series = (SELECT coalesce(sum(num_series), 0) FROM studies WHERE patient_id = patients.id),
-    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM studies WHERE patient_id = patients.id),
-    num_local = (SELECT coalesce(sum(num_local), 0) FROM studies WHERE patient_id = patients.id);
-INSERT INTO study_modalities(study_id, modality, study_date, num_series)
-    SELECT se.study_id, se.modality, st.study_date, count(*) FROM series se
-    JOIN studies st ON st.id = se.study_id GROUP BY se.study_id, se.modality;
-INSERT INTO totals(name, value) VALUES
-    ('patients', (SELECT count(*) FROM patients)),
-    ('studies', (SELECT count(*) FROM studies)),
-    ('series', (SELECT count(*) FROM series)),
-    ('instances', (SELECT count(*) FROM instances)),
-    ('bytes', (SELECT coalesce(sum(size), 0) FROM instances WHERE path IS NOT NULL));
-
+""" + V2_BACKFILL + """
 CREATE TRIGGER patients_ai AFTER INSERT ON patients BEGIN
     UPDATE totals SET value = value + 1 WHERE name = 'patients';
 END;

@@ -8,6 +8,8 @@ query modules' SQL runs unchanged. Text compares byte-wise when the database use
 C collation (``medfed`` creates its test clusters so; see the README for sites).
 """
 
+from .schema import V2_BACKFILL
+
 BASE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -176,29 +178,7 @@ CREATE TABLE index_terms (
 );
 CREATE INDEX index_terms_ref ON index_terms(kind, ref);
 
-UPDATE series SET
-    study_date = (SELECT study_date FROM studies WHERE id = series.study_id),
-    num_instances = (SELECT count(*) FROM instances WHERE series_id = series.id),
-    num_local = (SELECT count(*) FROM instances WHERE series_id = series.id AND path IS NOT NULL);
-UPDATE studies SET
-    num_series = (SELECT count(*) FROM series WHERE study_id = studies.id),
-    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM series WHERE study_id = studies.id),
-    num_local = (SELECT coalesce(sum(num_local), 0) FROM series WHERE study_id = studies.id);
-UPDATE patients SET
-    num_studies = (SELECT count(*) FROM studies WHERE patient_id = patients.id),
-    num_series = (SELECT coalesce(sum(num_series), 0) FROM studies WHERE patient_id = patients.id),
-    num_instances = (SELECT coalesce(sum(num_instances), 0) FROM studies WHERE patient_id = patients.id),
-    num_local = (SELECT coalesce(sum(num_local), 0) FROM studies WHERE patient_id = patients.id);
-INSERT INTO study_modalities(study_id, modality, study_date, num_series)
-    SELECT se.study_id, se.modality, min(st.study_date), count(*) FROM series se
-    JOIN studies st ON st.id = se.study_id GROUP BY se.study_id, se.modality;
-INSERT INTO totals(name, value) VALUES
-    ('patients', (SELECT count(*) FROM patients)),
-    ('studies', (SELECT count(*) FROM studies)),
-    ('series', (SELECT count(*) FROM series)),
-    ('instances', (SELECT count(*) FROM instances)),
-    ('bytes', (SELECT coalesce(sum(size), 0) FROM instances WHERE path IS NOT NULL));
-
+""" + V2_BACKFILL + """
 CREATE FUNCTION medfed_patients_count() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE totals SET value = value + (CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END)
