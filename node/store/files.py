@@ -60,7 +60,7 @@ class ObjectFiles:
             self._fsync_dir(folder.parent)
             self._known_dirs.add(folder)
         if self.tmp_dir not in self._known_dirs:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.tmp_dir)
             self._known_dirs.add(self.tmp_dir)
         tmp = self.tmp_dir / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
         digest = hashlib.sha256()

@@ -52,7 +52,7 @@ class PlannedQueries:
 
 async def local_qido(node: Any, q: QidoRequest, sql: SqlQuery) -> list[dict[str, Any]]:
     """This node's matches, in the level's natural order, tagged with this site."""
-    rows = await node.store.db.execute_fetchall(sql.sql, sql.params)   # one thread hop
+    rows = await node.store.fetchall(sql.sql, sql.params)   # one pooled reader
     site = DataElement(INSTITUTION, "LO", node.cfg.name[:64], validation_mode=config.IGNORE)
     out: list[dict[str, Any]] = []
     for row in rows[q.offset:q.offset + q.limit]:
