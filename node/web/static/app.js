@@ -62,7 +62,9 @@
     var cell = button.closest(".actions-cell");
     var out = cell.querySelector(".job");
     var body = { action: button.dataset.action, ref: button.dataset.ref,
-                 format: button.dataset.format || "", destination: button.dataset.destination || "" };
+                 format: button.dataset.format || "", destination: button.dataset.destination || "",
+                 total: parseInt(button.dataset.total || "0", 10),
+                 purpose: (document.getElementById("purpose") || {}).value || "" };
     cell.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
     out.innerHTML = '<span class="progress" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span></span></span> <span class="jtext">starting\u2026</span>';
     var bar = out.querySelector(".progress > span");
