@@ -30,6 +30,14 @@ async def test_nothing_without_login_and_a_login_session(tmp_path: Path) -> None
             resp = await client.get(web.url + "dicomweb/studies")
             assert resp.status == 401
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            for path in ("audit", "admin", "viewer", "app-config.js", "search"):
+                resp = await client.get(web.url + path, allow_redirects=False)
+                assert resp.status == 303 and resp.headers["Location"].startswith("/login"), path
+            for path in ("api/search?modality=CT", "api/jobs/x/events", "api/jobs/x/file",
+                         "dicomweb/studies/1.2/series"):
+                assert (await client.get(web.url + path)).status == 401, path
+            assert (await client.post(web.url + "api/jobs", json={})).status == 401
+            assert (await client.get(web.url + "static/app.css")).status == 200   # public
 
             # a session id planted before login (fixation) must not become the session
             client.cookie_jar.update_cookies({"medfed-session": "planted-by-attacker"})
