@@ -68,6 +68,13 @@ class DicomConfig:
     network_timeout_s: float = 30.0
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 30.0
+    max_associations: int = 64
+    # DICOM TLS (PS3.15 B.1, BCP 195 profile) on a second port; None = off. tls_ca set:
+    # callers must present a certificate signed by it (their AE still needs "allow").
+    tls_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     def destination(self, ae_title: str) -> Destination | None:
         for dest in self.destinations:
@@ -241,6 +248,22 @@ def _http_tls(http: dict[str, Any], base_dir: Path) -> tuple[Path | None, Path |
     return ((base_dir / cert).resolve(), (base_dir / key).resolve())
 
 
+def _dicom_tls(dicom: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """[dicom] tls_port / tls_cert / tls_key / tls_ca: all paths relative to the config."""
+    if "tls_port" not in dicom:
+        return {}
+    paths: dict[str, Any] = {}
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        value = _get(dicom, key, str, "", "dicom")
+        if value:
+            path = Path(value)
+            paths[key] = path if path.is_absolute() else (base_dir / path).resolve()
+    if "tls_cert" not in paths or "tls_key" not in paths:
+        raise ConfigError("dicom.tls_port needs dicom.tls_cert and dicom.tls_key "
+                          "(PEM certificate and private key of this node's DICOM TLS port)")
+    return {"tls_port": _port(dicom, "tls_port", 2762, "dicom"), **paths}
+
+
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> NodeConfig:
     node = _section(raw, "node")
     dicom = _section(raw, "dicom")
@@ -282,6 +305,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         network_timeout_s=_get(dicom, "network_timeout_s", float, 30.0, "dicom"),
         acse_timeout_s=_get(dicom, "acse_timeout_s", float, 30.0, "dicom"),
         dimse_timeout_s=_get(dicom, "dimse_timeout_s", float, 30.0, "dicom"),
+        max_associations=_get(dicom, "max_associations", int, 64, "dicom"),
+        **_dicom_tls(dicom, base_dir),
     )
 
     upstream_cfg = None

@@ -58,6 +58,21 @@ async def find(store: MetadataStore, identifier: Dataset, model: InfoModel | str
         await rows.aclose()  # give the reader back now, not when the generator is collected
 
 
+def find_sync(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
+              retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> list[Dataset] | None:
+    """:func:`find` for a blocking thread (the DICOM association's own): the same
+    statement and identifiers, read through ``store.read_sync``; None when the store
+    has no blocking reader (then use :func:`find`)."""
+    query = build_query(identifier, model, limit=limit, dialect=store.dialect)
+    rows = store.read_sync(query.sql, query.params)
+    if rows is None:
+        return None
+    if len(rows) > limit:
+        log.warning("C-FIND at %s level matched more than %d records; the answer was "
+                    "truncated (raise the query limit or narrow the query)", query.level, limit)
+    return [response_dataset(query, row, retrieve_ae) for row in rows[:limit]]
+
+
 async def select_instances(store: MetadataStore, identifier: Dataset,
                            model: InfoModel | str) -> list[InstanceRow]:
     """The instances a C-GET/C-MOVE identifier means, in study/series/instance order.

@@ -13,12 +13,13 @@ import logging
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..store.db import MetadataStore, StoredFile, StoreError
-from ..store.files import FileStoreError, ObjectFiles
+from ..store.files import FileStoreError, ObjectFiles, PartialFile
 from ..store.records import record_from_dataset
 from . import status
 from .validate import InvalidInstance, validate_instance
@@ -53,6 +54,28 @@ class Ingestor:
     def ingest(self, ds: Dataset, encoded_file: bytes, *, context_sop_class: str,
                affected_sop_instance: str, transfer_syntax: str) -> IngestOutcome:
         """Store one instance; ``encoded_file`` is the Part-10 byte stream as received."""
+        return self._ingest(ds, hashlib.sha256(encoded_file).hexdigest,
+                            lambda rel: self.files.write_atomic(rel, (encoded_file,)),
+                            lambda: None, context_sop_class=context_sop_class,
+                            affected_sop_instance=affected_sop_instance,
+                            transfer_syntax=transfer_syntax)
+
+    def ingest_received(self, ds: Dataset, received: PartialFile, *, context_sop_class: str,
+                        affected_sop_instance: str, transfer_syntax: str) -> IngestOutcome:
+        """Store one instance already streamed into ``received`` (a Part-10 file): it is
+        placed under its name or discarded, never left behind."""
+        try:
+            return self._ingest(ds, lambda: received.sha256, received.place, received.discard,
+                                context_sop_class=context_sop_class,
+                                affected_sop_instance=affected_sop_instance,
+                                transfer_syntax=transfer_syntax)
+        finally:
+            received.discard()  # a no-op once placed
+
+    def _ingest(self, ds: Dataset, sha256: Callable[[], str],
+                place: Callable[[str], tuple[int, str]], drop: Callable[[], None], *,
+                context_sop_class: str, affected_sop_instance: str,
+                transfer_syntax: str) -> IngestOutcome:
         ts = UID(transfer_syntax)
         try:
             _cls, sop_uid, study_uid, series_uid = validate_instance(
@@ -70,12 +93,13 @@ class Ingestor:
             known = self.store.instance_file_sync(sop_uid)
             if known is not None:
                 # Idempotent: the stored copy stays; a differing resend is logged.
-                if hashlib.sha256(encoded_file).hexdigest() != known.sha256:
+                if sha256() != known.sha256:
                     log.warning("a resent instance differs from the stored copy; "
                                 "kept the stored copy")
+                drop()
                 return IngestOutcome(status.SUCCESS, "", None, duplicate=True)
             try:
-                size, sha = self.files.write_atomic(rel, (encoded_file,))
+                size, sha = place(rel)
             except FileStoreError as exc:
                 log.error("%s", exc)
                 return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")

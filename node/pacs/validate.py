@@ -47,23 +47,75 @@ def _positive_int(ds: Dataset, keyword: str) -> int:
     return number
 
 
+# Photometric interpretation -> (samples per pixel it requires, stored values per pixel
+# in an uncompressed frame) (PS3.3 C.7.6.3.1.2). 4:2:2 keeps one Cb and one Cr for every
+# two pixels (Y Y Cb Cr): two values per pixel; 4:2:0 one Cb and one Cr per 2 x 2 block.
+PHOTOMETRIC: dict[str, tuple[int, float]] = {
+    "MONOCHROME1": (1, 1), "MONOCHROME2": (1, 1), "PALETTE COLOR": (1, 1),
+    "RGB": (3, 3), "YBR_FULL": (3, 3), "HSV": (3, 3),
+    "YBR_FULL_422": (3, 2), "YBR_PARTIAL_422": (3, 2), "YBR_PARTIAL_420": (3, 1.5),
+    "YBR_ICT": (3, 3), "YBR_RCT": (3, 3), "XYB": (3, 3),
+    "ARGB": (4, 4), "CMYK": (4, 4),
+}
+SUBSAMPLED = {"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"}
+# Float / Double Float Pixel Data (PS3.3 C.7.6.24): one sample, 32 or 64 bits.
+FLOAT_PIXELS = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError):
+        raise InvalidInstance(status.PIXEL_DATA_INVALID, "NumberOfFrames not a number")
+
+
+def values_per_pixel(ds: Dataset) -> float:
+    """Stored values per pixel of an uncompressed frame; checks that SamplesPerPixel
+    is what the photometric interpretation requires."""
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    interpretation = str(ds.get("PhotometricInterpretation") or "").strip()
+    known = PHOTOMETRIC.get(interpretation)
+    if known is None:
+        return float(samples)  # absent or unknown: trust SamplesPerPixel
+    required, values = known
+    if samples != required:
+        raise InvalidInstance(status.PIXEL_DATA_INVALID,
+                              f"{interpretation} needs SamplesPerPixel {required}"[:64])
+    return values
+
+
 def expected_pixel_bytes(ds: Dataset) -> int:
+    """Bytes of uncompressed Pixel Data (before the pad byte to an even length)."""
     rows = _positive_int(ds, "Rows")
     cols = _positive_int(ds, "Columns")
     bits = _positive_int(ds, "BitsAllocated")
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    frames_raw = ds.get("NumberOfFrames") or 1
-    try:
-        frames = int(frames_raw)
-    except (TypeError, ValueError):
-        raise InvalidInstance(status.PIXEL_DATA_INVALID, "NumberOfFrames not a number")
     if bits not in (1, 8, 16, 32, 64):
         raise InvalidInstance(status.PIXEL_DATA_INVALID, f"BitsAllocated {bits} unsupported")
-    total_bits = rows * cols * samples * max(frames, 1) * bits
+    values = values_per_pixel(ds)
+    interpretation = str(ds.get("PhotometricInterpretation") or "").strip()
+    if interpretation in SUBSAMPLED and cols % 2:
+        raise InvalidInstance(status.PIXEL_DATA_INVALID,
+                              f"{interpretation} needs an even number of Columns")
+    if interpretation == "YBR_PARTIAL_420" and rows % 2:
+        raise InvalidInstance(status.PIXEL_DATA_INVALID,
+                              "YBR_PARTIAL_420 needs an even number of Rows")
+    # 1-bit frames are packed back to back, not padded per frame (PS3.5 8.1.1).
+    total_bits = int(rows * cols * values) * _frames(ds) * bits
     return (total_bits + 7) // 8
 
 
+def _check_length(length: int, expected: int, what: str) -> None:
+    if length < expected or length > expected + 1:
+        raise InvalidInstance(status.PIXEL_DATA_INVALID,
+                              f"{what} {length} bytes, expected {expected}"[:64])
+
+
 def check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
+    for keyword, bits in FLOAT_PIXELS.items():
+        if keyword in ds:
+            value = ds[keyword].value
+            rows, cols = _positive_int(ds, "Rows"), _positive_int(ds, "Columns")
+            _check_length(len(value or b""), rows * cols * _frames(ds) * bits // 8, keyword)
     if "PixelData" not in ds:
         return
     elem = ds["PixelData"]
@@ -76,11 +128,7 @@ def check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
             raise InvalidInstance(status.PIXEL_DATA_INVALID,
                                   "compressed Pixel Data is not encapsulated")
         return
-    expected = expected_pixel_bytes(ds)
-    if length < expected or length > expected + 1:
-        raise InvalidInstance(
-            status.PIXEL_DATA_INVALID,
-            f"Pixel Data {length} bytes, Rows x Columns x Bits = {expected}"[:64])
+    _check_length(length, expected_pixel_bytes(ds), "Pixel Data")
 
 
 def validate_instance(ds: Dataset, *, context_sop_class: str, affected_sop_instance: str,

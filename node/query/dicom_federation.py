@@ -116,6 +116,16 @@ class FederationDicomBackend:
                                status.UNABLE_TO_PROCESS)
         return service
 
+    def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
+                  calling_ae: str) -> list[Dataset] | None:
+        """This node's own C-FIND answered in the association's thread; None for the
+        federation AE title (the SCP then awaits :meth:`find`)."""
+        node = self._running()
+        if called_ae == node.cfg.dicom.federation_ae_title:
+            return None
+        return node.local.find_sync(identifier, model, called_ae=called_ae,
+                                    calling_ae=calling_ae)
+
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
                    calling_ae: str) -> list[Dataset]:
         node = self._running()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from pydicom.dataset import Dataset
 
-from ..pacs.find import find, select_instances
+from ..pacs.find import find, find_sync, select_instances
 from ..pacs.matching import MatchError
 from ..pacs.scp import QueryRefused, RetrieveItem
 from ..pacs.status import QR_SUBOPS_OUT_OF_RESOURCES, UNABLE_TO_PROCESS
@@ -53,6 +53,16 @@ class LocalBackend:
             raise QueryRefused(exc.reason, exc.status) from exc
         finally:
             await results.aclose()
+
+    def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
+                  calling_ae: str) -> list[Dataset] | None:
+        """The same answer as :meth:`find`, from the calling (DICOM) thread (None: the
+        store cannot read blocking, await :meth:`find`)."""
+        try:
+            return find_sync(self.store, identifier, model, retrieve_ae=self.ae_title,
+                             limit=self.limit)
+        except MatchError as exc:
+            raise QueryRefused(exc.reason, exc.status) from exc
 
     async def select(self, identifier: Dataset, model: str, **_: str) -> list[RetrieveItem]:
         from ..pacs.upstream import UpstreamError, resolve_for_serving

@@ -12,6 +12,7 @@ the same instance simply replaces it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from pathlib import Path
@@ -36,14 +37,112 @@ def safe_uid(uid: str) -> str:
     return uid
 
 
+class PartialFile:
+    """A file being received whose final name is not known yet (it depends on UIDs
+    inside the data): written to a temp file in the temp area, hashed as it goes,
+    then either placed under its name (rename, fdatasync, fsync the folder) or discarded."""
+
+    def __init__(self, files: "ObjectFiles", tmp: Path) -> None:
+        self._files = files
+        self.path = tmp
+        self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None
+        self._placed = False
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Append ``chunk``; after a write error (disk full) later chunks are dropped
+        and the error is kept for :meth:`place` to report."""
+        if self.error is not None or self._fd is None:
+            return
+        view = memoryview(chunk)
+        self._digest.update(view)
+        self.size += len(view)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.error = exc
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def place(self, rel: str) -> tuple[int, str]:
+        """Make the file durable under ``rel``; returns (size, sha256 hex).
+
+        Renamed first, then synced: the file's fdatasync commits the journal that
+        also holds the rename, so the folder's fsync after it finds nothing left to
+        write (one journal commit per instance instead of two on ext4). A crash
+        before the syncs leaves at most an orphan under the final name, which no
+        metadata row points to: it is never served and a resend replaces it."""
+        try:
+            if self.error is not None:
+                raise self.error
+            assert self._fd is not None
+            final = self._files.folder_for(rel) / Path(rel).name
+            os.replace(self.path, final)
+            self.path = final
+            os.fdatasync(self._fd)  # data + size; mtime need not be durable
+            self._close()
+            self._files._fsync_dir(final.parent)
+        except OSError as exc:
+            self.discard()
+            raise FileStoreError(f"cannot write image file under {self._files.root}: "
+                                 f"{exc.strerror or exc}") from exc
+        self._placed = True
+        return self.size, self.sha256
+
+    def discard(self) -> None:
+        """Remove the file unless it was placed (then this is a no-op)."""
+        self._close()
+        if self._placed:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ObjectFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._known_dirs: set[Path] = set()
+        self._serial = itertools.count()
+
+    def begin(self) -> PartialFile:
+        """A new partial file in the temp area (see :class:`PartialFile`)."""
+        name = f"{TMP_PREFIX}in.{os.getpid()}.{next(self._serial)}"
+        try:
+            return PartialFile(self, self._temp_area() / name)
+        except OSError as exc:
+            raise FileStoreError(f"cannot create a file under {self.root}: "
+                                 f"{exc.strerror or exc}") from exc
+
+    def folder_for(self, rel: str) -> Path:
+        """The folder of ``rel``, created (and its parent synced) on first use."""
+        folder = (self.root / rel).parent
+        if folder not in self._known_dirs:
+            make_private_dir(folder)
+            self._fsync_dir(folder.parent)
+            self._known_dirs.add(folder)
+        return folder
 
     @property
     def tmp_dir(self) -> Path:
         return self.root / TMP_DIR
+
+    def _temp_area(self) -> Path:
+        if self.tmp_dir not in self._known_dirs:
+            make_private_dir(self.tmp_dir)
+            self._known_dirs.add(self.tmp_dir)
+        return self.tmp_dir
 
     def relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         return f"{safe_uid(study_uid)}/{safe_uid(series_uid)}/{safe_uid(sop_uid)}.dcm"
@@ -54,15 +153,8 @@ class ObjectFiles:
     def write_atomic(self, rel: str, chunks: Iterable[bytes]) -> tuple[int, str]:
         """Write ``chunks`` to ``rel``; returns (size, sha256 hex). All or nothing."""
         final = self.root / rel
-        folder = final.parent
-        if folder not in self._known_dirs:
-            make_private_dir(folder)
-            self._fsync_dir(folder.parent)
-            self._known_dirs.add(folder)
-        if self.tmp_dir not in self._known_dirs:
-            make_private_dir(self.tmp_dir)
-            self._known_dirs.add(self.tmp_dir)
-        tmp = self.tmp_dir / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
+        folder = self.folder_for(rel)
+        tmp = self._temp_area() / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{id(chunks):x}"
         digest = hashlib.sha256()
         size = 0
         try:
