@@ -50,12 +50,15 @@ def latency(samples_ms: Sequence[float]) -> Latency:
 
 @dataclass(frozen=True)
 class ServerFigures:
-    """One server's figures on the series: ingest (1 and N associations), C-FIND, C-GET."""
+    """One server's figures on the series: ingest (1 and N associations), C-FIND
+    (pynetdicom loop, and dcmtk ``findscu --repeat`` ms per query), C-GET, C-MOVE."""
 
     ingest_1: Rate
     ingest_n: Rate
     find: Latency
     get: Rate
+    find_repeat_ms: float | None = None
+    move: Rate | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,20 @@ def median_figures(rounds: Sequence[ServerFigures]) -> ServerFigures:
                      statistics.median(r.find.p50_ms for r in rounds),
                      statistics.median(r.find.p95_ms for r in rounds),
                      statistics.median(r.find.mean_ms for r in rounds)),
-        get=_median_rate([r.get for r in rounds]))
+        get=_median_rate([r.get for r in rounds]),
+        find_repeat_ms=_median_or_none([r.find_repeat_ms for r in rounds]),
+        move=_median_rate([r.move for r in rounds if r.move is not None])
+        if all(r.move is not None for r in rounds) else None)
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present and len(present) == len(values) else None
 
 
 def compare(medfed: ServerFigures, orthanc: ServerFigures | None, parallel: int) -> list[Comparison]:
-    """The report rows; targets (issue 3): ingest on one association >= 1.0x Orthanc,
-    C-FIND p50 <= Orthanc's, C-GET MB/s >= Orthanc's."""
+    """The report rows; targets (issues 3 and 15): ingest on 1 and N associations
+    >= 1.0x Orthanc, C-FIND <= Orthanc's time, C-GET and C-MOVE MB/s >= Orthanc's."""
     o = orthanc
 
     def row(measure: str, unit: str, mine: float, theirs: float | None,
@@ -119,7 +130,7 @@ def compare(medfed: ServerFigures, orthanc: ServerFigures | None, parallel: int)
         row("ingest, 1 association", "MB/s", medfed.ingest_1.mb_per_s,
             o.ingest_1.mb_per_s if o else None, target=True),
         row(f"ingest, {parallel} parallel senders", "inst/s", medfed.ingest_n.inst_per_s,
-            o.ingest_n.inst_per_s if o else None),
+            o.ingest_n.inst_per_s if o else None, target=True),
         row(f"ingest, {parallel} parallel senders", "MB/s", medfed.ingest_n.mb_per_s,
             o.ingest_n.mb_per_s if o else None),
         row("C-FIND study level, p50", "ms", medfed.find.p50_ms,
@@ -129,7 +140,23 @@ def compare(medfed: ServerFigures, orthanc: ServerFigures | None, parallel: int)
         row("C-GET series", "MB/s", medfed.get.mb_per_s, o.get.mb_per_s if o else None,
             target=True),
         row("C-GET series", "inst/s", medfed.get.inst_per_s, o.get.inst_per_s if o else None),
-    ]
+    ] + _extra_rows(medfed, o, row)
+
+
+def _extra_rows(medfed: ServerFigures, o: ServerFigures | None, row) -> list[Comparison]:  # type: ignore[no-untyped-def]
+    """findscu --repeat and C-MOVE, when both servers were measured that way."""
+    rows = []
+    if medfed.find_repeat_ms is not None:
+        rows.append(row("C-FIND study level, findscu --repeat", "ms/query",
+                        medfed.find_repeat_ms, o.find_repeat_ms if o else None,
+                        better="lower", target=True))
+    if medfed.move is not None:
+        theirs = o.move if o is not None else None
+        rows.append(row("C-MOVE series to storescp", "MB/s", medfed.move.mb_per_s,
+                        theirs.mb_per_s if theirs else None, target=True))
+        rows.append(row("C-MOVE series to storescp", "inst/s", medfed.move.inst_per_s,
+                        theirs.inst_per_s if theirs else None))
+    return rows
 
 
 def compare_rounds(medfed: Sequence[ServerFigures], orthanc: Sequence[ServerFigures] | None,

@@ -1,7 +1,8 @@
 """Ingest / C-FIND / C-GET benchmark, medfed node vs Orthanc: ``python -m bench.ingest``.
 
-Why: issue 3 sets targets relative to Orthanc (ingest on one association >= 1.0x,
-C-FIND p50 <= Orthanc's, C-GET MB/s >= Orthanc's). Both servers get the same series,
+Why: issues 3 and 15 set targets relative to Orthanc (ingest on 1 and 4 associations
+>= 1.0x, C-FIND <= Orthanc's time - also with ``findscu --repeat``, so no process start
+is measured - and C-GET / C-MOVE MB/s >= Orthanc's). Both servers get the same series,
 the same dcmtk tools and TCP_NODELAY=1 in one invocation; only ratios are compared.
 Options: --slices N (default 300), --rounds N (default 3, interleaved, medians),
 --skip-orthanc (quick local run, no ratios), --series DIR (existing Part-10 files),
@@ -14,7 +15,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -24,12 +25,14 @@ from node.synth.generate import generate
 
 from .figures import Rate, ServerFigures, compare_rounds, latency
 from .ingest_report import RunInfo, markdown_section, rich_table
-from .medfed_node import MedfedNode
-from .orthanc import run_baseline
+from .medfed_node import MOVE_DESTINATION, MedfedNode
+from .orthanc import find_repeat_orthanc, run_baseline
 from .results import load_average, stamp, write_section
-from .scu import BenchError, find_latencies, get_series, store
+from .scu import (BenchError, find_latencies, find_repeat_ms, free_port, get_series,
+                  move_series, store)
 
 SECTION = "ingest"
+FINDSCU_REPEATS = 200
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,10 @@ def load_series(folder: Path) -> Series:
                   str(heads[0].PatientID))
 
 
-def _ingest(work: Path, name: str, series: Series, senders: int) -> tuple[Rate, MedfedNode]:
+def _ingest(work: Path, name: str, series: Series, senders: int,
+            move_port: int = 0) -> tuple[Rate, MedfedNode]:
     """Store the series into a fresh node; the node is left running for the caller."""
-    node = MedfedNode(work / name).start()
+    node = MedfedNode(work / name, move_port=move_port).start()
     try:
         seconds = store(node.target, series.files, senders)
         stored = node.stored_instances()
@@ -81,19 +85,24 @@ def measure_medfed(work: Path, series: Series, parallel: int, find_repeats: int,
     one, node = _ingest(work, "node-1", series, 1)
     node.stop()
     console.log(f"medfed: storescu x {parallel} parallel (fresh node)")
-    many, node = _ingest(work, "node-n", series, parallel)
+    move_port = free_port()
+    many, node = _ingest(work, "node-n", series, parallel, move_port)
     try:
-        console.log(f"medfed: C-FIND x {find_repeats}, C-GET")
+        console.log(f"medfed: C-FIND x {find_repeats}, findscu --repeat, C-GET, C-MOVE")
         samples, matches = find_latencies(node.target, series.patient_id, find_repeats)
         if matches < 1:
             raise BenchError("medfed's C-FIND found no study for the series' PatientID")
+        per_query = find_repeat_ms(node.target, series.patient_id, FINDSCU_REPEATS)
         got = get_series(node.target, series.study_uid, series.series_uid, work / "get")
-        if got.instances != len(series.files):
-            raise BenchError(f"medfed's C-GET delivered {got.instances} of "
-                             f"{len(series.files)} instances")
+        moved = move_series(node.target, MOVE_DESTINATION, move_port, series.study_uid,
+                            series.series_uid, work / "move")
+        for what, rate in (("C-GET", got), ("C-MOVE", moved)):
+            if rate.instances != len(series.files):
+                raise BenchError(f"medfed's {what} delivered {rate.instances} of "
+                                 f"{len(series.files)} instances")
     finally:
         node.stop()
-    return ServerFigures(one, many, latency(samples), got)
+    return ServerFigures(one, many, latency(samples), got, per_query, moved)
 
 
 def measure_orthanc(series_dir: Path, series: Series, args: argparse.Namespace,
@@ -101,7 +110,9 @@ def measure_orthanc(series_dir: Path, series: Series, args: argparse.Namespace,
     console.log("Orthanc: orthanc_baseline.sh on the same series")
     anchor = run_baseline(series_dir, parallel=args.parallel, find_repeats=args.find_repeats,
                           nbytes=series.nbytes)
-    return anchor.figures, anchor.version
+    console.log("Orthanc: findscu --repeat on a private Orthanc")
+    per_query = find_repeat_orthanc(series.files, series.patient_id, FINDSCU_REPEATS)
+    return replace(anchor.figures, find_repeat_ms=per_query), anchor.version
 
 
 def _rounds(series_dir: Path, series: Series, args: argparse.Namespace, work: Path,

@@ -22,7 +22,8 @@ from .scu import BenchError, Target
 
 AE_TITLE = "MEDFED"
 ALLOW = ("STORESCU@127.0.0.1", "FINDSCU@127.0.0.1", "GETSCU@127.0.0.1",
-         "PYNETDICOM@127.0.0.1", "ECHOSCU@127.0.0.1")
+         "MOVESCU@127.0.0.1", "PYNETDICOM@127.0.0.1", "ECHOSCU@127.0.0.1")
+MOVE_DESTINATION = "BENCHSCP"
 _PORT_RE = re.compile(rb"DICOM \S+@[\d.]+:(\d+)")
 START_TIMEOUT_S = 60.0
 
@@ -34,8 +35,9 @@ def _cli(*args: str | Path) -> list[str]:
 class MedfedNode:
     """``with MedfedNode(folder) as node:`` a fresh node on an ephemeral DICOM port."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, move_port: int = 0) -> None:
         self.folder = folder
+        self.move_port = move_port  # a C-MOVE destination BENCHSCP on this port, if set
         self.config = folder / "medfed.toml"
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: list[bytes] = []
@@ -49,6 +51,8 @@ class MedfedNode:
 
     def start(self) -> "MedfedNode":
         allow = [a for entry in ALLOW for a in ("--allow", entry)]
+        if self.move_port:
+            allow += ["--destination", f"{MOVE_DESTINATION}=127.0.0.1:{self.move_port}"]
         init = subprocess.run(_cli("init", self.folder, "--ae-title", AE_TITLE, "--name",
                                    "bench", "--dicom-port", "0", "--http-port", "0",
                                    "--peer-port", "0", "--dht-port", "0", *allow),

@@ -12,10 +12,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+from node.testing.orthanc import ORTHANC_AE, Orthanc, OrthancError
 
 from .figures import Latency, Rate, ServerFigures
-from .scu import BenchError, dcmtk_env, free_port
+from .scu import BenchError, Target, dcmtk_env, find_repeat_ms, free_port, store
 
 BASELINE = Path("/work/shared/bench/orthanc_baseline.sh")
 TIMEOUT_S = 600.0
@@ -51,10 +53,24 @@ def figures_from_json(out: dict[str, Any], parallel: int, nbytes: int) -> Server
             ingest_n=_rate(out[f"ingest_{parallel}parallel"], nbytes),
             find=Latency(int(find["n"]), float(find["p50_ms"]), float(find["p95_ms"]),
                          float(find["mean_ms"])),
-            get=_rate(out["cget_series"]))
+            get=_rate(out["cget_series"]),
+            move=_rate(out["cmove_series"]) if "cmove_series" in out else None)
     except KeyError as exc:
         raise BenchError(f"the Orthanc baseline JSON has no {exc} entry; was pynetdicom "
                          f"importable by {sys.executable}?") from None
+
+
+def find_repeat_orthanc(files: Sequence[Path], patient_id: str, repeats: int) -> float:
+    """``findscu --repeat`` against a private Orthanc holding ``files`` (the baseline
+    script does not measure it): ms per query, as scu.find_repeat_ms defines it."""
+    modalities = {ae: ("127.0.0.1", 1) for ae in ("STORESCU", "FINDSCU")}
+    try:
+        with Orthanc(modalities) as orthanc:
+            target = Target(orthanc.dicom_port, ORTHANC_AE)
+            store(target, files)
+            return find_repeat_ms(target, patient_id, repeats)
+    except OrthancError as exc:
+        raise BenchError(f"private Orthanc for findscu --repeat: {exc}") from None
 
 
 def run_baseline(series_dir: Path, *, parallel: int, find_repeats: int,

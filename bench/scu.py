@@ -91,6 +91,62 @@ def get_series(target: Target, study_uid: str, series_uid: str, out: Path) -> Ra
     return Rate(seconds, len(got), sum(p.stat().st_size for p in got))
 
 
+def find_repeat_ms(target: Target, patient_id: str, repeats: int) -> float:
+    """Milliseconds per study-level C-FIND with dcmtk ``findscu --repeat``: the time of
+    ``repeats`` queries on one association minus that of one, over ``repeats - 1``, so
+    neither process start nor association set-up is in the figure."""
+    def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        _finish("findscu", _dcmtk("findscu", "-aet", "FINDSCU", "-aec", target.ae_title, "-S",
+                                  "--repeat", n, "-k", "QueryRetrieveLevel=STUDY",
+                                  "-k", f"PatientID={patient_id}", "-k", "StudyInstanceUID",
+                                  HOST, target.port))
+        return time.perf_counter() - t0
+
+    one = min(timed(1) for _ in range(3))
+    return max(timed(repeats) - one, 0.0) / (repeats - 1) * 1e3
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"storescp exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection((HOST, port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"storescp did not listen on port {port} within {timeout:.0f} s")
+
+
+def move_series(target: Target, dest_ae: str, dest_port: int, study_uid: str,
+                series_uid: str, out: Path) -> Rate:
+    """C-MOVE of one series with movescu to a dcmtk storescp on ``dest_port`` (which
+    the server must know as ``dest_ae``); counts what the storescp received."""
+    out.mkdir(parents=True, exist_ok=True)
+    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", dest_ae, "-od", str(out),
+                            str(dest_port)], env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(dest_port, scp)
+        t0 = time.perf_counter()
+        _finish("movescu", _dcmtk("movescu", "-aet", "MOVESCU", "-aec", target.ae_title,
+                                  "-aem", dest_ae, "-S", "-k", "QueryRetrieveLevel=SERIES",
+                                  "-k", f"StudyInstanceUID={study_uid}",
+                                  "-k", f"SeriesInstanceUID={series_uid}", HOST, target.port))
+        seconds = time.perf_counter() - t0
+    finally:
+        scp.terminate()
+        try:
+            scp.wait(10)
+        except subprocess.TimeoutExpired:
+            scp.kill()
+            scp.wait()
+    got = [p for p in out.rglob("*") if p.is_file()]
+    return Rate(seconds, len(got), sum(p.stat().st_size for p in got))
+
+
 def find_latencies(target: Target, patient_id: str, repeats: int) -> tuple[list[float], int]:
     """Study-level C-FIND by PatientID, ``repeats`` times on one open association with
     TCP_NODELAY on the SCU socket (pynetdicom never sets it). Returns (ms each, matches

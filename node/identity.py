@@ -18,6 +18,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from .datadir import make_private_dir
+
 NODE_ID_BYTES = 32
 
 
@@ -73,7 +75,7 @@ class NodeIdentity:
 
     # -- persistence -------------------------------------------------------
     def save(self, key_dir: Path) -> None:
-        key_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(key_dir)  # and the data folder above it, if new: 0700 both
         os.chmod(key_dir, 0o700)
         for name, raw in (("signing.key", bytes(self.signing_key)),
                           ("box.key", bytes(self.box_key))):

@@ -22,6 +22,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from . import codec, dimse, status
 from .association import Aborted, Association
 from .backend import RetrieveItem
+from .wire import PeerClosed
 
 log = logging.getLogger("medfed.dicom")
 
@@ -108,8 +109,9 @@ class Sender:
         self.cancelled = False  # a C-CANCEL arrived while waiting for a response
         self._ids = itertools.count(1)
 
-    def send(self, item: RetrieveItem) -> int:
-        """Store one instance; returns the receiver's status. Raises
+    def send(self, item: RetrieveItem, before: bytes = b"") -> int:
+        """Store one instance; returns the receiver's status. ``before`` (PDUs already
+        encoded, e.g. the C-GET's pending response) goes out in the same write. Raises
         SubOperationFailed when it could not be sent, Aborted when the link broke."""
         context, as_stored = choose_context(item, self.contexts)
         sop_uid, payload = encoded_for(item, context, as_stored)
@@ -120,7 +122,11 @@ class Sender:
             MessageID=msg_id, Priority=0, CommandDataSetType=dimse.HAS_DATASET,
             AffectedSOPInstanceUID=sop_uid,
             MoveOriginatorApplicationEntityTitle=origin_ae, MoveOriginatorMessageID=origin_id)
-        self.assoc.send(int(context.context_id), command, payload)
+        message = self.assoc.io.message(int(context.context_id), command, payload)
+        try:
+            self.assoc.io.send(before + message if before else message)
+        except PeerClosed as exc:
+            raise Aborted(str(exc)) from exc
         return self._wait_for(msg_id)
 
     def _wait_for(self, msg_id: int) -> int:

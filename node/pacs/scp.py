@@ -399,30 +399,37 @@ class DicomService:
         """Every sub-operation, a pending response after each, then the final one."""
         cmd, cx_id = msg.command, int(msg.context.context_id)
         progress = Progress(len(items))
+        same_link = sender.assoc is assoc  # C-GET: sub-operations on this association
+        pending = b""  # C-GET: the last pending response rides with the next C-STORE
         for n, item in enumerate(items):
-            if sender.cancelled or (sender.assoc is not assoc
-                                    and assoc.cancel_requested(cmd.message_id)):
+            if sender.cancelled or (not same_link and assoc.cancel_requested(cmd.message_id)):
                 self.audit.append(action, assoc.calling_ae, "cancelled", sent=n,
                                   total=len(items))
                 assoc.send(cx_id, dimse.response(cmd, field_, status.CANCEL,
                                                  **progress.counts()))
                 return
             try:
-                count(progress, sender.send(item))
+                count(progress, sender.send(item, pending))
             except SubOperationFailed as exc:
                 log.warning("%s: instance %d of %d cannot be sent: %s", action, n + 1,
                             len(items), exc)
+                if pending:
+                    assoc.io.send(pending)
                 count(progress, status.UNABLE_TO_PROCESS)
             except Aborted:
-                if sender.assoc is assoc:
+                if same_link:
                     raise
                 log.warning("%s: the destination ended the sub-association after %d of "
                             "%d instances", action, n, len(items))
                 progress.failed = progress.total - progress.completed - progress.warning
                 break
+            pending = b""
             if progress.remaining:
-                assoc.send(cx_id, dimse.response(cmd, field_, status.PENDING,
-                                                 **progress.counts()))
+                update = dimse.response(cmd, field_, status.PENDING, **progress.counts())
+                if same_link:
+                    pending = assoc.io.message(cx_id, update)
+                else:
+                    assoc.send(cx_id, update)
         outcome = "ok" if not progress.failed else "failed"
         self.audit.append(action, assoc.calling_ae, outcome, instances=len(items),
                           failed=progress.failed)
