@@ -41,7 +41,6 @@ log = logging.getLogger("medfed.node")
 @dataclass
 class NodePorts:
     dicom: int = 0
-    dicom_tls: int = 0  # 0 = no DICOM TLS port ([dicom] tls_port unset)
     peer: int = 0
     dht: int = 0
     web: int = 0
@@ -133,7 +132,6 @@ class Node:
             self.ports.dicom = await listening(
                 lambda: asyncio.to_thread(dicom.start), service="DICOM",
                 host=self.cfg.dicom.host, port=self.cfg.dicom.port, config_key="[dicom] port")
-            self.ports.dicom_tls = dicom.tls_port or 0
         await self._start_federation()
         for svc in self.services:
             await svc.start(self)

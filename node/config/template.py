@@ -28,6 +28,12 @@ federation_ae_title = "FEDERATION"
 network_timeout_s = 30
 acse_timeout_s = 30
 dimse_timeout_s = 30
+# Optional DICOM TLS port (PS3.15 B.1, BCP 195: TLS 1.2+, AEAD ciphers): PEM certificate
+# and key of this node; with tls_ca, callers must present a certificate signed by it.
+# tls_port = 2762
+# tls_cert = "dicom-tls.crt"
+# tls_key = "dicom-tls.key"
+# tls_ca = "hospital-ca.crt"
 
 # C-MOVE destinations this node may send to: AE title = "HOST:PORT".
 [dicom.destinations]

@@ -356,17 +356,14 @@ class DicomService:
             assoc.io.sock.settimeout(self.cfg.network_timeout_s)
 
     def _move(self, assoc: Association, msg: Message) -> None:
-        cmd, cx_id = msg.command, int(msg.context.context_id)
+        cmd = msg.command
         dest_ae = str(cmd.get("MoveDestination", "")).strip()
         dest = self.cfg.destination(dest_ae)
         if dest is None:
             log.warning("C-MOVE from %s to unknown destination %r (add it to "
                         "[dicom.destinations])", assoc.calling_ae, dest_ae)
-            self.audit.append("dicom.move", assoc.calling_ae, "failed",
-                              reason="unknown destination", destination=dest_ae)
-            assoc.send(cx_id, _failure_command(cmd, dimse.C_MOVE_RSP,
-                                               status.MOVE_DESTINATION_UNKNOWN,
-                                               "move destination unknown"))
+            self._move_failed(assoc, msg, dest_ae, status.MOVE_DESTINATION_UNKNOWN,
+                              "unknown destination")
             return
         items = self._selected(assoc, msg, MOVE_CLASSES, "dicom.move", dimse.C_MOVE_RSP)
         if items is None:
@@ -379,11 +376,8 @@ class DicomService:
                                           timeout=self.cfg.dimse_timeout_s)
             except ConnectionError as exc:
                 log.warning("C-MOVE from %s: %s", assoc.calling_ae, exc)
-                self.audit.append("dicom.move", assoc.calling_ae, "failed",
-                                  reason="destination unreachable", destination=dest_ae)
-                assoc.send(cx_id, _failure_command(cmd, dimse.C_MOVE_RSP,
-                                                   status.QR_SUBOPS_OUT_OF_RESOURCES,
-                                                   "move destination unreachable"))
+                self._move_failed(assoc, msg, dest_ae, status.QR_SUBOPS_OUT_OF_RESOURCES,
+                                  "destination unreachable")
                 return
             sender = Sender(sub, list(sub.contexts.values()),
                             move_originator=(assoc.calling_ae, cmd.message_id))
@@ -393,6 +387,13 @@ class DicomService:
                 sub.release()
         finally:
             self._release(items)
+
+    def _move_failed(self, assoc: Association, msg: Message, dest_ae: str, code: int,
+                     reason: str) -> None:
+        self.audit.append("dicom.move", assoc.calling_ae, "failed", reason=reason,
+                          destination=dest_ae)
+        assoc.send(int(msg.context.context_id),
+                   _failure_command(msg.command, dimse.C_MOVE_RSP, code, f"move {reason}"))
 
     def _send_all(self, assoc: Association, msg: Message, items: list[RetrieveItem],
                   sender: Sender, action: str, field_: int) -> None:

@@ -3,6 +3,7 @@ against a medfed node (subprocess) and a private Orthanc, with real dcmtk tools.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from bench.figures import (Latency, Rate, ServerFigures, compare, compare_rounds
                            median_figures, percentile)
 from bench.ingest import load_series, main, measure_medfed
 from bench.ingest_report import RunInfo, markdown_section
-from bench.orthanc import figures_from_json, run_baseline
+from bench.orthanc import figures_from_json, find_repeat_orthanc, run_baseline
 from bench.results import replace_section, write_section
 from bench.scu import BenchError, split
 from node.synth.generate import generate
@@ -56,7 +57,9 @@ def test_rates_and_verdicts_follow_the_issue_targets() -> None:
     assert find.ratio == pytest.approx(0.75) and find.met is True   # lower is better
     get = rows[("C-GET series", "MB/s")]
     assert get.ratio == pytest.approx(2.0) and get.met is True
-    untargeted = rows[("ingest, 4 parallel senders", "inst/s")]
+    parallel = rows[("ingest, 4 parallel senders", "inst/s")]  # a target since issue 15
+    assert parallel.ratio == pytest.approx(0.5) and parallel.met is False
+    untargeted = rows[("ingest, 4 parallel senders", "MB/s")]
     assert untargeted.met is None
 
 
@@ -100,8 +103,8 @@ def test_markdown_section_states_each_verdict() -> None:
     rows = compare(_figures(2.0, 3.0, 1.0), _figures(1.0, 4.0, 2.0), parallel=4)
     info = RunInfo(10, 5_000_000, 4, 5, 3, "1.10.1", "test", "0.1 / 0.1 / 0.1")
     body = markdown_section("- date: today\n", info, rows)
-    table, _, verdicts = body.partition("Targets (issue 3):")
-    assert verdicts.count("NOT MET") == 2 and verdicts.count(": MET") == 2
+    table, _, verdicts = body.partition("Targets (issues 3 and 15):")
+    assert verdicts.count("NOT MET") == 3 and verdicts.count(": MET") == 2
     assert "ingest, 1 association (inst/s): NOT MET" in verdicts
     assert "C-GET series (MB/s): MET" in verdicts
     assert "Orthanc 1.10.1" in table and "| measure |" in table
@@ -169,6 +172,8 @@ def test_medfed_side_on_a_real_node(series_dir: Path, tmp_path: Path) -> None:
     assert fig.find.n == 3 and 0 < fig.find.p50_ms <= fig.find.p95_ms
     assert fig.get.instances == SLICES
     assert fig.get.nbytes >= series.nbytes * 0.9   # getscu writes what it received
+    assert fig.move is not None and fig.move.instances == SLICES  # storescp got them all
+    assert fig.find_repeat_ms is not None and fig.find_repeat_ms > 0
 
 
 def test_orthanc_anchor_runs_on_the_same_series(series_dir: Path) -> None:
@@ -178,3 +183,17 @@ def test_orthanc_anchor_runs_on_the_same_series(series_dir: Path) -> None:
     assert run.figures.ingest_1.instances == SLICES
     assert run.figures.get.instances == SLICES
     assert run.figures.find.n == 3
+    assert run.figures.move is not None and run.figures.move.instances == SLICES
+    assert find_repeat_orthanc(load_series(series_dir).files, series.patient_id, 5) > 0
+
+
+def test_findscu_repeat_and_move_rows_are_targets() -> None:
+    mine = replace(_figures(2.0, 3.0, 1.0), find_repeat_ms=1.0, move=Rate(1.0, 10, 5_000_000))
+    theirs = replace(_figures(1.0, 4.0, 2.0), find_repeat_ms=2.0, move=Rate(2.0, 10, 5_000_000))
+    rows = {(r.measure, r.unit): r for r in compare(mine, theirs, parallel=4)}
+    repeat = rows[("C-FIND study level, findscu --repeat", "ms/query")]
+    assert repeat.target and repeat.ratio == pytest.approx(0.5) and repeat.met is True
+    move = rows[("C-MOVE series to storescp", "MB/s")]
+    assert move.target and move.ratio == pytest.approx(2.0) and move.met is True
+    medians = median_figures([mine, theirs, mine])
+    assert medians.find_repeat_ms == pytest.approx(1.0) and medians.move is not None

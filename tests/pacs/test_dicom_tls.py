@@ -79,7 +79,7 @@ def _tls_args(pki: dict[str, Path]) -> list[str | Path]:
 
 
 def test_storescu_findscu_over_tls(tls_node, pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    port = tls_node.node.ports.dicom_tls
+    port = tls_node.node.dicom.tls_port
     assert port and port != tls_node.dicom_port
     generate(tmp_path / "in", patients=1, studies=1, series=1, slices=3, rows=32, cols=32)
     proc = dcmtk("storescu", *_tls_args(pki), "-aet", "STORESCU", "-aec", "MEDFED", "+sd", "+r",
@@ -98,7 +98,7 @@ def test_storescu_findscu_over_tls(tls_node, pki, tmp_path: Path) -> None:  # ty
 
 
 def test_client_without_certificate_is_refused(tls_node, pki) -> None:  # type: ignore[no-untyped-def]
-    port = tls_node.node.ports.dicom_tls
+    port = tls_node.node.dicom.tls_port
     proc = dcmtk("echoscu", "+tla", "+cf", pki["ca"], "-aet", "ECHOSCU", "-aec", "MEDFED",
                  "127.0.0.1", port)
     assert proc.returncode != 0
@@ -113,6 +113,6 @@ def test_client_without_certificate_is_refused(tls_node, pki) -> None:  # type: 
 
 def test_allowlist_applies_on_the_tls_port(tls_node, pki) -> None:  # type: ignore[no-untyped-def]
     proc = dcmtk("echoscu", *_tls_args(pki), "-aet", "INTRUDER", "-aec", "MEDFED",
-                 "127.0.0.1", tls_node.node.ports.dicom_tls)
+                 "127.0.0.1", tls_node.node.dicom.tls_port)
     assert proc.returncode != 0
     assert "Calling AE Title Not Recognized" in proc.stderr + proc.stdout
