@@ -21,6 +21,7 @@ from .service import NodeService
 from .identity import NodeIdentity
 from .logsetup import guard_phi_loggers
 from .net.client import PeerClient
+from .net.gossip import GossipSettings, RosterGossip
 from .net.membership import Membership
 from .net.roster import split_address
 from .net.server import PeerServer
@@ -63,6 +64,7 @@ class Node:
         self.peer: PeerServer | None = None
         self.client: PeerClient | None = None
         self.dht: DHTServer | None = None
+        self.gossip: RosterGossip | None = None
         self.upstream: "UpstreamService | None" = None
         self.services: list[NodeService] = list(services)
         self.ports = NodePorts()
@@ -177,6 +179,9 @@ class Node:
                 lambda: dht.start(self.cfg.peer_host, dht_port), service="DHT (UDP)",
                 host=self.cfg.peer_host, port=dht_port,
                 config_key="[dht] port (and the DHT address in the admission request)")
+        self.gossip = RosterGossip(self.node_id, self.membership.roster, self.client,
+                                   GossipSettings.from_federation(self.cfg.federation))
+        await self.gossip.start()
 
     async def bootstrap_dht(self) -> int:
         """Join the DHT through the roster's other members; returns contacts learned."""
@@ -193,6 +198,9 @@ class Node:
             except Exception:
                 log.exception("service %s did not stop cleanly", svc.name)
         self._started.clear()
+        if self.gossip is not None:
+            await self.gossip.stop()
+            self.gossip = None
         if self.dht is not None:
             await self.dht.stop()
         if self.peer is not None:

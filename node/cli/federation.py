@@ -14,10 +14,13 @@ from ..net.admission import AdmissionError
 from ..net.client import PeerClient
 from ..net.errors import PeerError
 from ..net.federation import FederationError, admit as federation_admit_member
-from ..net.federation import create_federation, revoke as federation_revoke_member
+from ..net.federation import create_federation, current_roster, operator_ca
+from ..net.federation import revoke as federation_revoke_member
+from ..net.handover import hand_over
+from ..net.tls import TLSSetupError
 from ..net.files import write_atomic
 from ..net.membership import MembershipPaths, create_request, install_bundle
-from ..net.roster import RosterError
+from ..net.roster import RosterError, SignedRoster, verify_roster
 from ..net.roster_sync import announce
 from .users import user_app
 
@@ -61,14 +64,65 @@ def federation_admit(request: Path = typer.Argument(..., help="File from 'medfed
 
 @federation_app.command("revoke")
 def federation_revoke(node_id: str = typer.Argument(..., help="Hex node id to revoke."),
+                      to: list[str] = typer.Option([], "--to", help="HOST:PORT of a running "
+                                                   "member to hand the new roster to."),
                       directory: Path = FedDirOpt) -> None:
-    """Publish a roster without this node; members adopt it when it is pushed to them."""
+    """Sign a roster without this node; hand it to a running member (--to) to spread it."""
     try:
         signed = federation_revoke_member(directory, node_id.strip().lower())
     except (FederationError, RosterError) as exc:
         err.print(f"[red]cannot revoke:[/red] {exc}")
         raise typer.Exit(1)
     console.print(f"[green]revoked[/green]; roster version {signed.roster.version} in {directory}")
+    if not to:
+        console.print("hand it to any running member: medfed federation publish --to HOST:PORT "
+                      f"--dir {directory}")
+    _publish_to(directory, signed, to)
+
+
+@federation_app.command("publish")
+def federation_publish(roster: Optional[Path] = typer.Argument(
+                           None, help="Signed roster file (default: the folder's current one)."),
+                       to: list[str] = typer.Option(..., "--to",
+                                                    help="HOST:PORT of a member's peer API "
+                                                         "(repeat for several)."),
+                       directory: Path = FedDirOpt) -> None:
+    """Hand the current (or given) CA-signed roster to running members; they spread it."""
+    try:
+        ca = operator_ca(directory)
+        signed = (verify_roster(roster.read_bytes(), ca.cert) if roster is not None
+                  else current_roster(directory))
+    except OSError as exc:
+        err.print(f"[red]cannot read {roster}:[/red] {exc.strerror}")
+        raise typer.Exit(2)
+    except (FederationError, RosterError) as exc:
+        err.print(f"[red]cannot publish:[/red] {exc}")
+        raise typer.Exit(1)
+    _publish_to(directory, signed, to)
+
+
+def _publish_to(directory: Path, signed: SignedRoster, addresses: list[str]) -> None:
+    """Offer ``signed`` to each address; exit 1 unless at least one member took it."""
+    if not addresses:
+        return
+    ca = operator_ca(directory)
+    version = signed.roster.version
+    delivered = 0
+    for address in addresses:
+        try:
+            held = asyncio.run(hand_over(ca, signed, address))
+        except (PeerError, RosterError, TLSSetupError, OSError) as exc:
+            err.print(f"[red]{address}: not delivered[/red]: {exc}. Is that member running? "
+                      "Try another member with --to.")
+            continue
+        if held >= version:
+            delivered += 1
+            console.print(f"{address}: holds roster v{held}; it spreads the roster to the "
+                          "other members within the gossip bound (see README)")
+        else:
+            err.print(f"[red]{address}: kept roster v{held}[/red] (offered v{version})")
+    if not delivered:
+        raise typer.Exit(1)
 
 
 

@@ -117,6 +117,9 @@ class FederationSettings:
     replicas: int = 2                # encrypted replicas per bundle
     index_republish_s: float = 600.0 # DHT index records are republished this often
     repair_interval_s: float = 300.0
+    roster_push_fanout: int = 16     # members a newly adopted roster is pushed to at once
+    roster_pull_interval_s: float = 10.0  # anti-entropy: offer/fetch rosters this often
+    roster_pull_peers: int = 3       # members asked per anti-entropy round
 
 
 def default_policy() -> dict[str, Any]:

@@ -84,9 +84,12 @@ class PeerClient:
     # -- public calls ------------------------------------------------------
     async def call(self, member: Member, method: str, path: str,
                    json: Mapping[str, Any] | None = None, *, timeout: float,
-                   max_response_bytes: int = MAX_RESPONSE_BYTES) -> dict[str, Any]:
-        """One request/response; returns the peer's JSON object."""
-        async with self._open(member, method, path, json, timeout) as resp:
+                   max_response_bytes: int = MAX_RESPONSE_BYTES,
+                   allow_revoked: bool = False) -> dict[str, Any]:
+        """One request/response; returns the peer's JSON object. ``allow_revoked``: the
+        roster gossip may tell a revoked member that it is revoked."""
+        async with self._open(member, method, path, json, timeout,
+                              allow_revoked=allow_revoked) as resp:
             data = await self._read_capped(member, resp, max_response_bytes)
         try:
             doc = _json.loads(data)
@@ -117,10 +120,11 @@ class PeerClient:
 
     @asynccontextmanager
     async def _open(self, member: Member, method: str, path: str,
-                    json: Mapping[str, Any] | None, timeout: float
-                    ) -> AsyncIterator[aiohttp.ClientResponse]:
+                    json: Mapping[str, Any] | None, timeout: float, *,
+                    allow_revoked: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
         url = self._url(member, path)
-        if self._roster is not None and self._roster.member(member.node_id) is None:
+        if (self._roster is not None and self._roster.member(member.node_id) is None
+                and not (allow_revoked and self._roster.status(member.node_id) == "revoked")):
             raise PeerRefused(member.node_id, 0, self._roster.status(member.node_id),
                               "not calling a node that is not an active member of the roster")
         body = b"" if json is None else _json.dumps(json, separators=(",", ":")).encode()

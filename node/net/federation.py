@@ -98,6 +98,11 @@ def current_roster(directory: Path) -> SignedRoster:
     return _load(directory)[2]
 
 
+def operator_ca(directory: Path) -> CA:
+    """The CA of the operator's folder (to hand a roster over to a member)."""
+    return _load(directory)[0]
+
+
 def _publish(directory: Path, ca: CA, roster: Roster) -> SignedRoster:
     signed = sign_roster(roster, ca.key)
     write_atomic(directory / ROSTER, signed.to_json())

@@ -51,6 +51,10 @@ class RosterBook:
         """Called with each newly adopted roster (e.g. to drop DHT contacts of revoked nodes)."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[Roster], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def offer(self, data: bytes | Mapping[str, Any] | SignedRoster) -> bool:
         """Adopt ``data`` if it is CA-signed and strictly newer; raises RosterError if forged."""
         doc = data.to_dict() if isinstance(data, SignedRoster) else data

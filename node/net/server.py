@@ -241,9 +241,20 @@ class PeerServer:
             route = self._routes.get((request.method, _route_path(request)))
             limit = route.body_limit if route else self.settings.body_limit
             body: bytes | None = None
-            if self.roster.status(peer) == "unknown" and _is_roster_offer(request):
+            status = self.roster.status(peer)
+            if status == "unknown" and _is_roster_offer(request):
                 body = await _read_bounded(request, limit)
-                self._adopt_offered_roster(body)
+                adopted = self._adopt_offered_roster(peer, body)
+                if adopted is not None and self.roster.status(peer) == "unknown":
+                    # the operator (a CA-signed certificate, never a member) hands over a
+                    # roster: only the CA signature on the roster counts, so answer now
+                    return web.json_response({"adopted": adopted,
+                                              "version": self.roster.current.version})
+            if status == "revoked" and _is_roster_read(request):
+                # a revoked node may learn that it is revoked (and nothing else)
+                record(self._audit, "peer.request", peer, "ok", "GET /v1/roster",
+                       code="revoked_reads_roster")
+                return web.json_response(self.roster.signed.to_dict())
             member, signed = guard.before_body(peer, request.headers, now=self._clock())
             if body is None:
                 body = await _read_bounded(request, limit)
@@ -260,12 +271,17 @@ class PeerServer:
             return refusal_response(exc.status, re.sub(r"\W+", "_", exc.reason.lower()),
                                     exc.reason)
 
-    def _adopt_offered_roster(self, body: bytes) -> None:
-        """A newly admitted node brings the roster that lists it; adopt it if CA-signed."""
+    def _adopt_offered_roster(self, peer: str, body: bytes) -> bool | None:
+        """A newly admitted node brings the roster that lists it, or the operator hands a
+        new one over: adopt it if CA-signed and newer (None: not CA-signed, refused)."""
         try:
-            self.roster.offer(body)
-        except RosterError:
-            pass  # the caller stays unknown and is refused as a non-member
+            adopted = self.roster.offer(body)
+        except RosterError as exc:
+            log.warning("refused a roster offered by unknown node %s: %s", peer[:16], exc)
+            return None  # the caller stays unknown and is refused as a non-member
+        if adopted:
+            record(self._audit, "roster.offer", peer, "ok", version=self.roster.current.version)
+        return adopted
 
     def _dispatcher(self, route: _Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -298,3 +314,7 @@ def _route_path(request: web.Request) -> str:
 
 def _is_roster_offer(request: web.Request) -> bool:
     return request.method == "POST" and request.path == ROSTER_PATH
+
+
+def _is_roster_read(request: web.Request) -> bool:
+    return request.method == "GET" and request.path == ROSTER_PATH

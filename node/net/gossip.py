@@ -1,0 +1,190 @@
+"""Roster gossip: every running member adopts a newer CA-signed roster within a bound.
+
+Two mechanisms, both carrying only the CA-signed roster (so a member can delay a
+roster but never forge or roll one back):
+
+- **Push on change.** When this node adopts a newer roster (handed over by the operator
+  with `medfed federation publish`, pushed by a peer, or pulled), it offers it to
+  ``push_fanout`` random active members, and to every member the new roster revokes (so
+  a revoked node learns it). Every member that adopts pushes on in turn: the roster
+  floods the federation in a few hops.
+- **Anti-entropy.** Every ``pull_interval_s`` (jittered ±50 %) and once at start, the
+  node offers its roster to ``pull_peers`` random members and fetches theirs when the
+  answer names a newer version. A node that was offline, or missed every push, catches
+  up at its next round; a node whose roster does not yet list the peer is handled by
+  the offer itself (the peer adopts the newer roster that lists us).
+
+Bound (stated in the README, tested): a member reachable from the member that got the
+roster adopts it within one push round (one peer call, ``call_timeout_s``); one that
+missed the pushes within about ``pull_interval_s × (members / pull_peers)`` in the worst
+case, and typically within one or two rounds (measured in ``bench/roster_gossip.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.net.client import PeerClient
+from node.net.errors import PeerError, PeerRefused
+from node.net.roster import Member, Roster, RosterError
+from node.net.rosterbook import RosterBook
+from node.net.server import ROSTER_PATH
+
+log = logging.getLogger("medfed.roster")
+
+
+@dataclass(frozen=True)
+class GossipSettings:
+    push_fanout: int = 16          # members a newly adopted roster is pushed to
+    pull_interval_s: float = 10.0  # anti-entropy period (0 = only at start)
+    pull_peers: int = 3            # members asked per anti-entropy round
+    call_timeout_s: float = 5.0    # deadline of one roster exchange
+
+    @classmethod
+    def from_federation(cls, fed: Any) -> "GossipSettings":
+        return cls(fed.roster_push_fanout, fed.roster_pull_interval_s, fed.roster_pull_peers)
+
+
+@dataclass
+class PeerContact:
+    """What this node last heard from one member (for `medfed status`)."""
+
+    last_ok: float = 0.0           # wall time of the last successful exchange
+    last_error: str = ""
+    their_version: int = 0
+
+
+@dataclass
+class GossipState:
+    contacts: dict[str, PeerContact] = field(default_factory=dict)
+    adopted_at: float = 0.0        # wall time the current roster was adopted here
+    revoked_at_version: int = 0    # > 0: this node is revoked since that roster version
+
+
+class RosterGossip:
+    """Spreads the roster held in ``book`` (start/stop with the peer server)."""
+
+    def __init__(self, node_id: str, book: RosterBook, client: PeerClient,
+                 settings: GossipSettings = GossipSettings(), *,
+                 rng: random.Random | None = None) -> None:
+        self.node_id = node_id
+        self.book = book
+        self.client = client
+        self.settings = settings
+        self.state = GossipState(adopted_at=time.time())
+        self._rng = rng or random.Random()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._previous: Roster = book.current
+        self._subscribed = False
+        self._check_revoked(book.current)
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        if not self._subscribed:
+            self.book.subscribe(self._on_adopted)
+            self._subscribed = True
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._subscribed:
+            self.book.unsubscribe(self._on_adopted)
+            self._subscribed = False
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        self._loop_task, self._tasks = None, set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def revoked(self) -> bool:
+        return self.state.revoked_at_version > 0
+
+    # -- push on change ------------------------------------------------------------
+    def _on_adopted(self, roster: Roster) -> None:
+        """RosterBook listener (sync): note it, then push in the background."""
+        previous, self._previous = self._previous, roster
+        self.state.adopted_at = time.time()
+        log.info("roster v%d adopted (%s): %d active members, %d revoked", roster.version,
+                 roster.federation, len(roster.active()), len(roster.revoked))
+        self._check_revoked(roster)
+        if self.revoked or self._loop_task is None:
+            return
+        newly_revoked = [m for m in roster.members if m.node_id in roster.revoked
+                         and previous.member(m.node_id) is not None]
+        targets = self._sample(self.settings.push_fanout) + newly_revoked
+        task = asyncio.get_running_loop().create_task(self._exchange_all(targets))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_revoked(self, roster: Roster) -> None:
+        if roster.status(self.node_id) == "revoked" and not self.revoked:
+            self.state.revoked_at_version = roster.version
+            log.error("THIS NODE HAS BEEN REVOKED from federation %r (roster v%d): other "
+                      "members refuse it from now on. Ask the federation operator; a new "
+                      "admission needs new node keys.", roster.federation, roster.version)
+
+    # -- anti-entropy --------------------------------------------------------------
+    async def _run(self) -> None:
+        await self.round()   # catch up at start (and tell peers about us)
+        interval = self.settings.pull_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
+            await self.round()
+
+    async def round(self) -> None:
+        """One anti-entropy round with ``pull_peers`` random members."""
+        if self.revoked:
+            return   # nothing left to learn; peers refuse us anyway
+        await self._exchange_all(self._sample(self.settings.pull_peers))
+
+    def _sample(self, count: int) -> list[Member]:
+        others = [m for m in self.book.current.active() if m.node_id != self.node_id]
+        if count >= len(others):
+            return others
+        return self._rng.sample(others, max(0, count))
+
+    async def _exchange_all(self, members: list[Member]) -> None:
+        await asyncio.gather(*(self._exchange(m) for m in members))
+
+    async def _exchange(self, member: Member) -> None:
+        """Offer our roster; fetch theirs when they hold a newer one. Never raises."""
+        contact = self.state.contacts.setdefault(member.node_id, PeerContact())
+        timeout = self.settings.call_timeout_s
+        try:
+            try:
+                answer = await self.client.call(member, "POST", ROSTER_PATH,
+                                                self.book.signed.to_dict(), timeout=timeout,
+                                                allow_revoked=True)
+                version = answer.get("version")
+            except PeerRefused as exc:
+                if exc.code != "revoked":
+                    raise
+                version = None   # we are revoked there: read the roster that says so
+            if version is None or (isinstance(version, int)
+                                   and version > self.book.current.version):
+                self._adopt(member, await self.client.call(member, "GET", ROSTER_PATH,
+                                                           timeout=timeout, allow_revoked=True))
+            contact.last_ok, contact.last_error = time.time(), ""
+            contact.their_version = version if isinstance(version, int) else contact.their_version
+        except (PeerError, RosterError, OSError) as exc:
+            contact.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            log.debug("roster exchange with %s failed: %s", member.name, contact.last_error)
+        except ValueError as exc:   # a member's address in the roster is unusable
+            contact.last_error = f"bad address: {exc}"[:200]
+
+    def _adopt(self, member: Member, doc: Mapping[str, Any]) -> None:
+        try:
+            self.book.offer(doc)
+        except RosterError as exc:
+            log.warning("member %s sent a roster this node refuses: %s", member.name, exc)
+            raise
