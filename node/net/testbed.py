@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.identity import NodeIdentity
-from node.net.federation import admit_many, create_federation
+from node.net.federation import admit, admit_many, create_federation
 from node.net.membership import Membership, MembershipPaths, create_request, install_bundle
 from node.net.roster import Member
 
@@ -63,3 +63,16 @@ def build_federation(directory: Path, names: Sequence[str], *,
     return operator, [LocalMember(name, identity, install_bundle(bundle.to_json(), identity, paths),
                                   sock)
                       for (name, identity, paths, sock), bundle in zip(staged, bundles)]
+
+
+def admit_later(operator: Path, directory: Path, name: str, index: int, *,
+                host: str = "127.0.0.1") -> LocalMember:
+    """One more member admitted into an existing federation (a hospital joining later)."""
+    identity = NodeIdentity.generate()
+    paths = MembershipPaths.under(directory / name / "federation")
+    sock = reserve_socket(host)
+    address = f"{host}:{sock.getsockname()[1]}"
+    request = create_request(identity, paths, name=name, peer_address=address,
+                             dht_address=address, dicom_ae=f"NODE{index}"[:16])
+    bundle = admit(operator, request.to_json())
+    return LocalMember(name, identity, install_bundle(bundle.to_json(), identity, paths), sock)

@@ -16,6 +16,11 @@ until the last step is done):
 
 Instances the de-identifier refuses (burned-in annotation unless allowed) are left out
 and counted in the audit entry; a series with nothing left is not published.
+
+Protection is sized from the current membership (``node.sharing.protection``): k-of-n and
+r shrink to what the federation can hold (with a warning in the log and `medfed status`),
+and bundles published below the configured sizes are re-published when members join.
+Every failed step logs and records its real reason (``last_errors``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from node.sharing.build import (
 )
 from node.sharing.catalog import Catalog, CatalogEntry
 from node.sharing.owner import FETCH_PATH, OwnerFetch
+from node.sharing.protection import Protection, protection_for
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -58,6 +64,24 @@ class PublishRefused(Exception):
 
 class PublishError(Exception):
     """A publish step failed; the job is retried later (the message says which step)."""
+
+
+MAX_ERRORS = 20
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The real reason of a failed step, for the log and `medfed status`. Our own errors
+    carry ids and counts only; anything else is named by type (its text may quote data)."""
+    from node.keyshare.gather import KeyUnavailable
+    from node.keyshare.service import SharingError
+    from node.net.errors import PeerError
+    from node.replica.store import ReplicaError
+
+    if isinstance(exc, (PublishError, SharingError, PeerError, KeyUnavailable, ReplicaError)):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    return f"{type(exc).__name__} (internal error; see the traceback at DEBUG level)"
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,9 @@ class PublisherService:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._owner: OwnerFetch | None = None
+        self.last_errors: list[tuple[float, str]] = []   # (wall time, reason), newest last
+        self._warned = ""
+        self._sized_for = 0          # roster version the published bundles were checked at
 
     # -- lifecycle -------------------------------------------------------------
     def register_routes(self, node: "Node") -> None:
@@ -168,6 +195,7 @@ class PublisherService:
     async def _loop(self) -> None:
         while True:
             try:
+                await self.grow_protection()
                 await self.run_due()
             except asyncio.CancelledError:
                 raise
@@ -185,13 +213,55 @@ class PublisherService:
                 self._audit("publish.refused", series_uid, str(exc))
                 await self.node.store.finish_job(job_id, True)
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, PublishError) else type(exc).__name__
-                log.warning("publishing a series failed, will retry: %s", reason)
+                reason = failure_reason(exc)
+                log.warning("publishing a series failed, will retry in %.0f s: %s",
+                            self.settings.retry_s, reason)
+                self.last_errors = (self.last_errors + [(time.time(), reason)])[-MAX_ERRORS:]
                 await self.node.store.finish_job(job_id, False, reason, retry_in=self.settings.retry_s)
             else:
                 await self.node.store.finish_job(job_id, True)
                 done += 1
         return done
+
+    # -- protection sized from membership -------------------------------------------
+    def protection(self) -> Protection:
+        """k-of-n and r for a bundle published now (warns once per change)."""
+        fed = self.node.cfg.federation
+        members = (len(self.node.membership.roster.current.active())
+                   if self.node.membership is not None else 0)
+        sized = protection_for(members, fed.shares_k, fed.shares_n, fed.replicas)
+        warning = sized.warning()
+        if warning and warning != self._warned:
+            log.warning("KEY PROTECTION: %s", warning)
+        self._warned = warning
+        return sized
+
+    async def grow_protection(self) -> int:
+        """After the roster changed: re-publish bundles split or replicated below what the
+        federation can hold now. Returns how many were queued."""
+        membership = self.node.membership
+        if self.catalog is None or membership is None:
+            return 0
+        version = membership.roster.current.version
+        if version == self._sized_for:
+            return 0
+        self._sized_for = version
+        target = self.protection()
+        if not target.possible:
+            return 0
+        queued = 0
+        for entry in await self.catalog.entries():
+            if not entry.reached("published"):
+                continue
+            if len(entry.share_holders) >= target.n and len(entry.replica_holders) >= target.replicas:
+                continue
+            await self.catalog.advance(entry.bundle_id, "built")
+            await self.node.store.enqueue("publish", entry.series_uid)
+            queued += 1
+        if queued:
+            log.info("membership grew: re-sharing %d bundle(s) up to %d-of-%d, %d replica(s)",
+                     queued, target.k, target.n, target.replicas)
+        return queued
 
     def _audit(self, action: str, series_uid: str, outcome: str, **detail: Any) -> None:
         if self.node.audit is not None:
@@ -271,21 +341,23 @@ class PublisherService:
 
     async def _distribute(self, entry: CatalogEntry) -> CatalogEntry:
         assert self.catalog is not None
-        fed = self.node.cfg.federation
         sites, roles, purposes = release_terms(policy_from_dict(self.node.cfg.policy))
         if not (sites and roles and purposes):
             raise PublishRefused("the site policy releases images to nobody; nothing to share")
         now = int(time.time())
         policy = ReleasePolicy(entry.bundle_id, self.node.node_id, sites, roles, purposes, now,
                                now + self.settings.ttl_s)
+        sized = self.protection()
+        if not sized.possible:
+            raise PublishError(sized.warning())
         holders = await self._service("keyshare").distribute(entry.bundle_id, entry.bundle_key, policy,
-                                                             k=fed.shares_k, n=fed.shares_n)
+                                                             k=sized.k, n=sized.n)
         await self.catalog.advance(entry.bundle_id, "keyed", share_holders=list(holders))
         return await self._reload(entry)
 
     async def _replicate(self, entry: CatalogEntry) -> CatalogEntry:
         assert self.catalog is not None
-        replicas = self.node.cfg.federation.replicas
+        replicas = self.protection().replicas
         holders = await self._service("replica").place(entry.bundle_id, entry.size, r=replicas,
                                                        exclude=set(entry.share_holders))
         if replicas and not holders:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from ..config.model import NodeConfig
 from ..dht.config import DHTConfig
 from ..service import NodeService
-from ..net.testbed import LocalMember, build_federation
+from ..net.testbed import LocalMember, admit_later, build_federation
 from ..node import Node
 from .nodes import TEST_VIEWER, loopback_config
 from .users import local_user
@@ -26,6 +26,20 @@ class LocalFederation:
     nodes: list[Node]
     members: list[LocalMember]
     down: set[int] = field(default_factory=set)
+
+    async def join(self, directory: Path, name: str, *,
+                   services: Sequence[NodeService] = (),
+                   configure: Callable[[NodeConfig], NodeConfig] = lambda c: c) -> Node:
+        """Admit and start one more node; the running members learn it by roster gossip."""
+        member = admit_later(self.operator_dir, directory, name, len(self.nodes))
+        cfg = configure(loopback_config(directory / name / "data", name=name,
+                                        ae_title=f"NODE{len(self.nodes)}"[:16]))
+        node = Node(cfg, member.identity, membership=member.membership, peer_sock=member.sock,
+                    services=services)
+        await node.start()
+        self.nodes.append(node)
+        self.members.append(member)
+        return node
 
     def by_name(self, name: str) -> Node:
         return next(n for n in self.nodes if n.cfg.name == name)
