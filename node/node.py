@@ -176,8 +176,8 @@ class Node:
                 dht_port = split_address(me.dht_address)[1]
             dht = self.dht
             _host, self.ports.dht = await listening(
-                lambda: dht.start(self.cfg.peer_host, dht_port), service="DHT (UDP)",
-                host=self.cfg.peer_host, port=dht_port,
+                lambda: dht.start(self.cfg.dht_bind_host, dht_port), service="DHT (UDP)",
+                host=self.cfg.dht_bind_host, port=dht_port,
                 config_key="[dht] port (and the DHT address in the admission request)")
         self.gossip = RosterGossip(self.node_id, self.membership.roster, self.client,
                                    GossipSettings.from_federation(self.cfg.federation))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from .common import ConfigOpt, console, err, load_or_exit
+from ..config.addresses import AddressError
 from ..identity import NodeIdentity
 from ..net.admission import AdmissionError
 from ..net.client import PeerClient
@@ -126,49 +129,99 @@ def _publish_to(directory: Path, signed: SignedRoster, addresses: list[str]) -> 
 
 
 
+BOOTSTRAP_ATTEMPTS = 3
+BOOTSTRAP_PAUSE_S = 2.0
+
+
 def join(config: Path = ConfigOpt,
          request: Optional[Path] = typer.Option(None, "--request",
                                                 help="Write an admission request to this file."),
          bundle: Optional[Path] = typer.Option(None, "--bundle",
                                                help="Install the operator's member bundle."),
-         bootstrap: Optional[str] = typer.Option(None, "--bootstrap",
-                                                 help="HOST:PORT of a member to announce to."),
-         ca_fingerprint: Optional[str] = typer.Option(None, "--ca-fingerprint",
-                                                      help="Expected CA fingerprint.")) -> None:
-    """Join a federation: --request first, then --bundle (and --bootstrap) from the operator."""
+         bootstrap: Optional[str] = typer.Option(
+             None, "--bootstrap", help="HOST:PORT of a running member to announce to now "
+                                       "(optional: a running node announces itself)."),
+         ca_fingerprint: Optional[str] = typer.Option(
+             None, "--ca-fingerprint", help="The CA fingerprint the operator read to you "
+                                            "(required with --bundle)."),
+         insecure_skip_ca_check: bool = typer.Option(
+             False, "--insecure-skip-ca-check",
+             help="Install a bundle without checking its CA fingerprint (tests only).")) -> None:
+    """Join a federation: --request first, then --bundle (with --ca-fingerprint)."""
     cfg = load_or_exit(config)
     ident = NodeIdentity.load_or_create(cfg.key_dir)
     paths = MembershipPaths.under(cfg.data_dir / "federation")
     if request is None and bundle is None:
         err.print("give --request FILE (step 1) or --bundle FILE (step 2)")
         raise typer.Exit(2)
+    if bundle is not None and not ca_fingerprint and not insecure_skip_ca_check:
+        err.print("[red]--ca-fingerprint is required[/red]: it is how you know the bundle comes "
+                  "from your federation's operator. Ask the operator for the fingerprint "
+                  "'medfed federation create' printed (or pass --insecure-skip-ca-check, "
+                  "which no hospital should).")
+        raise typer.Exit(2)
     try:
         if request is not None:
-            req = create_request(ident, paths, name=cfg.name,
-                                 peer_address=f"{cfg.peer_host}:{cfg.peer_port}",
-                                 dht_address=f"{cfg.peer_host}:{cfg.dht_port}",
-                                 dicom_ae=cfg.dicom.ae_title)
+            req = create_request(ident, paths, name=cfg.name, peer_address=cfg.peer_advertise,
+                                 dht_address=cfg.dht_advertise, dicom_ae=cfg.dicom.ae_title)
             write_atomic(request, req.to_json())
             console.print(f"admission request for node {ident.node_id_hex} -> {request}")
+            console.print(f"  other sites will reach this node at peer {cfg.peer_advertise} "
+                          f"(tcp) and DHT {cfg.dht_advertise} (udp); send the file to the "
+                          "federation operator", highlight=False)
         if bundle is not None:
             membership = install_bundle(bundle.read_bytes(), ident, paths,
                                         expected_ca_fingerprint=ca_fingerprint)
-            roster = membership.roster.current
-            console.print(f"[green]joined[/green] {roster.federation!r} "
-                          f"(roster v{roster.version}, {len(roster.active())} members)")
-            if bootstrap:
-                async def _announce() -> bool:
-                    async with PeerClient(ident, membership.client_tls()) as client:
-                        return await announce(client, membership.roster, bootstrap, timeout=10)
-                ok = asyncio.run(_announce())
-                console.print(f"bootstrap {bootstrap}: "
-                              f"{'knows us now' if ok else 'holds a newer roster'}")
     except OSError as exc:
         err.print(f"[red]cannot read/write file:[/red] {exc}")
         raise typer.Exit(2)
-    except (AdmissionError, RosterError, PeerError) as exc:
-        err.print(f"[red]join failed:[/red] {exc}")
+    except AddressError as exc:
+        err.print(f"[red]no admission request written:[/red] {escape(str(exc))}")
+        raise typer.Exit(2)
+    except (AdmissionError, RosterError) as exc:
+        err.print(f"[red]not joined:[/red] {escape(str(exc))}")
         raise typer.Exit(1)
+    if bundle is None:
+        return
+    roster = membership.roster.current
+    if insecure_skip_ca_check and not ca_fingerprint:
+        err.print("[yellow]warning: the bundle's CA was not checked against a fingerprint[/yellow]")
+    console.print(f"[green]joined[/green] {roster.federation!r} (roster v{roster.version}, "
+                  f"{len(roster.active())} members). Start the node with 'medfed run': it "
+                  "introduces itself to the running members and keeps the roster current.")
+    if bootstrap:
+        _announce_with_retries(ident, membership, bootstrap)
+
+
+def _announce_with_retries(ident: NodeIdentity, membership, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
+    """Tell one running member about us now; its absence is not an error (the node
+    announces itself when it runs)."""
+    async def once() -> bool:
+        async with PeerClient(ident, membership.client_tls()) as client:
+            return await announce(client, membership.roster, bootstrap, timeout=10)
+
+    problem = ""
+    for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
+        try:
+            known = asyncio.run(once())
+        except RosterError as exc:
+            err.print(f"[yellow]bootstrap not used:[/yellow] {exc}")
+            return
+        except PeerError as exc:
+            problem = str(exc)
+            if attempt < BOOTSTRAP_ATTEMPTS:
+                err.print(f"bootstrap {bootstrap} not reachable yet (attempt {attempt} of "
+                          f"{BOOTSTRAP_ATTEMPTS}): {problem}; retrying in "
+                          f"{BOOTSTRAP_PAUSE_S:.0f} s")
+                time.sleep(BOOTSTRAP_PAUSE_S)
+            continue
+        console.print(f"bootstrap {bootstrap}: "
+                      + ("knows this node now" if known else "holds a newer roster (this node "
+                         "fetches it when it runs)"))
+        return
+    err.print(f"[yellow]bootstrap {bootstrap} did not answer[/yellow] ({problem}). The membership "
+              "is installed; when this node runs it offers its roster to the members itself, "
+              "every few seconds, until they answer.")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import ConfigOpt, console, err, load_or_exit
+from ..config.addresses import guess_advertise_host, is_wildcard
 from ..config.model import AllowedPeer, ConfigError
 from ..config.template import render_config
 from ..datadir import DataFolderError, make_private_dir, restrict_umask
@@ -40,6 +41,13 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
          peer_port: int = typer.Option(8443, "--peer-port"),
          dht_port: int = typer.Option(8468, "--dht-port"),
          name: str = typer.Option("medfed node", "--name"),
+         host: str = typer.Option("0.0.0.0", "--host", help="Interface the DICOM, peer and "
+                                  "DHT ports listen on (0.0.0.0 = all; 127.0.0.1 = this "
+                                  "machine only)."),
+         advertise: Optional[str] = typer.Option(
+             None, "--advertise", help="Host name or address other hospitals reach this "
+                                       "node at (default: --host, or this machine's address "
+                                       "when --host listens on all interfaces)."),
          allow: list[str] = typer.Option([], "--allow", help="Calling AE allowed, AE@HOST."),
          destination: list[str] = typer.Option([], "--destination",
                                                 help="C-MOVE destination, AE=HOST:PORT."),
@@ -53,14 +61,15 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
         for entry in allow:
             AllowedPeer.parse(entry)
         dests = dict(d.split("=", 1) for d in destination)
+        advertise_host = advertise or (guess_advertise_host() if is_wildcard(host) else host)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]invalid option:[/red] {exc}")
         raise typer.Exit(2)
     directory.mkdir(parents=True, exist_ok=True)
     text = render_config(config_path=str(cfg_path), name=name, ae_title=ae_title,
-                         dicom_host="127.0.0.1", dicom_port=dicom_port, http_port=http_port,
+                         dicom_host=host, dicom_port=dicom_port, http_port=http_port,
                          peer_port=peer_port, dht_port=dht_port, allow=list(allow),
-                         destinations=dests)
+                         destinations=dests, host=host, advertise=advertise_host)
     cfg_path.write_text(text)
     cfg = load_or_exit(cfg_path)
     make_private_dir(cfg.data_dir)
@@ -68,6 +77,8 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
     console.print(f"[green]created[/green] {cfg_path}")
     console.print(f"node id  {ident.node_id_hex}")
     console.print(f"data dir {cfg.data_dir}")
+    console.print(f"listens  {host} (DICOM {dicom_port}/tcp, peer API {peer_port}/tcp, "
+                  f"DHT {dht_port}/udp); other sites reach it at {advertise_host}", highlight=False)
 
 
 @app.command()
@@ -88,8 +99,9 @@ def run(config: Path = ConfigOpt,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.request_stop)
-        console.print(f"[green]medfed node {cfg.name!r} running[/green]: DICOM "
-                      f"{cfg.dicom.ae_title}@{cfg.dicom.host}:{node.ports.dicom}", highlight=False)
+        console.print(f"[green]medfed node {cfg.name!r} running[/green]", highlight=False)
+        for line in served_addresses(node):
+            console.print(f"  {line}", highlight=False)
         web = node.service("web")
         if web is not None:
             console.print(f"web: {web.url}", highlight=False)  # type: ignore[attr-defined]
@@ -108,12 +120,46 @@ def run(config: Path = ConfigOpt,
         raise typer.Exit(2)
 
 
+def served_addresses(node) -> list[str]:  # type: ignore[no-untyped-def]
+    """One line per address the running node serves (what a firewall must let through)."""
+    from ..control import control_socket_path
+
+    cfg = node.cfg
+    lines = [f"DICOM      {cfg.dicom.host}:{node.ports.dicom}/tcp  AE {cfg.dicom.ae_title}"
+             f" (federation: {cfg.dicom.federation_ae_title})"]
+    if node.peer is not None and node.membership is not None:
+        me = node.membership.roster.member(node.node_id)
+        advertised = f" (members dial {me.peer_address})" if me else ""
+        lines.append(f"peer API   {cfg.peer_host}:{node.ports.peer}/tcp mTLS{advertised}")
+        if node.dht is not None:
+            dial = f" (members dial {me.dht_address})" if me else ""
+            lines.append(f"DHT        {cfg.dht_bind_host}:{node.ports.dht}/udp{dial}")
+        if node.gossip is not None and node.gossip.revoked:
+            lines.append("[red]this node is REVOKED from its federation; members refuse it[/red]")
+    else:
+        lines.append("federation not joined: no peer API or DHT ('medfed join')")
+    for name, port in vars(node.ports).items():
+        if name not in ("dicom", "peer", "dht") and port:
+            lines.append(f"{name:<10} {cfg.http_host}:{port}/tcp")
+    lines.append(f"control    {control_socket_path(cfg.data_dir)} (this OS user only)")
+    return lines
+
+
 @app.command()
-def status(config: Path = ConfigOpt) -> None:
-    """Counts of patients/studies/series/instances, disk use, pending jobs."""
+def status(config: Path = ConfigOpt,
+           as_json: bool = typer.Option(False, "--json", help="The federation part as JSON.")
+           ) -> None:
+    """Counts, disk use, pending jobs; the federation: roster, members, publishing, shares."""
     from ..store.db import MetadataStore
+    from .status import federation_status, print_federation
 
     cfg = load_or_exit(config)
+    if as_json:
+        import json
+
+        doc, live = federation_status(cfg)
+        typer.echo(json.dumps({"live": live, "federation": doc}))
+        return
 
     async def main():  # type: ignore[no-untyped-def]
         async with MetadataStore.for_config(cfg) as store:
@@ -131,6 +177,7 @@ def status(config: Path = ConfigOpt) -> None:
                          ("pending jobs", counts.pending_jobs)):
         table.add_row(label, str(value))
     console.print(table)
+    print_federation(*federation_status(cfg))
 
 
 @audit_app.command("verify")

@@ -117,7 +117,7 @@ class FederationSettings:
     replicas: int = 2                # encrypted replicas per bundle
     index_republish_s: float = 600.0 # DHT index records are republished this often
     repair_interval_s: float = 300.0
-    roster_push_fanout: int = 16     # members a newly adopted roster is pushed to at once
+    roster_push_fanout: int = 6      # members a newly adopted roster is pushed to at once
     roster_pull_interval_s: float = 10.0  # anti-entropy: offer/fetch rosters this often
     roster_pull_peers: int = 3       # members asked per anti-entropy round
 
@@ -144,7 +144,9 @@ class NodeConfig:
     http_session_idle_s: float = 900.0
     peer_host: str = "127.0.0.1"
     peer_port: int = 8443
+    dht_host: str = ""               # bind address of the DHT (UDP); "" = peer_host
     dht_port: int = 8468
+    advertise_host: str = ""         # what other members dial; "" = the bind host
     upstream: UpstreamConfig | None = None
     series_idle_s: float = 30.0
     durability: str = "full"  # sqlite synchronous level: "full" or "normal"
@@ -170,6 +172,21 @@ class NodeConfig:
     @property
     def key_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def dht_bind_host(self) -> str:
+        return self.dht_host or self.peer_host
+
+    @property
+    def peer_advertise(self) -> str:
+        """``host:port`` of the peer API as other members dial it (admission request)."""
+        from .addresses import advertised
+        return advertised(self.advertise_host, self.peer_host, self.peer_port)
+
+    @property
+    def dht_advertise(self) -> str:
+        from .addresses import advertised
+        return advertised(self.advertise_host, self.dht_bind_host, self.dht_port)
 
     @property
     def users_path(self) -> Path:
@@ -378,7 +395,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         http_session_idle_s=_get(http, "session_idle_s", float, 900.0, "http"),
         peer_host=_host(_get(peer, "host", str, "127.0.0.1", "peer"), "peer.host"),
         peer_port=_port(peer, "port", 8443, "peer"),
+        dht_host=_host(_get(dht, "host", str, "", "dht"), "dht.host") if dht.get("host") else "",
         dht_port=_port(dht, "port", 8468, "dht"),
+        advertise_host=(_host(_get(node, "advertise", str, "", "node"), "node.advertise")
+                        if node.get("advertise") else ""),
         upstream=upstream_cfg,
         series_idle_s=_get(ingest, "series_idle_s", float, 30.0, "ingest"),
         durability=durability,

@@ -13,6 +13,9 @@ TEMPLATE = """\
 name = {name}
 # Where images (objects/), the SQLite metadata, keys and the audit log live.
 data_dir = "data"
+# The host name or address other hospitals reach this machine at (peer API and DHT).
+# It goes into the admission request; to change it later, re-admit (see README).
+advertise = {advertise}
 
 [dicom]
 # This node's own AE title and the port its DICOM service (SCP) listens on.
@@ -54,11 +57,14 @@ port = {http_port}
 session_idle_s = 900
 
 [peer]
-# Peer API for other federation members (mutual TLS).
-host = "127.0.0.1"
+# Peer API for other federation members (mutual TLS): open this TCP port to them.
+# host = the interface to listen on ("0.0.0.0" = all).
+host = {host}
 port = {peer_port}
 
 [dht]
+# DHT index (UDP, every datagram signed): open this UDP port to the other members.
+host = {host}
 port = {dht_port}
 
 [ingest]
@@ -116,12 +122,14 @@ def toml_str(value: str) -> str:
 
 def render_config(*, config_path: str, name: str, ae_title: str, dicom_host: str,
                   dicom_port: int, http_port: int, peer_port: int, dht_port: int,
-                  allow: list[str], destinations: dict[str, str]) -> str:
+                  allow: list[str], destinations: dict[str, str], host: str = "127.0.0.1",
+                  advertise: str = "") -> str:
     dest_lines = "".join(f"{k} = {toml_str(v)}\n" for k, v in destinations.items())
     return TEMPLATE.format(
         config_path=config_path, name=toml_str(name), ae_title=toml_str(ae_title),
         dicom_host=toml_str(dicom_host), dicom_port=dicom_port, http_port=http_port,
-        peer_port=peer_port, dht_port=dht_port,
+        peer_port=peer_port, dht_port=dht_port, host=toml_str(host),
+        advertise=toml_str(advertise),
         allow="[" + ", ".join(toml_str(a) for a in allow) + "]",
         destinations=dest_lines or "# VIEWER = \"127.0.0.1:11113\"\n",
     )

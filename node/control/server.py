@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from node.control import control_socket_path
+from node.control.federation_status import node_federation_status
 from node.control.fetch_job import EXPECTED_ERRORS, start_fetch
 from node.control.unixsock import BoundSocket, bind_private, peer_uid, remove_if_ours
 from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_body,
@@ -164,7 +165,8 @@ class ControlService:
         self._audit("status", f"uid:{os.getuid()}", "ok")
         return web.json_response({
             "node_id": node.node_id, "name": node.cfg.name, "ports": asdict(node.ports),
-            "counts": asdict(counts), "members": members, "pending_jobs": counts.pending_jobs})
+            "counts": asdict(counts), "members": members, "pending_jobs": counts.pending_jobs,
+            "federation": await node_federation_status(node)})
 
     async def _query(self, request: web.Request) -> web.Response:
         from node.query.service import FederatedQueryError

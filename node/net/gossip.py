@@ -42,7 +42,7 @@ log = logging.getLogger("medfed.roster")
 
 @dataclass(frozen=True)
 class GossipSettings:
-    push_fanout: int = 16          # members a newly adopted roster is pushed to
+    push_fanout: int = 6           # members a newly adopted roster is pushed to
     pull_interval_s: float = 10.0  # anti-entropy period (0 = only at start)
     pull_peers: int = 3            # members asked per anti-entropy round
     call_timeout_s: float = 5.0    # deadline of one roster exchange

@@ -59,7 +59,8 @@ def test_bad_config_is_reported_with_the_key(tmp_path: Path) -> None:
 
 def test_run_store_status_and_audit_verify(tmp_path: Path) -> None:
     port = free_port()
-    medfed("init", tmp_path / "n", "--dicom-port", port, "--allow", "STORESCU@127.0.0.1")
+    medfed("init", tmp_path / "n", "--host", "127.0.0.1", "--dicom-port", port, "--allow",
+           "STORESCU@127.0.0.1")
     cfg = tmp_path / "n" / "medfed.toml"
     synth = medfed("synth", tmp_path / "in", "--patients", 1, "--series", 1, "--slices", 4,
                    "--size", 32)

@@ -67,7 +67,7 @@ def shared_base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def site(shared_base: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
-    made = medfed("init", shared_base / "site", "--dicom-port", port,
+    made = medfed("init", shared_base / "site", "--host", "127.0.0.1", "--dicom-port", port,
                   "--allow", "STORESCU@127.0.0.1", "--allow", "ECHOSCU@127.0.0.1")
     assert made.returncode == 0, made.stderr
     synth = medfed("synth", shared_base / "in", "--patients", 1, "--series", 1, "--slices", 2,
