@@ -18,18 +18,21 @@ from .users import cli_user
 
 if TYPE_CHECKING:
     from ..control.client import Actor, ControlClient
+    from ..deid.actions import DeidKeys
     from ..users import User
 
 
-def _secrets(cfg: NodeConfig):  # type: ignore[no-untyped-def]
+def _deid_keys(cfg: NodeConfig) -> tuple["DeidKeys", bool]:
+    """(keys, federated?): the federation's keys once joined, else the site-local key."""
+    from ..deid.actions import DeidKeys
+    from ..deid.site_keys import site_deid_keys
     from ..federation_wiring import load_node_membership
 
     membership = load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir)
     if membership is None or membership.secrets is None:
-        err.print("[red]this node has not joined a federation[/red]: run 'medfed join' first "
-                  "(de-identification uses the federation's keys so pseudonyms link across sites)")
-        raise typer.Exit(2)
-    return membership.secrets
+        return site_deid_keys(cfg.key_dir), False
+    secrets = membership.secrets
+    return DeidKeys(uid_key=secrets.uid_key, patient_key=secrets.linkage_key), True
 
 
 async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified: bool, user: "User",
@@ -147,12 +150,18 @@ def register(app: typer.Typer) -> None:
              out_dir: Path = typer.Argument(..., help="Output folder (STUDY/SERIES/SOP.dcm, keyed UIDs)."),
              allow_burned_in: bool = typer.Option(False, "--allow-burned-in"),
              config: Path = ConfigOpt) -> None:
-        """De-identify a folder with the federation's keys (PS3.15 basic profile)."""
-        from ..deid.actions import DeidKeys, DeidOptions
+        """De-identify a folder (PS3.15 basic profile) with the federation's keys, or a
+        site-local key before joining (pseudonyms then link within this site only)."""
+        from ..deid.actions import DeidOptions
         from ..deid.files import FolderError, deidentify_folder
 
-        secrets = _secrets(load_or_exit(config))
-        keys = DeidKeys(uid_key=secrets.uid_key, patient_key=secrets.linkage_key)
+        keys, federated = _deid_keys(load_or_exit(config))
+        if federated:
+            console.print("keys: the federation's (pseudonyms and UIDs link across its sites)")
+        else:
+            console.print("keys: [yellow]site-local[/yellow] (this node has not joined a "
+                          "federation): pseudonyms and UIDs link within this site only, not "
+                          "with other sites' exports")
         try:
             report = deidentify_folder(in_dir, out_dir, keys, DeidOptions(allow_burned_in=allow_burned_in))
         except FolderError as exc:
