@@ -138,9 +138,6 @@ def served_addresses(node) -> list[str]:  # type: ignore[no-untyped-def]
             lines.append("[red]this node is REVOKED from its federation; members refuse it[/red]")
     else:
         lines.append("federation not joined: no peer API or DHT ('medfed join')")
-    for name, port in vars(node.ports).items():
-        if name not in ("dicom", "peer", "dht") and port:
-            lines.append(f"{name:<10} {cfg.http_host}:{port}/tcp")
     lines.append(f"control    {control_socket_path(cfg.data_dir)} (this OS user only)")
     return lines
 
