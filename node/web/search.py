@@ -105,8 +105,7 @@ async def search_stream(request: web.Request) -> web.StreamResponse:
             async for answer in stream:
                 view.add(answer)
                 if answer.site.node_id == node.node_id and answer.status == "ok":
-                    view.real_uids.update(await real_study_uids(
-                        node, (str(r["study_uid"]) for r in answer.rows if "study_uid" in r)))
+                    view.real_uids.update(await real_study_uids(node, answer.rows))
                 await response.write(_event("update", _fragments(request, view)))
     except (FederatedQueryError, UserRefused) as exc:
         audit_web(request, "search", "failed", reason="unavailable")
