@@ -161,9 +161,15 @@ def _rule(raw: Any, index: int) -> Rule:
 
 
 def policy_from_dict(doc: Mapping[str, Any]) -> Policy:
-    unknown = set(doc) - {"rule", "small_count_threshold"}
+    from node.similar.sitepolicy import KEYS as SIMILARITY_KEYS, SimilarityPolicyError, similarity_policy
+
+    unknown = set(doc) - {"rule", "small_count_threshold", *SIMILARITY_KEYS}
     if unknown:
         raise PolicyError(f"unknown policy key(s): {', '.join(sorted(unknown))}")
+    try:
+        similarity_policy(doc)  # the similarity allowlist (node/similar/sitepolicy.py)
+    except SimilarityPolicyError as exc:
+        raise PolicyError(str(exc)) from None
     threshold = doc.get("small_count_threshold", DEFAULT_THRESHOLD)
     if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= 1000:
         raise PolicyError("small_count_threshold must be a whole number from 1 to 1000")

@@ -18,6 +18,7 @@ from .query.service import FederatedQueryService
 from .replica.service import ReplicaService
 from .sharing.publisher import PublisherService
 from .web.service import WebService
+from .similar.service import SimilarityService
 
 if TYPE_CHECKING:
     from .config.model import NodeConfig
@@ -41,4 +42,5 @@ def federated_services() -> list[NodeService]:
         KeyShareService(),
         ReplicaService(),
         PublisherService(),
+        SimilarityService(),
     ]

@@ -305,8 +305,10 @@ from .federation import register as _register_federation  # noqa: E402
 from .query import register as _register_query  # noqa: E402
 from .sharing import register as _register_sharing  # noqa: E402
 from .sim import register as _register_sim  # noqa: E402
+from .similar import register as _register_similar  # noqa: E402
 
 _register_federation(app)
 _register_sharing(app)
 _register_query(app)
 _register_sim(app)
+_register_similar(app)

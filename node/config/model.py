@@ -129,7 +129,7 @@ def default_policy() -> dict[str, Any]:
         {"name": "members: de-identified", "site": "*", "role": ["clinician", "researcher"],
          "level": "deidentified"},
         {"name": "members: counts", "site": "*", "level": "count"},
-    ]}
+    ], "similarity_methods": ["hist", "embed"], "similarity_release": "diagnosis"}
 
 
 @dataclass(frozen=True)

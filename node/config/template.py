@@ -91,6 +91,10 @@ repair_interval_s = 300
 # only for named sites and roles, e.g. treating clinicians with purpose "treatment").
 [policy]
 small_count_threshold = 5
+# Similarity search: methods allowed to run on this site's data ("id" or "id@version")
+# and what an answer may carry besides scores: scores | diagnosis | report (de-identified).
+similarity_methods = ["hist", "embed"]
+similarity_release = "diagnosis"
 
 [[policy.rule]]
 name = "members: de-identified"

@@ -161,6 +161,34 @@ class ControlClient:
         finally:
             conn.close()
 
+    def service(self, route: str, body: Mapping[str, Any], actor: Actor, *, timeout_s: float,
+                on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Call a service's control route (``/v1/<route>``): ``on_event`` gets each event
+        line as it arrives; returns the result, raises ControlFailed with the node's reason."""
+        conn, response = self._open("POST", f"/v1/{route}", {**body, **actor.to_json()},
+                                    timeout_s + STREAM_MARGIN_S)
+        try:
+            while True:
+                line = response.readline(MAX_LINE)
+                if not line:
+                    raise ControlUnavailable(f"the node closed the {route} stream without a result")
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise ControlUnavailable("the node sent a malformed line") from None
+                if not isinstance(event, dict):
+                    raise ControlUnavailable("the node sent a malformed line")
+                if "result" in event:
+                    return dict(event["result"])
+                if "error" in event:
+                    raise ControlFailed(str(event["error"]), str(event.get("kind", "")))
+                if on_event is not None and isinstance(event.get("event"), dict):
+                    on_event(event["event"])
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlUnavailable(f"the node stopped answering ({type(exc).__name__})") from None
+        finally:
+            conn.close()
+
 
 def _raise_refusal(response: http.client.HTTPResponse) -> None:
     try:

@@ -10,6 +10,9 @@ come from the user record (unknown, disabled or expired: 401/403, audited).
 - ``POST /v1/fetch``   fetch a series into a folder on this machine; answers NDJSON:
   ``{"bytes", "instances"}`` progress lines, then ``{"result": …}`` or ``{"error": …}``.
 - ``POST /v1/query``   one federated query; answers the merged ``FederatedAnswer``.
+- ``POST /v1/<name>``  routes a node service offers with ``control_routes()``
+  (``{name: handler}``; e.g. similarity search): NDJSON event lines, then
+  ``{"result": …}`` or ``{"error": …}``.
 
 A malformed request is answered 4xx with ``{"error": code, "reason": …}``; the node
 keeps running. A client that hangs up mid-fetch cancels the fetch, which leaves nothing
@@ -53,9 +56,14 @@ def _line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
-def _route_name(path: str) -> str:
+def _route_name(path: str, extra: tuple[str, ...] = ()) -> str:
     match = _ROUTE.match(path)
-    return match.group(1) if match and match.group(1) in ROUTES else "unknown"
+    return match.group(1) if match and match.group(1) in ROUTES + extra else "unknown"
+
+
+# A service's control route: (node, body, actor, emit event line) -> the result object.
+ServiceRoute = Callable[["Node", dict[str, Any], Actor, Callable[[dict[str, Any]], None]],
+                        Awaitable[dict[str, Any]]]
 
 
 class ControlService:
@@ -69,6 +77,7 @@ class ControlService:
         self._runner: web.AppRunner | None = None
         self._bound: BoundSocket | None = None
         self._fetches: set[asyncio.Task[Any]] = set()
+        self._extra: tuple[str, ...] = ()
 
     @property
     def socket_path(self) -> Path | None:
@@ -81,6 +90,11 @@ class ControlService:
         app.router.add_get("/v1/status", self._status)
         app.router.add_post("/v1/fetch", self._fetch)
         app.router.add_post("/v1/query", self._query)
+        for svc in node.services:
+            offered = getattr(svc, "control_routes", None)
+            for name, route in (offered() if offered is not None else {}).items():
+                app.router.add_post(f"/v1/{name}", self._service_route(name, route))
+                self._extra += (name,)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -131,7 +145,7 @@ class ControlService:
                 raise
             reason = exc.reason
             if exc.status == 404:
-                known = ", ".join(f"/v1/{r}" for r in ROUTES)
+                known = ", ".join(f"/v1/{r}" for r in ROUTES + self._extra)
                 reason = f"no control route {request.method} {request.path[:80]} (known: {known})"
             code = re.sub(r"\W+", "_", exc.reason.lower()).strip("_")
             return self._refuse(request, uid, BadRequest(exc.status, code, reason))
@@ -139,7 +153,7 @@ class ControlService:
     def _refuse(self, request: web.Request, uid: int | None, exc: BadRequest) -> web.Response:
         actor = request[ACTOR_KEY].user if ACTOR_KEY in request else (
             f"uid:{uid}" if uid is not None else "local")
-        self._audit(_route_name(request.path), actor, "refused", code=exc.code, status=exc.status,
+        self._audit(_route_name(request.path, self._extra), actor, "refused", code=exc.code, status=exc.status,
                     uid=uid if uid is not None else -1)
         return web.json_response({"error": exc.code, "reason": exc.reason}, status=exc.status)
 
@@ -241,6 +255,46 @@ class ControlService:
         self._audit("fetch", actor.user, "failed", purpose=actor.purpose,
                     format=req.fmt, identified=req.identified, kind=kind)  # no message: may name paths
         return {"error": message, "kind": kind}
+
+    def _service_route(self, name: str, route: ServiceRoute) -> Handler:
+        """NDJSON: the route's event lines as they come, then its result or error line.
+        A route refuses bad input by raising BadRequest (answered 4xx, audited)."""
+        async def handle(request: web.Request) -> web.StreamResponse:
+            node = self._require_node()
+            body = await self._body(request)
+            actor = request[ACTOR_KEY] = parse_actor(body)
+            events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            task = asyncio.ensure_future(route(node, body, actor, events.put_nowait))
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            try:
+                await response.prepare(request)
+                while not (task.done() and events.empty()):
+                    waiter = asyncio.ensure_future(events.get())
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    if waiter.done():
+                        await response.write(_line({"event": waiter.result()}))
+                    else:
+                        waiter.cancel()
+            except BaseException:
+                task.cancel()
+                raise
+            exc = task.exception()
+            if exc is None:
+                self._audit(name, actor.user, "ok", role=actor.role, purpose=actor.purpose)
+                await response.write(_line({"result": task.result()}))
+            else:
+                kind = "refused" if isinstance(exc, BadRequest) else "internal"
+                if kind == "internal":
+                    log.error("control %s failed unexpectedly (%s):\n%s", name, type(exc).__name__,
+                              "".join(traceback.format_tb(exc.__traceback__)))
+                message = exc.reason if isinstance(exc, BadRequest) else (
+                    f"the node hit an internal error ({type(exc).__name__}); see its log")
+                self._audit(name, actor.user, "failed", role=actor.role, purpose=actor.purpose,
+                            kind=kind)
+                await response.write(_line({"error": message, "kind": kind}))
+            await response.write_eof()
+            return response
+        return handle
 
     def _require_node(self) -> "Node":
         if self._node is None:

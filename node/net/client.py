@@ -28,6 +28,8 @@ from node.net.rosterbook import RosterBook
 MAX_RESPONSE_BYTES = 32 << 20
 
 LinkHook = Callable[[Member], Awaitable[None]]
+# (called node id, method, path, request body) -> sink for the response body's chunks
+Observer = Callable[[str, str, str, bytes], Callable[[bytes], None]]
 
 
 def _tls_failure(exc: BaseException) -> str | None:
@@ -46,12 +48,14 @@ class PeerClient:
     def __init__(self, identity: NodeIdentity, tls: ssl.SSLContext, *,
                  request_lifetime_s: int = 60, connect_timeout_s: float = 5.0,
                  clock: Callable[[], float] = time.time, limit_per_host: int = 8,
-                 roster: RosterBook | None = None, link: LinkHook | None = None) -> None:
+                 roster: RosterBook | None = None, link: LinkHook | None = None,
+                 observers: list[Observer] | None = None) -> None:
         """With ``roster``, calls to nodes that are not active members fail without sending.
 
         ``link`` (simulator only) is awaited before each request to model the network:
         it may sleep (latency) or raise PeerUnreachable (loss); its time counts against
-        the call's deadline."""
+        the call's deadline. ``observers`` (tests, simulator: ``node.testing.traffic``)
+        see every request body and every response chunk, in plain text above TLS."""
         if not tls.check_hostname:
             raise ValueError("peer client TLS context must check the server's node name")
         self.identity = identity
@@ -62,6 +66,7 @@ class PeerClient:
         self._limit_per_host = limit_per_host
         self._roster = roster
         self.link = link
+        self.observers = observers if observers is not None else []
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "PeerClient":
@@ -89,8 +94,10 @@ class PeerClient:
         """One request/response; returns the peer's JSON object. ``allow_revoked``: the
         roster gossip may tell a revoked member that it is revoked."""
         async with self._open(member, method, path, json, timeout,
-                              allow_revoked=allow_revoked) as resp:
+                              allow_revoked=allow_revoked) as (resp, sinks):
             data = await self._read_capped(member, resp, max_response_bytes)
+            for sink in sinks:
+                sink(data)
         try:
             doc = _json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -107,8 +114,10 @@ class PeerClient:
         Wrap in ``contextlib.aclosing`` when you may stop early, so the connection is
         released at once rather than when the generator is collected.
         """
-        async with self._open(member, method, path, json, timeout) as resp:
+        async with self._open(member, method, path, json, timeout) as (resp, sinks):
             async for chunk in resp.content.iter_chunked(chunk_size):
+                for sink in sinks:
+                    sink(chunk)
                 yield chunk
 
     # -- plumbing ----------------------------------------------------------
@@ -121,7 +130,8 @@ class PeerClient:
     @asynccontextmanager
     async def _open(self, member: Member, method: str, path: str,
                     json: Mapping[str, Any] | None, timeout: float, *,
-                    allow_revoked: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
+                    allow_revoked: bool = False
+                    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, list[Callable[[bytes], None]]]]:
         url = self._url(member, path)
         if (self._roster is not None and self._roster.member(member.node_id) is None
                 and not (allow_revoked and self._roster.status(member.node_id) == "revoked")):
@@ -134,6 +144,7 @@ class PeerClient:
         if body:
             headers["Content-Type"] = "application/json"
         node = member.node_id
+        sinks = [observe(node, method.upper(), url.raw_path, body) for observe in self.observers]
         if self.link is not None:
             timeout = await self._through_link(member, timeout)
         limits = aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout, timeout))
@@ -143,7 +154,7 @@ class PeerClient:
                     server_hostname=node_dns_name(node), allow_redirects=False) as resp:
                 if resp.status >= 400:
                     raise await self._refusal(member, resp)
-                yield resp
+                yield resp, sinks
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise PeerTimeout(node, f"no complete answer within {timeout:.1f}s") from exc
         except aiohttp.ClientError as exc:

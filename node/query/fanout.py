@@ -36,6 +36,7 @@ class SiteAnswer:
     reason: str = ""
     truncated: bool = False
     hedged: bool = False
+    payload: dict[str, Any] = field(default_factory=dict)   # what another parser keeps
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def parse_answer(site: Member, doc: dict[str, Any], latency_ms: float) -> SiteAn
                       truncated=bool(doc.get("truncated", False)))
 
 
+Parse = Callable[[Member, dict[str, Any], float], SiteAnswer]
+
+
 def _failure(site: Member, exc: BaseException, latency_ms: float) -> SiteAnswer:
     if isinstance(exc, (PeerRefused, RequestRefused)):
         status = "denied" if exc.status == 403 else "error"
@@ -91,9 +95,9 @@ class _SiteCall:
     """One site's request(s): the first, and a hedge if it is slow."""
 
     def __init__(self, site: Member, ask: Ask, gate: asyncio.Semaphore, end: float,
-                 settings: FanOutSettings, hedge: bool) -> None:
+                 settings: FanOutSettings, hedge: bool, parse: Parse = parse_answer) -> None:
         self.site, self._ask, self._gate, self._end = site, ask, gate, end
-        self._settings, self._hedge = settings, hedge
+        self._settings, self._hedge, self._parse = settings, hedge, parse
         self.started = time.monotonic()
 
     def _ms(self) -> float:
@@ -120,7 +124,7 @@ class _SiteCall:
                 for task in done:
                     exc = task.exception()
                     if exc is None:
-                        answer = parse_answer(self.site, task.result(), self._ms())
+                        answer = self._parse(self.site, task.result(), self._ms())
                         answer.hedged = hedged
                         return answer
                     if isinstance(exc, (PeerRefused, RequestRefused)):
@@ -135,13 +139,15 @@ class _SiteCall:
 
 
 async def fan_out(sites: Sequence[Member], ask: Ask, settings: FanOutSettings, *,
-                  hedge: Callable[[Member], bool] = lambda site: True
-                  ) -> AsyncIterator[SiteAnswer]:
-    """Yield one ``SiteAnswer`` per site, in the order they arrive, all within the deadline."""
+                  hedge: Callable[[Member], bool] = lambda site: True,
+                  parse: Parse = parse_answer) -> AsyncIterator[SiteAnswer]:
+    """Yield one ``SiteAnswer`` per site, in the order they arrive, all within the deadline.
+    ``parse`` checks one site's JSON (raise AnswerError); other requests than queries
+    (similarity) bring their own."""
     gate = asyncio.Semaphore(max(1, settings.max_parallel))
     start = time.monotonic()
     end = start + settings.deadline_s
-    calls = {asyncio.ensure_future(_SiteCall(s, ask, gate, end, settings, hedge(s)).run()): s
+    calls = {asyncio.ensure_future(_SiteCall(s, ask, gate, end, settings, hedge(s), parse).run()): s
              for s in sites}
     pending = set(calls)
     try:
