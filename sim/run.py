@@ -20,6 +20,9 @@ async def run_scenario(opts: SimOptions, directory: Path | None = None) -> SimRe
     if opts.scenario == "query":
         from sim.scenarios.query import run_query
         return await run_query(directory, opts)
+    if opts.scenario == "similarity":
+        from sim.scenarios.similarity import run_similarity
+        return await run_similarity(directory, opts)
     if opts.scenario == "lookup":
         from sim.scenarios.lookup import run_lookup
         return await run_lookup(directory, opts)

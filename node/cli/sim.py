@@ -18,7 +18,7 @@ def sim(nodes: int = typer.Option(20, "--nodes", help="Sites in the simulated fe
         jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="One-way delay varies ± this."),
         loss: float = typer.Option(0.0, "--loss", help="Chance each message leg is lost."),
         down: float = typer.Option(0.0, "--down", help="Fraction of sites taken down."),
-        scenario: str = typer.Option("query", "--scenario", help="query | lookup | sharing"),
+        scenario: str = typer.Option("query", "--scenario", help="query | lookup | sharing | similarity"),
         queries: int = typer.Option(30, "--queries", help="Queries / lookups / retrievals."),
         broadcast: bool = typer.Option(False, "--broadcast",
                                        help="query: ask every site (no DHT planning)."),

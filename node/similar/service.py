@@ -95,7 +95,7 @@ class SimilarityService:
     name = "similarity"
 
     def __init__(self, *, registry: MethodRegistry | None = None, serve: bool = True,
-                 index: bool = True, poll_s: float = 10.0, idle_s: float | None = None,
+                 index: bool = True, poll_s: float = 2.0, idle_s: float | None = None,
                  planner: Planner | None = None) -> None:
         """``index=False``: vectors only on demand (``index_now``), e.g. in the simulator.
         ``idle_s``: a series is complete after this idle time (default: the config's)."""

@@ -23,7 +23,7 @@ from sim.data import GroundTruth, Placement, ground_truth, plan_layout, plant
 from sim.grid import ServiceFactory, SimGrid
 from sim.link import LinkSpec
 
-SCENARIOS = ("query", "lookup", "sharing")
+SCENARIOS = ("query", "lookup", "sharing", "similarity")
 # The simulated clinician: a user record (as a node's UserStore would hold it) + purpose.
 CLINICIAN: dict[str, Any] = {
     "user": User("sim-clinician", "u-sim-clinician", "clinician", "radiology", 0, False,
