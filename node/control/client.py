@@ -154,7 +154,8 @@ class ControlClient:
                 "deadline_s": deadline_s, **actor.to_json()}
         conn, response = self._open("POST", "/v1/fetch", body, deadline_s + STREAM_MARGIN_S)
         try:
-            return _follow(response, progress)
+            return _follow(response, None if progress is None else lambda e: progress(
+                int(e.get("bytes", 0)), int(e.get("instances", 0))))
         except (OSError, http.client.HTTPException) as exc:
             raise ControlUnavailable(f"the node stopped answering during the fetch "
                                      f"({type(exc).__name__}); it may have been stopped") from None
@@ -167,23 +168,13 @@ class ControlClient:
         line as it arrives; returns the result, raises ControlFailed with the node's reason."""
         conn, response = self._open("POST", f"/v1/{route}", {**body, **actor.to_json()},
                                     timeout_s + STREAM_MARGIN_S)
+
+        def event(line: dict[str, Any]) -> None:
+            if on_event is not None and isinstance(line.get("event"), dict):
+                on_event(line["event"])
+
         try:
-            while True:
-                line = response.readline(MAX_LINE)
-                if not line:
-                    raise ControlUnavailable(f"the node closed the {route} stream without a result")
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    raise ControlUnavailable("the node sent a malformed line") from None
-                if not isinstance(event, dict):
-                    raise ControlUnavailable("the node sent a malformed line")
-                if "result" in event:
-                    return dict(event["result"])
-                if "error" in event:
-                    raise ControlFailed(str(event["error"]), str(event.get("kind", "")))
-                if on_event is not None and isinstance(event.get("event"), dict):
-                    on_event(event["event"])
+            return _follow(response, event)
         except (OSError, http.client.HTTPException) as exc:
             raise ControlUnavailable(f"the node stopped answering ({type(exc).__name__})") from None
         finally:
@@ -199,8 +190,9 @@ def _raise_refusal(response: http.client.HTTPResponse) -> None:
     raise ControlRefused(response.status, code, reason)
 
 
-def _follow(response: http.client.HTTPResponse, progress: FetchProgressFn | None) -> dict[str, Any]:
-    """Read NDJSON lines until the final result or error line."""
+def _follow(response: http.client.HTTPResponse,
+            on_line: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Read NDJSON lines until the final result or error line; ``on_line`` gets the others."""
     while True:
         line = response.readline(MAX_LINE)
         if not line:
@@ -216,8 +208,8 @@ def _follow(response: http.client.HTTPResponse, progress: FetchProgressFn | None
             return dict(event["result"])
         if "error" in event:
             raise ControlFailed(str(event["error"]), str(event.get("kind", "")))
-        if progress is not None:
-            progress(int(event.get("bytes", 0)), int(event.get("instances", 0)))
+        if on_line is not None:
+            on_line(event)
 
 
 __all__ = ["Actor", "ControlClient", "ControlDenied", "ControlError", "ControlFailed", "ControlRefused",
