@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.results import stamp, write_section
-from node.net.assertion import issue_assertion
+from node.users import user_assertion
 from node.similar.hist import HistogramMethod
 from node.similar.scan import top_positions
 from node.similar.service import SimilarityService
@@ -82,7 +82,7 @@ async def run(sites: int, series: int, queries: int, seed: int) -> dict[str, flo
                 home = grid.nodes[rng.randrange(sites)]
                 uid = str((await home.store.fetchone(
                     "SELECT series_uid FROM series ORDER BY random() LIMIT 1"))[0])
-                assertion = issue_assertion(home.identity, now=time.time(), **CLINICIAN)
+                assertion = user_assertion(home.identity, CLINICIAN["user"], CLINICIAN["purpose"])
                 t0 = time.monotonic()
                 answer = await _service(home).search(uid, assertion, top=10, deadline_s=30)
                 elapsed = (time.monotonic() - t0) * 1000

@@ -9,7 +9,6 @@ node's federation parts itself for the one call. Both paths run the same route c
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -25,12 +24,29 @@ provenance_app = typer.Typer(help="Provenance of similarity results and diagnose
                              no_args_is_help=True)
 
 
-def _actor_options(user: str, role: str, department: str, purpose: str):  # type: ignore[no-untyped-def]
-    from ..control.wire import Actor
-    return Actor(user, role, department, purpose)
+class _Who:
+    """The local user a command is made for: the record, a token, the stated purpose."""
+
+    def __init__(self, cfg: NodeConfig, name: Optional[str], purpose: Optional[str],
+                 password_stdin: bool) -> None:
+        from .users import cli_user
+
+        self.user, self.token = cli_user(cfg, name, password_stdin=password_stdin)
+        self.purpose = purpose or self.user.purposes[0]
+
+    def actor(self) -> Any:
+        from ..control.wire import Actor
+        return Actor(self.user.name, self.token, self.purpose)
 
 
-async def _in_process(cfg: NodeConfig, route: str, body: dict[str, Any], actor: Any,
+UserOpt = typer.Option(None, "--user", help="Your user at this node (default: the one "
+                                            "'medfed user login' saved).")
+PurposeOpt = typer.Option(None, "--purpose", help="treatment, research or operations "
+                                                  "(default: your first allowed).")
+PasswordOpt = typer.Option(False, "--password-stdin", help="Read your password from stdin.")
+
+
+async def _in_process(cfg: NodeConfig, route: str, body: dict[str, Any], who: _Who,
                       emit: Any) -> dict[str, Any]:
     from ..federation_wiring import load_node_membership
     from ..identity import NodeIdentity
@@ -48,12 +64,12 @@ async def _in_process(cfg: NodeConfig, route: str, body: dict[str, Any], actor: 
         svc = node.service(SimilarityService.name)
         assert isinstance(svc, SimilarityService)
         await svc.index_now()
-        return await ROUTES[route](node, body, actor, emit)
+        return await ROUTES[route](node, body, who.user, who.purpose, emit)
     finally:
         await node.stop()
 
 
-def _call(cfg: NodeConfig, route: str, body: dict[str, Any], actor: Any, *, timeout_s: float,
+def _call(cfg: NodeConfig, route: str, body: dict[str, Any], who: _Who, *, timeout_s: float,
           emit: Any = lambda event: None) -> dict[str, Any]:
     """Through the running node if there is one, else in this process; exits on refusal."""
     from ..audit.errors import AuditError
@@ -65,9 +81,9 @@ def _call(cfg: NodeConfig, route: str, body: dict[str, Any], actor: Any, *, time
 
     client = ControlClient(control_socket_path(cfg.data_dir))
     try:
-        if client.is_running(actor):
-            return client.service(route, body, actor, timeout_s=timeout_s, on_event=emit)
-        return asyncio.run(_in_process(cfg, route, body, actor, emit))
+        if client.is_running():
+            return client.service(route, body, who.actor(), timeout_s=timeout_s, on_event=emit)
+        return asyncio.run(_in_process(cfg, route, body, who, emit))
     except ControlError as exc:
         err.print(f"[red]{route} failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1)
@@ -115,10 +131,8 @@ def similar(config: Path = ConfigOpt,
             method: str = typer.Option("hist", "--method", help="hist or embed (or a plug-in)."),
             broadcast: bool = typer.Option(False, "--all", help="Ask every member (no narrowing)."),
             as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
-            user: str = typer.Option(getpass.getuser(), "--user", help="Your user handle at this node."),
-            role: str = typer.Option("clinician", "--role"),
-            department: str = typer.Option("radiology", "--department"),
-            purpose: str = typer.Option("treatment", "--purpose"),
+            user: Optional[str] = UserOpt, purpose: Optional[str] = PurposeOpt,
+            password_stdin: bool = PasswordOpt,
             deadline: Optional[float] = typer.Option(None, "--deadline",
                                                      help="Seconds (default: [federation])")) -> None:
     """Find the most similar cases at every site; images stay where they are."""
@@ -128,7 +142,7 @@ def similar(config: Path = ConfigOpt,
             "deadline_s": deadline}
     if not as_json:
         console.print("sites answering:")
-    answer = _call(cfg, "similar", body, _actor_options(user, role, department, purpose),
+    answer = _call(cfg, "similar", body, _Who(cfg, user, purpose, password_stdin),
                    timeout_s=(deadline or cfg.federation.query_deadline_s) + 60,
                    emit=(lambda e: None) if as_json else _print_site)
     if as_json:
@@ -143,26 +157,24 @@ def diagnose(config: Path = ConfigOpt,
              report: str = typer.Option("", "--report", help="Report text (kept at this node)."),
              run: str = typer.Option("", "--run", help="The similarity run it is based on."),
              match: list[int] = typer.Option([], "--match", help="Rank of a match used (repeat)."),
-             user: str = typer.Option(getpass.getuser(), "--user"),
-             role: str = typer.Option("clinician", "--role"),
-             department: str = typer.Option("radiology", "--department"),
-             purpose: str = typer.Option("treatment", "--purpose")) -> None:
+             user: Optional[str] = UserOpt, purpose: Optional[str] = PurposeOpt,
+             password_stdin: bool = PasswordOpt) -> None:
     """Record a diagnosis for your case, linked to the similarity run and matches used."""
     cfg = load_or_exit(config)
     result = _call(cfg, "diagnose", {"series": series, "diagnosis": diagnosis, "report": report,
                                      "run": run, "matches": list(match)},
-                   _actor_options(user, role, department, purpose), timeout_s=60)
+                   _Who(cfg, user, purpose, password_stdin), timeout_s=60)
     console.print(f"[green]recorded[/green]; provenance record {result['record']['record_id']}")
 
 
 @provenance_app.command("verify")
 def provenance_verify(config: Path = ConfigOpt,
                       run: str = typer.Option("", "--run", help="Only this run (default: all)."),
-                      user: str = typer.Option(getpass.getuser(), "--user")) -> None:
+                      user: Optional[str] = UserOpt, password_stdin: bool = PasswordOpt) -> None:
     """Check every provenance record's signature, links and audit entry; exit 1 on a problem."""
     cfg = load_or_exit(config)
     result = _call(cfg, "provenance", {"action": "verify", "run": run},
-                   _actor_options(user, "admin", "it", "operations"), timeout_s=120)
+                   _Who(cfg, user, None, password_stdin), timeout_s=120)
     verdict = "[green]intact[/green]" if result["ok"] else f"[red]{len(result['problems'])} problem(s)[/red]"
     console.print(f"{result['records']} provenance record(s): {verdict}")
     for problem in result["problems"]:
@@ -175,11 +187,11 @@ def provenance_verify(config: Path = ConfigOpt,
 def provenance_export(config: Path = ConfigOpt,
                       run: str = typer.Option("", "--run", help="Only this run (default: all)."),
                       out: Optional[Path] = typer.Option(None, "--out", help="File (default: stdout)."),
-                      user: str = typer.Option(getpass.getuser(), "--user")) -> None:
+                      user: Optional[str] = UserOpt, password_stdin: bool = PasswordOpt) -> None:
     """Write the provenance records as W3C PROV-JSON."""
     cfg = load_or_exit(config)
     result = _call(cfg, "provenance", {"action": "export", "run": run},
-                   _actor_options(user, "admin", "it", "operations"), timeout_s=120)
+                   _Who(cfg, user, None, password_stdin), timeout_s=120)
     if out is None:
         typer.echo(result["prov_json"])
     else:

@@ -61,8 +61,8 @@ def _route_name(path: str, extra: tuple[str, ...] = ()) -> str:
     return match.group(1) if match and match.group(1) in ROUTES + extra else "unknown"
 
 
-# A service's control route: (node, body, actor, emit event line) -> the result object.
-ServiceRoute = Callable[["Node", dict[str, Any], Actor, Callable[[dict[str, Any]], None]],
+# A service's control route: (node, body, user record, purpose, emit event line) -> result.
+ServiceRoute = Callable[["Node", dict[str, Any], "User", str, Callable[[dict[str, Any]], None]],
                         Awaitable[dict[str, Any]]]
 
 
@@ -263,8 +263,9 @@ class ControlService:
             node = self._require_node()
             body = await self._body(request)
             actor = request[ACTOR_KEY] = parse_actor(body)
+            user = await self._user(node, actor)
             events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-            task = asyncio.ensure_future(route(node, body, actor, events.put_nowait))
+            task = asyncio.ensure_future(route(node, body, user, actor.purpose, events.put_nowait))
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             try:
                 await response.prepare(request)
@@ -280,7 +281,7 @@ class ControlService:
                 raise
             exc = task.exception()
             if exc is None:
-                self._audit(name, actor.user, "ok", role=actor.role, purpose=actor.purpose)
+                self._audit(name, actor.user, "ok", role=user.role, purpose=actor.purpose)
                 await response.write(_line({"result": task.result()}))
             else:
                 kind = "refused" if isinstance(exc, BadRequest) else "internal"
@@ -289,7 +290,7 @@ class ControlService:
                               "".join(traceback.format_tb(exc.__traceback__)))
                 message = exc.reason if isinstance(exc, BadRequest) else (
                     f"the node hit an internal error ({type(exc).__name__}); see its log")
-                self._audit(name, actor.user, "failed", role=actor.role, purpose=actor.purpose,
+                self._audit(name, actor.user, "failed", role=user.role, purpose=actor.purpose,
                             kind=kind)
                 await response.write(_line({"error": message, "kind": kind}))
             await response.write_eof()

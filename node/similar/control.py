@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from node.control.wire import Actor, BadRequest
-from node.net.assertion import UserAssertion, issue_assertion
+from node.control.wire import BadRequest
+from node.net.assertion import UserAssertion
+from node.users import User, UserRefused, user_assertion
 
 from .messages import MAX_TOP
 from .provjson import to_prov_json
@@ -47,12 +48,12 @@ def _number(doc: Mapping[str, Any], key: str, default: float | None, low: float,
     return value
 
 
-def assertion_for(node: "Node", actor: Actor) -> UserAssertion:
+def assertion_for(node: "Node", user: User, purpose: str) -> UserAssertion:
+    """The signed assertion for ``user`` (role and department from the record)."""
     try:
-        return issue_assertion(node.identity, user=actor.user, role=actor.role,
-                               department=actor.department, purpose=actor.purpose, now=time.time())
-    except ValueError as exc:
-        raise BadRequest(400, "bad_actor", str(exc)) from None
+        return user_assertion(node.identity, user, purpose, now=time.time())
+    except UserRefused as exc:
+        raise BadRequest(403, exc.code, exc.reason) from None
 
 
 def _service(node: "Node") -> SimilarityService:
@@ -62,14 +63,14 @@ def _service(node: "Node") -> SimilarityService:
     return svc
 
 
-async def search_route(node: "Node", body: dict[str, Any], actor: Actor, emit: Emit) -> dict[str, Any]:
+async def search_route(node: "Node", body: dict[str, Any], user: User, purpose: str, emit: Emit) -> dict[str, Any]:
     svc = _service(node)
     top = _number(body, "top", 10, 1, MAX_TOP)
     if top is None or not float(top).is_integer():
         raise BadRequest(400, "bad_top", f"top must be a whole number from 1 to {MAX_TOP}")
     try:
         answer = await svc.search(
-            _text(body, "series", limit=200, required=True), assertion_for(node, actor),
+            _text(body, "series", limit=200, required=True), assertion_for(node, user, purpose),
             method_id=_text(body, "method", limit=32) or "hist",
             modality=_text(body, "modality", limit=16) or None,
             body_part=_text(body, "body_part", limit=16) or None, top=int(top),
@@ -81,7 +82,7 @@ async def search_route(node: "Node", body: dict[str, Any], actor: Actor, emit: E
     return answer.to_json()
 
 
-async def diagnose_route(node: "Node", body: dict[str, Any], actor: Actor, emit: Emit) -> dict[str, Any]:
+async def diagnose_route(node: "Node", body: dict[str, Any], user: User, purpose: str, emit: Emit) -> dict[str, Any]:
     svc = _service(node)
     matches = body.get("matches", [])
     if not isinstance(matches, list) or len(matches) > MAX_TOP or not all(
@@ -89,7 +90,7 @@ async def diagnose_route(node: "Node", body: dict[str, Any], actor: Actor, emit:
         raise BadRequest(400, "bad_matches", "matches must be a list of ranks (whole numbers >= 1)")
     try:
         record = await svc.record_diagnosis(
-            _text(body, "series", limit=200, required=True), assertion_for(node, actor),
+            _text(body, "series", limit=200, required=True), assertion_for(node, user, purpose),
             diagnosis=_text(body, "diagnosis", limit=200, required=True),
             report=_text(body, "report", limit=10000), run_id=_text(body, "run", limit=64),
             match_ranks=tuple(matches))
@@ -98,7 +99,7 @@ async def diagnose_route(node: "Node", body: dict[str, Any], actor: Actor, emit:
     return {"record": record.to_dict()}
 
 
-async def provenance_route(node: "Node", body: dict[str, Any], actor: Actor, emit: Emit) -> dict[str, Any]:
+async def provenance_route(node: "Node", body: dict[str, Any], user: User, purpose: str, emit: Emit) -> dict[str, Any]:
     svc = _service(node)
     run_id = _text(body, "run", limit=64) or None
     action = body.get("action", "verify")

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 
 from node.deid.actions import keyed_uid
-from node.net.assertion import issue_assertion
+from node.users import user_assertion
 from node.node import Node
 from node.service import NodeService
 from node.similar.service import SimilarityService
@@ -80,7 +80,7 @@ async def run_similarity(directory: Path, opts: SimOptions) -> SimReport:
             traffic.attach(grid.nodes[i].client, grid.nodes[i].cfg.name)  # type: ignore[arg-type]
         modality, body_part = str(case[0].Modality), str(case[0].get("BodyPartExamined", "")) or None
         started = time.monotonic()
-        assertion = issue_assertion(home.identity, now=time.time(), **CLINICIAN)
+        assertion = user_assertion(home.identity, CLINICIAN["user"], CLINICIAN["purpose"])
         answer = await _service(home).search(query_uid, assertion, modality=modality,
                                              body_part=body_part, top=10,
                                              broadcast=opts.broadcast)

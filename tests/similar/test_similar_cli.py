@@ -27,10 +27,23 @@ from tests.dicom_tools import dcmtk, free_port
 SITES = ("alpha", "bravo", "charlie")
 
 
-def medfed(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+PASSWORD = "correct horse battery"
+ENV: dict[str, str] = {}
+
+
+def medfed(*args: object, timeout: float = 120, stdin: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
+                          capture_output=True, text=True, timeout=timeout, input=stdin,
+                          env={**os.environ, "COLUMNS": "200", **ENV})
+
+
+def login(site: "Site", user: str, role: str) -> None:
+    """A local user at the site, logged in for this test's CLI calls (token saved)."""
+    ok(medfed("user", "add", user, "--role", role, "--department", "cardiology",
+              "--password-stdin", "--config", site.cfg, stdin=PASSWORD + "\n"))
+    ok(medfed("user", "login", user, "--password-stdin", "--config", site.cfg,
+              stdin=PASSWORD + "\n"))
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
@@ -78,11 +91,11 @@ class Site:
 
 def _search(site: Site, series_uid: str) -> dict:  # type: ignore[type-arg]
     return json.loads(ok(medfed("similar", "--config", site.cfg, "--series", series_uid,
-                                "--modality", "CT", "--top", "5", "--json", "--user", "dr-a",
-                                "--all")))
+                                "--modality", "CT", "--top", "5", "--json", "--all")))
 
 
 def test_similar_across_medfed_run_processes(tmp_path: Path) -> None:
+    ENV["MEDFED_TOKEN_DIR"] = str(tmp_path / "tokens")
     operator = tmp_path / "operator"
     created = ok(medfed("federation", "create", operator, "--name", "Cardio Net"))
     fingerprint = re.search(r"\b([0-9a-f]{64})\b", created.replace(":", ""))
@@ -105,6 +118,8 @@ def test_similar_across_medfed_run_processes(tmp_path: Path) -> None:
             ok(medfed("join", "--config", sites[2].cfg, "--bundle", bundles[2],
                       "--bootstrap", f"127.0.0.1:{peer.peer}"))
         sites[2].start()
+        login(sites[0], "dr-a", "clinician")
+        login(sites[2], "it-c", "admin")
         for i, site in enumerate(sites):
             ok(medfed("synth", tmp_path / f"in{i}", "--patients", 3, "--series", 1, "--slices", 4,
                       "--size", 32, "--seed", 20 + i))
@@ -134,8 +149,7 @@ def test_similar_across_medfed_run_processes(tmp_path: Path) -> None:
 
         run_id = answer["run_id"]
         ok(medfed("diagnose", "--config", sites[0].cfg, "--series", query_uid, "--diagnosis",
-                  "apical hypertrophic cardiomyopathy", "--run", run_id, "--match", 1,
-                  "--user", "dr-a"))
+                  "apical hypertrophic cardiomyopathy", "--run", run_id, "--match", 1))
         verified = ok(medfed("provenance", "verify", "--config", sites[0].cfg, "--run", run_id))
         assert "5 provenance record(s): intact" in verified
         exported = json.loads(ok(medfed("provenance", "export", "--config", sites[0].cfg,
@@ -144,4 +158,5 @@ def test_similar_across_medfed_run_processes(tmp_path: Path) -> None:
         assert ok(medfed("provenance", "verify", "--config", sites[2].cfg)).count("intact") == 1
     finally:
         errors = [site.stop() for site in sites]
+        ENV.clear()
     assert all("Traceback" not in e for e in errors), errors
