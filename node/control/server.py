@@ -37,8 +37,8 @@ from node.control import control_socket_path
 from node.control.federation_status import node_federation_status
 from node.control.fetch_job import EXPECTED_ERRORS, start_fetch
 from node.control.unixsock import BoundSocket, bind_private, peer_uid, remove_if_ours
-from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_body,
-                               parse_fetch, parse_query)
+from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_actor,
+                               parse_body, parse_fetch, parse_query)
 
 if TYPE_CHECKING:
     from node.node import Node

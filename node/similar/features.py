@@ -84,7 +84,7 @@ async def pending(store: MetadataStore, method: SimilarityMethod, *, idle_s: flo
     return [PendingSeries(int(r[0]), str(r[1]), float(r[2])) for r in rows]
 
 
-def _put(conn: sqlite3.Connection, series: PendingSeries, method: SimilarityMethod,
+def put_vector(conn: sqlite3.Connection, series: PendingSeries, method: SimilarityMethod,
          vector: np.ndarray | None, problem: str) -> None:
     blob = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
     conn.execute("INSERT OR REPLACE INTO similarity_features(series_id, method, version, dim, "
@@ -122,7 +122,7 @@ class FeatureIndexer:
 
             def store_all(conn: sqlite3.Connection) -> None:
                 for method in methods:
-                    _put(conn, item, method, vectors.get(method.id), problem)
+                    put_vector(conn, item, method, vectors.get(method.id), problem)
             await self.store.write(store_all)
         return report
 
