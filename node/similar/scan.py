@@ -22,7 +22,7 @@ import numpy as np
 
 from node.audit.log import AuditLog
 from node.config.model import NodeConfig
-from node.deid.actions import keyed_uid, pseudonym
+from node.deid.actions import keyed_uid
 from node.identity import NodeIdentity
 from node.net.assertion import AssertionRefused, UserAssertion, accept_assertion
 from node.net.membership import Membership
@@ -94,10 +94,9 @@ def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 _DETAIL_SQL = """
-SELECT se.id, se.series_uid, se.modality, se.body_part, s.study_date,
-       medfed_pseudonym(pp.pid, pp.issuer)
+SELECT se.id, se.series_uid, se.modality, se.body_part, s.study_date, p.pseudonym
 FROM series se JOIN studies s ON s.id = se.study_id
-JOIN patient_phi pp ON pp.patient_id = s.patient_id WHERE se.id IN ({marks})"""
+JOIN patients p ON p.id = s.patient_id WHERE se.id IN ({marks})"""
 
 _PHI_SQL = """
 SELECT se.id, pp.pid, pp.issuer, pp.name, pp.birth_date, coalesce(sp.accession, ''),
@@ -113,9 +112,7 @@ async def _shape(site: ScanSite, scanner: SiteScanner, ids: list[int],
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    await site.store.db.create_function(
-        "medfed_pseudonym", 2, lambda pid, issuer: pseudonym(pid or "", issuer or "", linkage_key),
-        deterministic=True)
+    await site.store.ensure_pseudonyms(linkage_key)   # the stored federation pseudonym
     rows = {int(r[0]): r for r in await site.store.fetchall(_DETAIL_SQL.format(marks=marks), ids)}
     texts = await latest_diagnoses(site.store, ids) if release_diagnosis else {}
     phi: dict[int, tuple[str, ...]] = {}
