@@ -125,7 +125,8 @@ def join(site: Site, operator: Operator, work: Path) -> None:
     made = ok(medfed("init", site.folder, "--name", site.name, "--ae-title", site.name.upper(),
                      "--host", "127.0.0.1", "--advertise", "127.0.0.1",
                      "--dicom-port", site.dicom_port, "--peer-port", site.peer_port,
-                     "--dht-port", free_port(), "--allow", "STORESCU@127.0.0.1"))
+                     "--dht-port", free_port(), "--http-port", free_port(),
+                     "--allow", "STORESCU@127.0.0.1"))
     site.node_id = made.stdout.split("node id")[1].split()[0]
     text = site.config.read_text()          # the IT team's edit: short rounds for the test
     text = text.replace("repair_interval_s = 300",
