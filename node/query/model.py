@@ -28,6 +28,12 @@ _PSEUDONYM = re.compile(r"^PSN-[A-Z2-7]{16}$")
 _TEXT = re.compile(r"^[^\x00-\x1f\x7f\\]{1,64}$")
 
 
+FREE_TEXT_FIELDS = ("patient_name", "description")
+FILTER_FIELDS = ("patient_pseudonym", "patient_id", "issuer", "patient_name", "modality",
+                 "body_part", "study_date_from", "study_date_to", "description", "sex",
+                 "age_min", "age_max")
+
+
 class QueryError(ValueError):
     """The query cannot be run as written; the message names the field and the fix."""
 
@@ -121,9 +127,16 @@ class FederatedQuery:
                        patient_id=None, issuer=None)
 
     @property
-    def identifying(self) -> bool:
-        """True when the query searches on PHI (a name): only identified answers may."""
-        return self.patient_name is not None
+    def free_text_fields(self) -> tuple[str, ...]:
+        """The free-text (PHI) filters this query uses. Only a site that answers at the
+        identified level may apply them: at any other level, which queries match would
+        spell the text out character by character."""
+        return tuple(name for name in FREE_TEXT_FIELDS if getattr(self, name) is not None)
+
+    @property
+    def filter_fields(self) -> tuple[str, ...]:
+        """The names (never the values) of the filters this query sets, for the audit log."""
+        return tuple(name for name in FILTER_FIELDS if getattr(self, name) is not None)
 
 
 def _check(q: FederatedQuery) -> None:

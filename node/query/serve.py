@@ -85,13 +85,19 @@ async def answer_query(site: SiteContext, sender: Member, body: Mapping[str, Any
                       f"this site's policy cannot be loaded: {exc}") from None
     decision = decide(policy, assertion, sender)
     detail = {"rule": decision.rule or "", "purpose": assertion.purpose,
-              "role": assertion.role, "query_level": query.level}
+              "role": assertion.role, "query_level": query.level,
+              "filters": ",".join(query.filter_fields)}
     if decision.level is Level.DENY:
         raise _refuse(site, actor, 403, "policy_denied", decision.reason, **detail)
-    if query.identifying and decision.level is not Level.IDENTIFIED:
-        raise _refuse(site, actor, 403, "name_search_not_allowed",
-                      "searching by patient name needs identified access, which this site's "
-                      f"policy does not grant ({decision.level.value})", **detail)
+    free_text = query.free_text_fields
+    if free_text and decision.level is not Level.IDENTIFIED:
+        what = ("searching by patient name" if "patient_name" in free_text
+                else "filtering on free text (" + ", ".join(free_text) + ")")
+        raise _refuse(site, actor, 403,
+                      "name_search_not_allowed" if "patient_name" in free_text
+                      else "free_text_not_allowed",
+                      f"{what} needs identified access, which this site's policy does not "
+                      f"grant ({decision.level.value}); ask without that filter", **detail)
     secrets = membership.secrets
     result = await run_query(site.store, query, decision.level, linkage_key=secrets.linkage_key,
                              uid_key=secrets.uid_key, threshold=policy.small_count_threshold)
