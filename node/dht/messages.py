@@ -162,8 +162,12 @@ class ValuesResponse:
     @classmethod
     def fit(cls, key: bytes, records: list[Record], contacts: list[Contact],
             budget: int = MAX_BODY) -> ValuesResponse:
-        """Contacts first, then as many records as fit in ``budget`` bytes."""
+        """Contacts first (the farthest dropped if k IPv6 contacts alone overflow), then
+        as many records as fit in ``budget`` bytes."""
         used = len(cls(key, [], False, contacts).encode())
+        while used > budget and contacts:
+            contacts = contacts[:-1]
+            used = len(cls(key, [], False, contacts).encode())
         taken: list[Record] = []
         for record in records:
             size = len(encode_record(record))

@@ -9,10 +9,12 @@ round trip takes ~0.3 ms median (tests/test_dht_network.py prints it). The DHT n
 authenticity and membership, not confidentiality: keys are HMACs and records hold no PHI.
 
 Every incoming datagram passes, in order: size bound, strict parse, id == hash(key),
-membership, signature, freshness (±``max_skew``), replay cache — any failure drops it
+membership, addressed to this node, signature, freshness (±``max_skew``), replay cache — any failure drops it
 silently and bumps ``stats["dropped_<reason>"]``. Requests are answered by an injected
 async handler; replies are matched to the pending request by msg_id AND expected
-sender. Each outgoing datagram goes through an optional ``LinkModel`` (delay / drop).
+sender. The sender hook is told whether the datagram proves the sender's address (a
+reply from the very address the request went to) or only claims it (a request, whose
+source address anyone who captured it can fake). Each outgoing datagram goes through an optional ``LinkModel`` (delay / drop).
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ from node.dht.link import LinkModel
 from node.dht.membership import Membership
 from node.dht.messages import REPLY_KIND, Kind
 from node.dht.replay import ReplayCache
-from node.dht.wire import MSG_ID_BYTES, Datagram, WireError, open_datagram, seal
+from node.dht.wire import ANYONE, MSG_ID_BYTES, Datagram, WireError, open_datagram, seal
 from node.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[Kind, bytes]
 Handler = Callable[[Datagram, Address], Awaitable[Reply | None]]
-SenderHook = Callable[[Datagram, Address], None]
+SenderHook = Callable[[Datagram, Address, bool], None]   # (datagram, source, proven)
 _REPLIES = frozenset(REPLY_KIND.values())
 
 
@@ -48,6 +50,7 @@ class _Pending:
     kind: Kind
     expect_id: bytes | None
     future: asyncio.Future[Datagram]
+    address: Address
 
 
 class DHTProtocol(asyncio.DatagramProtocol):
@@ -87,7 +90,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         self.stats["datagrams_in"] += 1
         address: Address = (addr[0], addr[1])
         try:
-            dgram = open_datagram(data, self.membership)
+            dgram = open_datagram(data, self.membership, self.identity.node_id)
         except WireError as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
             return
@@ -112,14 +115,14 @@ class DHTProtocol(asyncio.DatagramProtocol):
                 or (pending.expect_id is not None and pending.expect_id != dgram.sender_id)):
             self.stats["dropped_unsolicited"] += 1
             return
-        self._on_sender(dgram, address)
+        self._on_sender(dgram, address, address == pending.address)
         pending.future.set_result(dgram)
 
     def _accept_request(self, dgram: Datagram, address: Address) -> None:
         if len(self._tasks) >= self.max_inflight:
             self.stats["dropped_overload"] += 1
             return
-        self._on_sender(dgram, address)
+        self._on_sender(dgram, address, False)
         task = asyncio.get_running_loop().create_task(self._serve(dgram, address))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -135,7 +138,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
             log.exception("DHT request handler failed (kind %s)", dgram.kind)
             return
         if reply is not None:
-            self._send(reply[0], dgram.msg_id, reply[1], address)
+            self._send(reply[0], dgram.msg_id, reply[1], address, dgram.sender_id)
 
     # -- sending -------------------------------------------------------------------
     async def request(self, address: Address, kind: Kind, body: bytes,
@@ -145,10 +148,10 @@ class DHTProtocol(asyncio.DatagramProtocol):
             return None
         msg_id = os.urandom(MSG_ID_BYTES)
         future: asyncio.Future[Datagram] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = _Pending(REPLY_KIND[kind], expect_id, future)
+        self._pending[msg_id] = _Pending(REPLY_KIND[kind], expect_id, future, address)
         self.stats["rpcs_sent"] += 1
         try:
-            self._send(kind, msg_id, body, address)
+            self._send(kind, msg_id, body, address, expect_id or ANYONE)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             self.stats["rpc_timeouts"] += 1
@@ -158,10 +161,11 @@ class DHTProtocol(asyncio.DatagramProtocol):
         finally:
             self._pending.pop(msg_id, None)
 
-    def _send(self, kind: Kind, msg_id: bytes, body: bytes, address: Address) -> None:
+    def _send(self, kind: Kind, msg_id: bytes, body: bytes, address: Address,
+              recipient_id: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        data = seal(self.identity, kind, msg_id, self.now_ms(), body)
+        data = seal(self.identity, kind, msg_id, self.now_ms(), body, recipient_id)
         delay = 0.0 if self.link is None else self.link.plan(self.local_address, address,
                                                              len(data))
         if delay is None:

@@ -41,6 +41,9 @@ from node.identity import NodeIdentity
 log = logging.getLogger(__name__)
 
 
+MAX_CHALLENGES = 64   # address challenges in flight at once (a flood costs a bounded set)
+
+
 class DHTStateError(RuntimeError):
     """The DHT node was used while stopped, or started twice."""
 
@@ -90,6 +93,7 @@ class DHTServer:
         self._last_issued = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: set[bytes] = set()
+        self._challenging: set[bytes] = set()
         self._last_refresh = self._last_save = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -171,12 +175,40 @@ class DHTServer:
         task.add_done_callback(self._tasks.discard)
 
     # -- routing upkeep ------------------------------------------------------------
-    def _learn(self, dgram: Datagram, address: Address) -> None:
-        """Every authenticated member we hear from refreshes our routing table."""
+    def _learn(self, dgram: Datagram, address: Address, proven: bool) -> None:
+        """Every authenticated member we hear from refreshes our routing table — but a
+        new or changed address is taken only from a reply that proves it; an address a
+        request merely claims (anyone may re-send a captured datagram from anywhere) is
+        challenged first."""
         try:
-            self.routing.add_contact(Contact(dgram.sender_key, address[0], address[1]))
+            contact = Contact(dgram.sender_key, address[0], address[1])
         except ValueError:
             self.stats["contacts_unaddressable"] += 1
+            return
+        known = self.routing.get_contact(contact.id)
+        if proven or (known is not None and known.address == contact.address):
+            self.routing.add_contact(contact)
+        else:
+            self._challenge(contact)
+
+    def _challenge(self, contact: Contact) -> None:
+        """Ping the claimed address, addressed to the claimed node with a fresh msg id:
+        only that node can answer, and its pong (a proven reply) updates the table.
+        Until then nothing changes; an unanswered challenge costs the contact nothing."""
+        if (contact.id in self._challenging or len(self._challenging) >= MAX_CHALLENGES
+                or self._protocol is None):
+            self.stats["address_challenges_skipped"] += 1
+            return
+        self._challenging.add(contact.id)
+        self.stats["address_challenges"] += 1
+
+        async def challenge() -> None:
+            try:
+                await self._rpc().ping(contact)
+            finally:
+                self._challenging.discard(contact.id)
+
+        self._spawn(challenge())
 
     def _probe_head(self, head: Contact) -> None:
         """A full bucket: keep its oldest contact only if it still answers."""

@@ -35,11 +35,19 @@ class Probe(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.inbox.put_nowait(data)
 
-    async def answer(self, timeout: float = 0.3) -> bytes | None:
+    async def answer(self, timeout: float = 30) -> bytes | None:
+        """The next datagram; a generous deadline, since a loaded host may be slow."""
         try:
             return await asyncio.wait_for(self.inbox.get(), timeout)
         except TimeoutError:
             return None
+
+    async def reply(self, kind: Kind, timeout: float = 30) -> bytes | None:
+        """The next datagram of ``kind``, skipping others (e.g. an address challenge)."""
+        while (data := await self.answer(timeout)) is not None:
+            if data[4] == kind:
+                return data
+        return None
 
 
 async def open_probe() -> tuple[asyncio.DatagramTransport, Probe]:
@@ -70,9 +78,9 @@ async def test_forged_records_are_refused_on_store() -> None:
         statuses = []
         for record in [*forged_variants(honest, key, prober, outsider), honest]:
             body = StoreRequest(record).encode()
-            transport.sendto(seal(prober, Kind.STORE, os.urandom(8), now_ms(), body),
-                             target.address)
-            reply = open_datagram(await probe.answer(), cluster.membership)
+            transport.sendto(seal(prober, Kind.STORE, os.urandom(8), now_ms(), body,
+                                  target.node_id), target.address)
+            reply = open_datagram(await probe.reply(Kind.STORE_ACK), cluster.membership)
             statuses.append(decode_store_ack(reply.body))
         assert statuses == [StoreStatus.REJECTED] * 3 + [StoreStatus.STORED]
         assert target.stats["store_rejected"] == 3
@@ -142,10 +150,10 @@ async def test_claimed_id_that_does_not_match_the_key_is_ignored() -> None:
     try:
         target = cluster.servers[0]
         claimed = cluster.servers[1].node_id            # impersonate another member's id
-        head = struct.pack(">4sB8s32s32sQH", b"MFD1", Kind.PING, os.urandom(8), claimed,
-                           member.verify_key, now_ms(), 0)
+        head = struct.pack(">4sB8s32s32s32sQH", b"MFD2", Kind.PING, os.urandom(8), claimed,
+                           member.verify_key, target.node_id, now_ms(), 0)
         transport.sendto(head + member.sign(head), target.address)   # validly signed
-        assert await probe.answer() is None
+        assert await probe.answer(0.5) is None
         assert target.stats["dropped_id_mismatch"] == 1
         assert target.routing.get_contact(member.node_id) is None
     finally:
@@ -161,8 +169,10 @@ async def test_bad_datagrams_are_dropped_counted_and_harmless() -> None:
     try:
         node = cluster.servers[0]
 
-        def ping(sent: int | None = None, kind: int = Kind.PING, body: bytes = b"") -> bytes:
-            return seal(member, kind, os.urandom(8), sent or now_ms(), body)
+        def ping(sent: int | None = None, kind: int = Kind.PING, body: bytes = b"",
+                 to: bytes | None = None) -> bytes:
+            return seal(member, kind, os.urandom(8), sent or now_ms(), body,
+                        node.node_id if to is None else to)
 
         good = ping()
         bad = {
@@ -176,17 +186,23 @@ async def test_bad_datagrams_are_dropped_counted_and_harmless() -> None:
             "ping with a body": ping(body=b"surprise"),
             "store with a garbage body": ping(kind=Kind.STORE, body=os.urandom(200)),
             "unsolicited reply": ping(kind=Kind.PONG),
+            "addressed to another node": ping(kind=Kind.FIND_NODE, body=os.urandom(32),
+                                              to=cluster.servers[1].node_id),
+            "a store to anyone": ping(kind=Kind.STORE, body=os.urandom(200), to=bytes(32)),
         }
         transport.sendto(good, node.address)
-        assert await probe.answer() is not None           # a real PONG
+        # a real PONG, and a challenge: the node asks the new address to prove itself
+        assert sorted([(await probe.answer())[4], (await probe.answer())[4]]) == [  # type: ignore[index]
+            Kind.PING, Kind.PONG]
         transport.sendto(good, node.address)              # the same bytes again
         for data in bad.values():
             transport.sendto(data, node.address)
         assert await probe.answer(0.5) is None            # nothing answered
         assert {k: node.stats[f"dropped_{k}"] for k in
                 ("replayed", "malformed", "oversized", "bad_signature", "stale",
-                 "unsolicited")} == {"replayed": 1, "malformed": 5, "oversized": 1,
-                                     "bad_signature": 1, "stale": 2, "unsolicited": 1}
+                 "unsolicited", "misaddressed")} == {
+            "replayed": 1, "malformed": 5, "oversized": 1, "bad_signature": 1, "stale": 2,
+            "unsolicited": 1, "misaddressed": 2}
         assert node.stats["handler_errors"] == 0
         assert await cluster.servers[1].ping(node.address) is not None   # still serving
     finally:
