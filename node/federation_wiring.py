@@ -18,7 +18,7 @@ from .identity import NodeIdentity, node_id_for
 from .net.client import PeerClient
 from .net.membership import Membership, MembershipPaths, load_membership
 from .net.rosterbook import RosterBook
-from .net.server import PeerServer
+from .net.server import PeerServer, PeerServerSettings
 
 
 class RosterMembership:
@@ -46,8 +46,10 @@ class FederationParts:
 
 
 def build_federation_parts(identity: NodeIdentity, membership: Membership, audit: object,
-                           *, dht_config: DHTConfig | None = None) -> FederationParts:
-    peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit)
+                           *, dht_config: DHTConfig | None = None,
+                           peer_settings: PeerServerSettings | None = None) -> FederationParts:
+    peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit,
+                      settings=peer_settings or PeerServerSettings())
     client = PeerClient(identity, membership.client_tls(), roster=membership.roster)
     dht = DHTServer(identity, RosterMembership(membership.roster), dht_config)
     return FederationParts(membership, peer, client, dht)

@@ -24,7 +24,7 @@ from .net.client import PeerClient
 from .net.gossip import GossipSettings, RosterGossip
 from .net.membership import Membership
 from .net.roster import split_address
-from .net.server import PeerServer
+from .net.server import PeerServer, PeerServerSettings
 from .pacs.ingest import Ingestor
 from .pacs.scp import DicomService
 from .ports import listening
@@ -155,8 +155,10 @@ class Node:
         assert self.audit is not None
         dht_config = self._dht_config or DHTConfig(
             routing_path=self.cfg.data_dir / "dht-routing.json")  # survives restarts (JSON)
+        peer_settings = PeerServerSettings(  # the replay cache survives restarts
+            nonce_journal=self.cfg.data_dir / "peer-nonces.log")
         parts = build_federation_parts(self.identity, self.membership, self.audit,
-                                       dht_config=dht_config)
+                                       dht_config=dht_config, peer_settings=peer_settings)
         self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
         for svc in self.services:
             register_routes = getattr(svc, "register_routes", None)

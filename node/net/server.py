@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import socket
@@ -20,6 +19,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,10 +27,12 @@ from aiohttp import web
 from node.identity import NodeIdentity
 from node.net.auditsink import AuditSink, record
 from node.net.guard import GuardSettings, RequestGuard
+from node.net.jsonbody import parse_json_object
 from node.net.nonces import NonceCache
 from node.net.pki import PKIError, node_id_from_peercert
 from node.net.reqsign import RequestRefused
 from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError
+from node.net.refusal_summary import RefusalSummary
 from node.net.rosterbook import RosterBook
 from node.net.tls_site import AuditedTLSSite
 
@@ -46,7 +48,9 @@ class PeerServerSettings:
     request_lifetime_s: int = 60
     clock_skew_s: int = 30
     nonce_capacity: int = 100_000
+    nonce_journal: Path | None = None   # the replay cache survives restarts when set
     handshake_timeout_s: float = 10.0
+    handshake_audit_window_s: float = 60.0   # refused handshakes: one summary per window
     shutdown_timeout_s: float = 5.0
 
 
@@ -97,19 +101,6 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any]:
-    if not body:
-        return {}
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestRefused(400, "malformed_json",
-                             f"request body is not valid JSON ({exc.__class__.__name__})") from exc
-    if not isinstance(doc, dict):
-        raise RequestRefused(400, "malformed_json", "request body must be a JSON object")
-    return doc
-
-
 class PeerServer:
     def __init__(self, identity: NodeIdentity, roster: RosterBook, tls: ssl.SSLContext, *,
                  audit: AuditSink, settings: PeerServerSettings = PeerServerSettings(),
@@ -125,6 +116,10 @@ class PeerServer:
         self._routes: dict[tuple[str, str], _Route] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._handshakes = RefusalSummary(
+            lambda actor, outcome, **detail: record(self._audit, "peer.tls", actor, outcome,
+                                                    "handshake", **detail),
+            settings.handshake_audit_window_s)
         self.add_route("GET", ROSTER_PATH, self._get_roster)
         self.add_route("POST", ROSTER_PATH, self._post_roster, body_limit=MAX_ROSTER_BYTES,
                        parse_json=False)
@@ -181,6 +176,7 @@ class PeerServer:
         runner, self._runner, self._port = self._runner, None, None
         if runner is not None:
             await runner.cleanup()
+        self._handshakes.flush()
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard_middleware])
@@ -191,7 +187,8 @@ class PeerServer:
 
     async def _nonce_context(self, app: web.Application) -> AsyncIterator[None]:
         """Owns the replay cache and its periodic purge for the lifetime of the app."""
-        nonces = NonceCache(self.settings.nonce_capacity)
+        nonces = NonceCache(self.settings.nonce_capacity, journal=self.settings.nonce_journal,
+                            now=self._clock())
         app[NONCES_KEY] = nonces
         app[GUARD_KEY] = RequestGuard(
             self.identity.node_id_hex, self.roster, nonces,
@@ -218,8 +215,7 @@ class PeerServer:
         return refusal_response(exc.status, exc.code, exc.reason)
 
     def _handshake_refused(self, where: str, reason: str) -> None:
-        record(self._audit, "peer.tls", where, "refused", "handshake", code="tls_refused",
-               reason=reason)
+        self._handshakes.note(where, reason)
 
     def _peer_node_id(self, request: web.Request) -> str:
         transport = request.transport
@@ -286,7 +282,7 @@ class PeerServer:
     def _dispatcher(self, route: _Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def dispatch(request: web.Request) -> web.StreamResponse:
             body = request[BODY_KEY]
-            payload = _parse_json_object(body) if route.parse_json else {}
+            payload = parse_json_object(body) if route.parse_json else {}
             call = PeerRequest(request[SENDER_KEY], request.method, request.raw_path, payload,
                                body, request)
             try:
