@@ -30,6 +30,8 @@ class DHTConfig:
     evict_after_failures: int = 2       # consecutive timeouts before a contact is dropped
     max_inflight: int = 256             # concurrent incoming requests served
     max_value_pages: int = 64           # FIND_VALUE pages fetched from one holder
+    max_records_per_publisher: int = 25_000  # records held here for one publisher (a
+                                        # quarter of the default store capacity)
     routing_path: Path | None = None    # JSON routing table; None = not persisted
 
     def __post_init__(self) -> None:
@@ -49,6 +51,7 @@ class DHTConfig:
             (self.evict_after_failures >= 1, "evict_after_failures must be >= 1"),
             (self.max_inflight >= 1 and self.max_value_pages >= 1,
              "max_inflight and max_value_pages must be >= 1"),
+            (self.max_records_per_publisher >= 1, "max_records_per_publisher must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -16,7 +16,7 @@ from node.dht.records import Record, RecordError, check_record
 from node.dht.storage import PutResult, RecordStore
 
 _STATUS = {PutResult.STORED: StoreStatus.STORED, PutResult.STALE: StoreStatus.STALE,
-           PutResult.FULL: StoreStatus.FULL}
+           PutResult.FULL: StoreStatus.FULL, PutResult.OVER_QUOTA: StoreStatus.FULL}
 
 
 def newest_per_publisher(records: Iterable[Record]) -> list[Record]:
@@ -31,13 +31,15 @@ def newest_per_publisher(records: Iterable[Record]) -> list[Record]:
 
 class RecordKeeper:
     def __init__(self, store: RecordStore, membership: Membership, stats: Counter[str],
-                 now_ms: Callable[[], int], max_ttl_ms: int, max_skew_ms: int) -> None:
+                 now_ms: Callable[[], int], max_ttl_ms: int, max_skew_ms: int,
+                 publisher_quota: int | None = None) -> None:
         self.store = store
         self.membership = membership
         self.stats = stats
         self.now_ms = now_ms
         self.max_ttl_ms = max_ttl_ms
         self.max_skew_ms = max_skew_ms
+        self.publisher_quota = publisher_quota
 
     def _check(self, record: Record, key: bytes) -> str | None:
         try:
@@ -52,8 +54,9 @@ class RecordKeeper:
         if self._check(record, record.key) is not None:
             self.stats["store_rejected"] += 1
             return StoreStatus.REJECTED
-        status = _STATUS[await self.store.put(record)]
-        self.stats[f"store_{status.name.lower()}"] += 1
+        result = await self.store.put(record, self.publisher_quota)
+        status = _STATUS[result]
+        self.stats[f"store_{result.value}"] += 1
         return status
 
     def verified(self, records: Iterable[Record], key: bytes) -> list[Record]:

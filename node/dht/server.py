@@ -85,7 +85,8 @@ class DHTServer:
                                     lonely_after=self.config.refresh_interval)
         self.keeper = RecordKeeper(storage or MemoryRecordStore(), membership, self.stats,
                                    self.now_ms, int(self.config.max_record_ttl * 1000),
-                                   int(self.config.max_skew * 1000))
+                                   int(self.config.max_skew * 1000),
+                                   self.config.max_records_per_publisher)
         self._service = RequestService(self.routing, self.keeper, self.config.k)
         self._protocol: DHTProtocol | None = None
         self._client: RpcClient | None = None

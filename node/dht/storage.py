@@ -3,12 +3,15 @@
 Upstream kademlia's storage is a synchronous dict keyed by key with ONE value, so a
 second publisher overwrote the first and a disk-backed store would block the event
 loop. Here a key holds one record per publisher, the newest (by ``issued_ms``) wins,
-expired records are never returned, and capacity is bounded. Stores do not verify
+expired records are never returned, and capacity is bounded — in total and per
+publisher, so one member (compromised, or buggy) cannot fill a node's store and crowd
+out everyone else's index entries. Stores do not verify
 signatures — the server does that before ``put`` and the reader again after reading.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
 from typing import Protocol
 
@@ -19,10 +22,14 @@ class PutResult(Enum):
     STORED = "stored"
     STALE = "stale"      # the store already holds this publisher's record, same or newer
     FULL = "full"        # capacity reached; a new (key, publisher) is refused
+    OVER_QUOTA = "over_quota"   # this publisher already holds its share of the store
 
 
 class RecordStore(Protocol):
-    async def put(self, record: Record) -> PutResult: ...
+    async def put(self, record: Record, publisher_quota: int | None = None) -> PutResult:
+        """Store the newest record per (key, publisher); a NEW (key, publisher) is refused
+        when the store is full or its publisher already holds ``publisher_quota``."""
+        ...
 
     async def get(self, key: bytes, now_ms: int) -> list[Record]:
         """Unexpired records under ``key``, ordered by publisher id."""
@@ -40,8 +47,9 @@ class MemoryRecordStore:
         self.capacity = capacity
         self._data: dict[bytes, dict[bytes, Record]] = {}
         self._size = 0
+        self._per_publisher: Counter[bytes] = Counter()
 
-    async def put(self, record: Record) -> PutResult:
+    async def put(self, record: Record, publisher_quota: int | None = None) -> PutResult:
         slot = self._data.setdefault(record.key, {})
         old = slot.get(record.publisher)
         if old is not None and old.issued_ms >= record.issued_ms:
@@ -51,7 +59,13 @@ class MemoryRecordStore:
                 if not slot:
                     del self._data[record.key]
                 return PutResult.FULL
+            if publisher_quota is not None and (
+                    self._per_publisher[record.publisher] >= publisher_quota):
+                if not slot:
+                    del self._data[record.key]
+                return PutResult.OVER_QUOTA
             self._size += 1
+            self._per_publisher[record.publisher] += 1
         slot[record.publisher] = record
         return PutResult.STORED
 
@@ -65,6 +79,9 @@ class MemoryRecordStore:
             slot = self._data[key]
             for publisher in [p for p, r in slot.items() if r.is_expired(now_ms)]:
                 del slot[publisher]
+                self._per_publisher[publisher] -= 1
+                if not self._per_publisher[publisher]:
+                    del self._per_publisher[publisher]
                 removed += 1
             if not slot:
                 del self._data[key]

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS dht_records (
     PRIMARY KEY (key, publisher)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dht_records_expiry ON dht_records (expires_ms);
+CREATE INDEX IF NOT EXISTS dht_records_publisher ON dht_records (publisher);
 """
 
 
@@ -57,7 +58,7 @@ class SQLiteRecordStore:
     async def close(self) -> None:
         await self._db.close()
 
-    async def put(self, record: Record) -> PutResult:
+    async def put(self, record: Record, publisher_quota: int | None = None) -> PutResult:
         async with self._db.execute(
                 "SELECT issued_ms FROM dht_records WHERE key=? AND publisher=?",
                 (record.key, record.publisher)) as cur:
@@ -66,6 +67,12 @@ class SQLiteRecordStore:
             return PutResult.STALE
         if row is None and await self.count() >= self.capacity:
             return PutResult.FULL
+        if row is None and publisher_quota is not None:
+            async with self._db.execute("SELECT COUNT(*) FROM dht_records WHERE publisher=?",
+                                        (record.publisher,)) as cur:
+                held = await cur.fetchone()
+            if held is not None and int(held[0]) >= publisher_quota:
+                return PutResult.OVER_QUOTA
         await self._db.execute(
             "INSERT INTO dht_records (key, publisher, issued_ms, expires_ms, record) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, publisher) DO UPDATE SET "

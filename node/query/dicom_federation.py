@@ -2,8 +2,11 @@
 
 C-FIND to the node's own AE title is answered from its own SQLite as before. C-FIND to
 ``[dicom] federation_ae_title`` runs a federated query and answers one STUDY-level
-response per merged study, tagged with the site that holds it (RetrieveAETitle = the
-site's AE title, InstitutionName = the site's name). De-identified rows carry the
+response per merged study, tagged with the site that holds it (InstitutionName = the
+site's name). RetrieveAETitle names an AE title that THIS node answers — the federation
+AE title — because a viewer retrieves from the node it queried: C-GET/C-MOVE there
+fetches the study from its site. (Naming the owner's AE title sent viewers to an AE no
+one they can reach serves.) De-identified rows carry the
 pseudonym as PatientID, the keyed StudyInstanceUID and StudyDate = the first day of the
 study month (sites release only the month); identified rows carry real values.
 
@@ -51,7 +54,7 @@ def dicom_user(node: Any, calling_ae: str) -> User:
     return user
 
 
-def _study_dataset(row: dict[str, Any], answer: SiteAnswer) -> Dataset:
+def _study_dataset(row: dict[str, Any], answer: SiteAnswer, retrieve_ae: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     identified = answer.level == "identified"
@@ -71,20 +74,21 @@ def _study_dataset(row: dict[str, Any], answer: SiteAnswer) -> Dataset:
     ds.PatientSex = row.get("sex", "")
     ds.ModalitiesInStudy = list(row.get("modalities", [])) or ""
     ds.NumberOfStudyRelatedSeries = int(row.get("series", 0))
-    ds.RetrieveAETitle = answer.site.dicom_ae
+    ds.RetrieveAETitle = retrieve_ae
     ds.InstitutionName = answer.site.name[:64]
     return ds
 
 
-def answers_as_studies(answers: list[SiteAnswer]) -> list[Dataset]:
-    """One C-FIND response per (site, study row); sites without rows add nothing."""
+def answers_as_studies(answers: list[SiteAnswer], retrieve_ae: str) -> list[Dataset]:
+    """One C-FIND response per (site, study row); sites without rows add nothing.
+    ``retrieve_ae``: the AE title of this node that retrieves federated results."""
     out: list[Dataset] = []
     for answer in answers:
         if answer.status != "ok":
             continue
         for row in answer.rows:
             if "study_uid" in row:
-                out.append(_study_dataset(row, answer))
+                out.append(_study_dataset(row, answer, retrieve_ae))
     return out
 
 
@@ -143,13 +147,25 @@ class FederationDicomBackend:
             raise QueryRefused(str(exc)) from None
         except FederatedQueryError as exc:
             raise QueryRefused(str(exc), status.UNABLE_TO_PROCESS) from None
-        return answers_as_studies(answer.answers)
+        return answers_as_studies(answer.answers, node.cfg.dicom.federation_ae_title)
 
     async def select(self, identifier: Dataset, model: str, *, called_ae: str = "",
                      calling_ae: str = "") -> list[RetrieveItem]:
         node = self._running()
-        if called_ae != node.cfg.dicom.federation_ae_title or self._retrieve is None:
+        if self._retrieve is None:
             return await node.local.select(identifier, model)
+        if called_ae != node.cfg.dicom.federation_ae_title:
+            items = await node.local.select(identifier, model)
+            if items:
+                return items
+            # Not held here: a study found through the federation, asked for by this
+            # node's own AE title, is fetched like one asked of the federation AE title,
+            # rather than "Success" with nothing sent.
+            try:
+                return await self._retrieve.select(identifier, service=self._query_service(node),
+                                                   user=self.user, calling_ae=calling_ae)
+            except (QueryRefused, FederatedQueryError):
+                return items
         try:
             return await self._retrieve.select(identifier, service=self._query_service(node),
                                                user=dicom_user(node, calling_ae))

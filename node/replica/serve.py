@@ -43,6 +43,7 @@ def bundle_path(bundle_id: str) -> str:
 @dataclass(frozen=True)
 class ReplicaSettings:
     max_replica_bytes: int = 4 << 30
+    max_bytes_per_member: int = 64 << 30   # replicas held for one offering member, in all
     call_timeout_s: float = 5.0
     min_rate_bytes_s: float = 1 << 20      # pull deadline: call timeout + size at this rate
     stream_timeout_s: float = 600.0
@@ -97,11 +98,20 @@ class ReplicaServer:
             if await self.store.verify(bundle_id):
                 return {"stored": True, "size": self.store.size(bundle_id), "new": False}
             self.store.remove(bundle_id)   # corrupt on disk: take a fresh copy
+        held = self.store.bytes_held_for(call.sender.node_id)
+        if held + size > self.settings.max_bytes_per_member:
+            self._record("replica.store", call.sender.node_id, "refused", bundle_id,
+                         reason="replica budget exceeded", held=held, size=size)
+            raise RequestRefused(507, "replica_budget_exceeded",
+                                 f"this node already holds {held} bytes of replicas for you; "
+                                 f"{size} more would pass the {self.settings.max_bytes_per_member}"
+                                 "-byte budget per member (place the replica elsewhere)")
         chunks = self.node.client.stream(source, "GET", bundle_path(bundle_id),
                                          timeout=self.settings.transfer_timeout(size))
         try:
             async with aclosing(chunks):
-                stored = await self.store.write(bundle_id, chunks, max_bytes=size)
+                stored = await self.store.write(bundle_id, chunks, max_bytes=size,
+                                                held_for=call.sender.node_id)
         except (PeerError, ReplicaError) as exc:
             self._record("replica.store", call.sender.node_id, "failed", bundle_id,
                          reason=str(exc)[:200])

@@ -28,9 +28,25 @@ def check_bundle_id(bundle_id: str) -> str:
     return bundle_id
 
 
+HOLDER_SUFFIX = ".for"   # sidecar: the member a replica is held for (its budget pays)
+
+
 class ReplicaStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def bytes_held_for(self, member: str) -> int:
+        """Bytes of the replicas this node holds because ``member`` offered them."""
+        if not self.root.is_dir():
+            return 0
+        total = 0
+        for sidecar in self.root.glob(f"*{HOLDER_SUFFIX}"):
+            try:
+                if sidecar.read_text().strip() == member:
+                    total += (self.root / sidecar.name[:-len(HOLDER_SUFFIX)]).stat().st_size
+            except OSError:
+                continue   # removed meanwhile
+        return total
 
     def path(self, bundle_id: str) -> Path:
         return self.root / check_bundle_id(bundle_id)
@@ -50,10 +66,14 @@ class ReplicaStore:
             p.unlink(missing_ok=True)
         return len(stale)
 
-    async def write(self, bundle_id: str, chunks: AsyncIterable[bytes], *, max_bytes: int) -> int:
-        """Store a replica from ``chunks``; returns its size. Nothing is kept on any error."""
+    async def write(self, bundle_id: str, chunks: AsyncIterable[bytes], *, max_bytes: int,
+                    held_for: str = "") -> int:
+        """Store a replica from ``chunks``; returns its size. Nothing is kept on any error.
+        ``held_for``: the member whose replica budget the copy counts against."""
         final = self.path(bundle_id)
         self.root.mkdir(parents=True, exist_ok=True)
+        if held_for:
+            (self.root / f"{bundle_id}{HOLDER_SUFFIX}").write_text(held_for + "\n")
         tmp = self.root / f".{bundle_id}.{os.getpid()}.{id(chunks):x}.tmp"
         digest = hashlib.sha256()
         size = 0
@@ -74,6 +94,8 @@ class ReplicaStore:
         except BaseException:
             handle.close()
             tmp.unlink(missing_ok=True)
+            if held_for and not final.exists():
+                (self.root / f"{bundle_id}{HOLDER_SUFFIX}").unlink(missing_ok=True)
             raise
         return size
 
@@ -91,6 +113,7 @@ class ReplicaStore:
         return digest.hexdigest() == bundle_id
 
     def remove(self, bundle_id: str) -> bool:
+        (self.root / f"{check_bundle_id(bundle_id)}{HOLDER_SUFFIX}").unlink(missing_ok=True)
         try:
             self.path(bundle_id).unlink()
         except FileNotFoundError:

@@ -81,19 +81,21 @@ async def _federated_study(home: Node, out: Path) -> Dataset:
     out.mkdir()
     code, text = await _tool("findscu", "-S", "-aet", "FINDSCU", "-aec", "FEDERATION", "-X",
                              "-od", out, "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
-                             "-k", "InstitutionName", "127.0.0.1", home.ports.dicom)
+                             "-k", "InstitutionName", "-k", "RetrieveAETitle", "127.0.0.1",
+                             home.ports.dicom)
     assert code == 0, text
     (found,) = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
     assert str(found.InstitutionName) == "site"
     return found
 
 
-async def _getscu(home: Node, out: Path, *keys: str) -> tuple[int, str]:
+async def _getscu(home: Node, out: Path, *keys: str, called: str = "FEDERATION"
+                  ) -> tuple[int, str]:
     out.mkdir()
     args: list[str] = []
     for key in keys:
         args += ["-k", key]
-    return await _tool("getscu", "-S", "-aet", "GETSCU", "-aec", "FEDERATION", *args,
+    return await _tool("getscu", "-S", "-aet", "GETSCU", "-aec", called, *args,
                        "-od", out, "127.0.0.1", home.ports.dicom)
 
 
@@ -154,6 +156,31 @@ async def test_getscu_study_and_series_from_the_federation_ae(tmp_path: Path) ->
         local = [pydicom.dcmread(p) for p in (tmp_path / "local").iterdir()]
         assert {str(ds.SOPInstanceUID) for ds in local} == set(originals)
         assert all(str(ds.PatientName) == CANARIES[0] for ds in local)
+    finally:
+        await fed.stop()
+
+
+async def test_a_viewer_that_follows_the_retrieve_ae_title_gets_the_images(
+        tmp_path: Path) -> None:
+    """The C-FIND result's RetrieveAETitle is one the home node answers; C-GET there (and
+    to the home node's own AE title) sends the study, never "Success" with nothing."""
+    fed, originals = await _loaded_federation(tmp_path)
+    try:
+        home = fed.by_name("home")
+        uid_key = home.membership.secrets.uid_key  # type: ignore[union-attr]
+        found = await _federated_study(home, tmp_path / "find")
+        advertised = str(found.RetrieveAETitle)
+        assert advertised in (home.cfg.dicom.ae_title, home.cfg.dicom.federation_ae_title)
+        study = f"StudyInstanceUID={found.StudyInstanceUID}"
+        code, text = await _getscu(home, tmp_path / "advertised", "QueryRetrieveLevel=STUDY",
+                                   study, called=advertised)
+        assert code == 0, text
+        _assert_deidentified_copies(tmp_path / "advertised", originals, uid_key, set(originals))
+        code, text = await _getscu(home, tmp_path / "own", "QueryRetrieveLevel=STUDY", study,
+                                   called=home.cfg.dicom.ae_title)
+        assert code == 0, text
+        _assert_deidentified_copies(tmp_path / "own", originals, uid_key, set(originals))
+        assert _cache_empty(home)
     finally:
         await fed.stop()
 
