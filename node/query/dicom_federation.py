@@ -156,14 +156,14 @@ class FederationDicomBackend:
             return await node.local.select(identifier, model)
         if called_ae != node.cfg.dicom.federation_ae_title:
             items = await node.local.select(identifier, model)
-            if items:
+            if items or node.cfg.dicom.user_for(calling_ae) is None:
                 return items
             # Not held here: a study found through the federation, asked for by this
             # node's own AE title, is fetched like one asked of the federation AE title,
             # rather than "Success" with nothing sent.
             try:
                 return await self._retrieve.select(identifier, service=self._query_service(node),
-                                                   user=self.user, calling_ae=calling_ae)
+                                                   user=dicom_user(node, calling_ae))
             except (QueryRefused, FederatedQueryError):
                 return items
         try:

@@ -10,14 +10,12 @@ import asyncio
 from typing import Any
 
 from node.dht.cluster import start_cluster
-from node.dht.config import DHTConfig
 from node.dht.ids import Address
 from node.dht.messages import Kind
 from node.dht.server import DHTServer
 from node.dht.wire import ANYONE, open_datagram
 from tests.dht.test_dht_hostile import open_probe
-
-GENEROUS = DHTConfig(rpc_timeout=10)   # a loaded host must not turn slowness into evictions
+from tests.dht_support import LOADED as GENEROUS
 
 
 class Tap:

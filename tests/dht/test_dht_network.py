@@ -20,10 +20,7 @@ from node.dht.records import PayloadKind
 from node.dht.routing_state import RoutingStateError
 from node.dht.server import DHTServer, DHTStateError
 from node.identity import NodeIdentity
-
-# RPC deadlines for a loaded host: on a busy 2-core machine a loopback RPC can take far
-# longer than the 1 s default, and timeouts evict contacts, which then fail lookups.
-LOADED = DHTConfig(rpc_timeout=10)
+from tests.dht_support import LOADED
 
 
 async def test_every_node_finds_every_key_with_records_from_several_publishers() -> None:
