@@ -54,7 +54,7 @@ def dicom_user(node: Any, calling_ae: str) -> User:
     return user
 
 
-def _study_dataset(row: dict[str, Any], answer: SiteAnswer, retrieve_ae: str) -> Dataset:
+def _study_dataset(row: dict[str, Any], answer: SiteAnswer, retrieve_ae: str | None) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     identified = answer.level == "identified"
@@ -74,14 +74,16 @@ def _study_dataset(row: dict[str, Any], answer: SiteAnswer, retrieve_ae: str) ->
     ds.PatientSex = row.get("sex", "")
     ds.ModalitiesInStudy = list(row.get("modalities", [])) or ""
     ds.NumberOfStudyRelatedSeries = int(row.get("series", 0))
-    ds.RetrieveAETitle = retrieve_ae
+    ds.RetrieveAETitle = retrieve_ae or answer.site.dicom_ae
     ds.InstitutionName = answer.site.name[:64]
     return ds
 
 
-def answers_as_studies(answers: list[SiteAnswer], retrieve_ae: str) -> list[Dataset]:
+def answers_as_studies(answers: list[SiteAnswer], retrieve_ae: str | None = None
+                       ) -> list[Dataset]:
     """One C-FIND response per (site, study row); sites without rows add nothing.
-    ``retrieve_ae``: the AE title of this node that retrieves federated results."""
+    ``retrieve_ae``: the AE title of this node that retrieves federated results (for
+    DICOM C-FIND answers); None names each owner's own AE title (DICOMweb)."""
     out: list[Dataset] = []
     for answer in answers:
         if answer.status != "ok":
