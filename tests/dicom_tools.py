@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +29,19 @@ def dcmtk(tool: str, *args: str | int | Path, timeout: float = 120,
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 60) -> None:
+    """Block until something accepts TCP connections on host:port (a started SCP)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
+            time.sleep(0.05)
 
 
 

@@ -42,8 +42,8 @@ def patient_id(index: int) -> str:
     return plan_patient(SynthSpec(seed=SEED), index).patient_id
 
 
-def tune(policies: dict[str, dict[str, Any]], *, deadline_s: float = 4.0,
-         hedge_after_s: float = 1.0) -> Callable[[NodeConfig], NodeConfig]:
+def tune(policies: dict[str, dict[str, Any]], *, deadline_s: float = 15.0,
+         hedge_after_s: float = 5.0) -> Callable[[NodeConfig], NodeConfig]:
     def configure(cfg: NodeConfig) -> NodeConfig:
         fed = dataclasses.replace(cfg.federation, query_deadline_s=deadline_s,
                                   hedge_after_s=hedge_after_s)
@@ -79,7 +79,7 @@ async def federation(tmp_path: Path, names: Sequence[str], *,
                      policies: dict[str, dict[str, Any]] | None = None,
                      services: Callable[[int, str], Sequence[Any]] = query_services,
                      with_dicom: bool = False, phi: dict[int, PhiOverrides] | None = None,
-                     deadline_s: float = 4.0, hedge_after_s: float = 1.0
+                     deadline_s: float = 15.0, hedge_after_s: float = 5.0
                      ) -> tuple[LocalFederation, list[SiteData]]:
     fed = await start_federation(tmp_path, names, services=services, with_dicom=with_dicom,
                                  configure=tune(policies or {}, deadline_s=deadline_s,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -14,7 +13,7 @@ from pynetdicom import build_role
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from node.synth.generate import generate, iter_datasets
-from tests.dicom_tools import DCMTK, dcmtk, free_port, scu
+from tests.dicom_tools import DCMTK, dcmtk, free_port, scu, wait_listening
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def test_movescu_to_storescp(loaded, tmp_path: Path) -> None:
     scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "VIEWER", "-od", str(out),
                             str(viewer_port)], stderr=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        wait_listening(viewer_port)
         proc = dcmtk("movescu", "-d", "-aet", "MOVESCU", "-aec", "MEDFED", "-aem", "VIEWER", "-S",
                      "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
                      "127.0.0.1", node.dicom_port)

@@ -234,11 +234,12 @@ async def test_periodic_sync_runs_on_start_and_stops_cleanly(
     service = make_service(store, audit, tmp_path, orthanc.dicom_port, sync_interval_s=0.2)
     await service.start()
     try:
-        for _ in range(100):
-            if (await store.counts()).instances == len(sources):
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120          # generous: a loaded host syncs slowly
+        while not ((await store.counts()).instances == len(sources) and len(
+                [e for e in audit_entries(audit) if e["action"] == "upstream.sync"]) >= 2):
+            assert loop.time() < deadline, "periodic sync did not run twice"
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # a few more periodic passes
     finally:
         await service.stop()
     assert (await store.counts()).instances == len(sources)

@@ -26,7 +26,7 @@ from node.store.ingest_local import ingest_dataset
 from node.synth.generate import iter_datasets
 from node.synth.plan import PhiOverrides
 from node.testing.federation import LocalFederation, start_federation
-from tests.dicom_tools import DCMTK, free_port
+from tests.dicom_tools import DCMTK, free_port, wait_listening
 from tests.query_support import audit_entries
 
 CANARIES = ("QZXNAME^CANARY", "QZXPID4471", "19130517", "QZXACC9182", "QZX INSTITUTE OF CANARIES",
@@ -244,7 +244,7 @@ async def test_cmove_to_a_configured_viewer(tmp_path: Path) -> None:
         home = fed.by_name("home")
         uid_key = home.membership.secrets.uid_key  # type: ignore[union-attr]
         study = str((await _federated_study(home, tmp_path / "find")).StudyInstanceUID)
-        await asyncio.sleep(0.2)  # storescp listening
+        await asyncio.to_thread(wait_listening, viewer_port)
         code, text = await _tool("movescu", "-S", "-aet", "MOVESCU", "-aec", "FEDERATION",
                                  "-aem", "VIEWER", "-k", "QueryRetrieveLevel=STUDY",
                                  "-k", f"StudyInstanceUID={study}", "127.0.0.1", home.ports.dicom)

@@ -77,7 +77,7 @@ async def test_one_query_merges_all_sites_and_dedupes_shared_patients(tmp_path: 
         studies = {uid for d in data for uid in d.keyed_studies}
         assert {r["study_uid"] for p in answer.patients for r in p.records} == studies
         assert answer.counts["patients"].display() == str(sum(len(d.pseudonyms) for d in data))
-        assert answer.elapsed_ms < 4000
+        assert answer.elapsed_ms < 15_000   # within the deadline
 
         by_id = await _service(fed.nodes[1]).query(FederatedQuery(patient_id=patient_id(4)),
                                                     **CLINICIAN)

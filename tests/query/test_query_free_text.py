@@ -56,7 +56,7 @@ async def test_a_deidentified_or_count_requester_cannot_spell_out_a_description(
 
         served = audit_entries(fed.nodes[1])
         refused = [e for e in served if e["detail"].get("code") == "free_text_not_allowed"]
-        assert len(refused) == 16
+        assert len(refused) >= 16   # a hedged request (slow host) is audited too
         assert all(e["detail"]["filters"] == "description" for e in refused)
         assert {e["detail"]["rule"] for e in refused} == {"researchers", "others count"}
         assert not any("ZEB" in str(e) for e in served), "filter values stay out of the log"
