@@ -31,6 +31,7 @@ from node.service import NodeService
 from node.services import federated_services
 from node.sharing.publisher import PublisherService
 from node.sharing.retrieve import FetchResult, Retriever, local_assertion, parse_series_ref
+from node.users.store import User
 from node.sharing.sinks import sink_for
 from node.store.ingest_local import ingest_dataset
 from node.testing.nodes import loopback_config
@@ -168,8 +169,9 @@ async def timed_fetch(node: Node, pub: Published, out: Path) -> tuple[float, Fet
     """Wall clock of one fetch into a DICOM folder, on a cold connection pool."""
     assert node.client is not None
     await node.client.close()
-    assertion = local_assertion(node, user="bench", role="researcher", department="radiology",
-                                purpose="research")
+    user = User(name="bench", handle="bench", role="researcher", department="radiology",
+                created_at=0, disabled=False, purposes=("research",))
+    assertion = local_assertion(node, user, "research")
     ref = parse_series_ref(f"{pub.owner_id}:{pub.bundle_id}")
     t0 = time.perf_counter()
     result = await Retriever(node, deadline_s=FETCH_DEADLINE_S).fetch(

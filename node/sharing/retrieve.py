@@ -16,8 +16,6 @@ the result visible only after the whole bundle, and its id, verified.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import re
 from dataclasses import dataclass, replace
@@ -293,58 +291,28 @@ class Retriever:
         raise FetchError("no replica holder delivered an intact bundle: " + "; ".join(problems))
 
 
-PIPELINE_CHUNK = 1 << 20  # bytes of bundle handed to the decoding thread at a time
-PIPELINE_DEPTH = 4         # chunks in flight between the network and the decoding thread
-
-
 async def decode_into(stream: AsyncIterator[bytes], key: bytes, bundle_id: str, sink: InstanceSink,
                       progress: Progress | None, *, source: str, identified: bool) -> FetchResult:
-    """Decrypt + decompress as bytes arrive; commit the sink only once the bundle verified.
-
-    Two stages on two cores: the event loop receives (TLS included) while one worker
-    thread decrypts, decompresses and hands instances to the sink, in order. With both
-    on the loop the receiver was CPU-bound at 1 Gbit/s: 1.44x the link limit from the
-    owner, 1.58x with the owner down (bench/RESULTS.md "wan", issue 15)."""
+    """Decrypt + decompress as bytes arrive; commit the sink only once the bundle verified."""
     decoder = BundleDecoder(key, expected_id=bundle_id)
-    loop = asyncio.get_running_loop()
-    worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bundle-decode")
-    counted = [0]
-
-    def decode(data: bytes, last: bool) -> None:  # in the worker thread, one call at a time
-        instances = decoder.feed(data) if data else []
-        if last:
-            instances += decoder.finish()
-        for instance in instances:
-            sink.add(instance)
-        counted[0] += len(instances)
-
-    in_flight: collections.deque[asyncio.Future[None]] = collections.deque()
-    pending = bytearray()
-    received = 0
+    received = count = 0
     try:
         async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 received += len(chunk)
-                pending += chunk
-                if len(pending) >= PIPELINE_CHUNK:
-                    in_flight.append(loop.run_in_executor(worker, decode, bytes(pending), False))
-                    pending.clear()
-                    while len(in_flight) >= PIPELINE_DEPTH or (in_flight and in_flight[0].done()):
-                        await in_flight.popleft()
+                for instance in decoder.feed(chunk):
+                    sink.add(instance)
+                    count += 1
                 if progress is not None:
-                    progress(received, counted[0])
-        in_flight.append(loop.run_in_executor(worker, decode, bytes(pending), True))
-        while in_flight:
-            await in_flight.popleft()
+                    progress(received, count)
+        for instance in decoder.finish():
+            sink.add(instance)
+            count += 1
     except BaseException:
-        for fut in in_flight:
-            fut.cancel()
-        worker.shutdown(wait=True, cancel_futures=True)
         sink.discard()
         raise
-    worker.shutdown(wait=False)
     if progress is not None:
-        progress(received, counted[0])
+        progress(received, count)
     outputs = await asyncio.to_thread(sink.commit)
     info = decoder.info
     return FetchResult(info.bundle_id, info.instances, info.stored_bytes, info.plain_bytes, source,
