@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,13 @@ def medfed(*args: object, stdin: str | None = None, env: dict[str, str] | None =
                           env=dict(os.environ, COLUMNS="300", **(env or {})))
 
 
+def free_udp_port() -> int:
+    """A port free for UDP on loopback right now (the DHT's; free_port checks TCP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -52,7 +60,7 @@ def wait_for(check: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S
             return value
         if time.monotonic() - start > deadline_s:
             raise AssertionError(f"not within {deadline_s:.0f} s: {what}")
-        time.sleep(0.5)
+        time.sleep(1.0)
 
 
 @dataclass
@@ -125,7 +133,7 @@ def join(site: Site, operator: Operator, work: Path) -> None:
     made = ok(medfed("init", site.folder, "--name", site.name, "--ae-title", site.name.upper(),
                      "--host", "127.0.0.1", "--advertise", "127.0.0.1",
                      "--dicom-port", site.dicom_port, "--peer-port", site.peer_port,
-                     "--dht-port", free_port(), "--http-port", free_port(),
+                     "--dht-port", free_udp_port(), "--http-port", free_port(),
                      "--allow", "STORESCU@127.0.0.1"))
     site.node_id = made.stdout.split("node id")[1].split()[0]
     text = site.config.read_text()          # the IT team's edit: short rounds for the test
@@ -144,8 +152,14 @@ def join(site: Site, operator: Operator, work: Path) -> None:
     site.start()
 
 
+def roster_version(site: Site) -> int:
+    """The roster version the site holds (the node persists every roster it adopts)."""
+    path = site.folder / "data" / "federation" / "roster.json"
+    return int(json.loads(path.read_text())["roster"]["version"])
+
+
 def converged(sites: list[Site], version: int) -> bool:
-    return all(s.status()["roster"]["version"] >= version for s in sites)
+    return all(roster_version(s) >= version for s in sites)
 
 
 def store_series(site: Site, work: Path, seed: int) -> None:
