@@ -30,6 +30,7 @@ from .requester import Requester
 from .uids import checked_uid
 
 MAX_BODY = 4 << 30
+PARALLEL_INGESTS = 4             # as several C-STORE associations would
 CANNOT_UNDERSTAND = 0xC000        # PS3.18 STOW failure: cannot understand
 STUDY_MISMATCH = 0xA900           # instance not of the study named in the URL
 
@@ -113,25 +114,39 @@ async def store(ctx: DicomwebContext, request: web.Request, who: Requester,
                  "instances); JSON/XML metadata with bulk data is not accepted here")
     ingestor = _ingestor(ctx)
     base = ctx.base(True)
-    stored: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    reasons: set[str] = set()
+    gate = asyncio.Semaphore(PARALLEL_INGESTS)
+    pending: list[asyncio.Future[tuple[bool, dict[str, Any], str]]] = []
+
+    async def ingest(data: bytes) -> tuple[bool, dict[str, Any], str]:
+        try:
+            return await asyncio.to_thread(store_one, ingestor, data, study_uid, base)
+        finally:
+            gate.release()
+
     try:
         async for part in read_parts(request, max_total=MAX_BODY):
             ptype = part.content_type.split(";")[0].strip().lower()
             if ptype not in ("application/dicom", ""):
-                failed.append(_failed("", "", CANNOT_UNDERSTAND))
-                reasons.add(f"part of type {ptype[:40]} is not application/dicom")
+                done: asyncio.Future[tuple[bool, dict[str, Any], str]] = \
+                    asyncio.get_running_loop().create_future()
+                done.set_result((False, _failed("", "", CANNOT_UNDERSTAND),
+                                 f"part of type {ptype[:40]} is not application/dicom"))
+                pending.append(done)
                 continue
-            ok, item, reason = await asyncio.to_thread(store_one, ingestor, part.data,
-                                                       study_uid, base)
-            (stored if ok else failed).append(item)
-            if reason:
-                reasons.add(reason)
+            await gate.acquire()      # the next part is read while earlier ones are stored
+            pending.append(asyncio.ensure_future(ingest(part.data)))
     except MultipartError as exc:
-        ctx.audit("dicomweb.store", who, "refused", reason=str(exc)[:120],
-                  stored=len(stored))
-        raise web.HTTPBadRequest(text=f"{exc} ({len(stored)} instance(s) stored before it)")
+        results = await asyncio.gather(*pending)
+        stored_before = sum(1 for ok, _item, _reason in results if ok)
+        ctx.audit("dicomweb.store", who, "refused", reason=str(exc)[:120], stored=stored_before)
+        raise web.HTTPBadRequest(text=f"{exc} ({stored_before} instance(s) stored before it)")
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    reasons: set[str] = set()
+    for ok, item, reason in await asyncio.gather(*pending):
+        (stored if ok else failed).append(item)
+        if reason:
+            reasons.add(reason)
     if not stored and not failed:
         ctx.audit("dicomweb.store", who, "refused", reason="no instances")
         raise web.HTTPBadRequest(text="the request holds no instances")
