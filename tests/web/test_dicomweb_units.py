@@ -123,3 +123,41 @@ async def test_series_cache_is_bounded_and_shares_fetches() -> None:
     with pytest.raises(SeriesTooLarge):
         sink.add(one)
     assert sink.commit() == []                      # a too-large series leaves nothing
+
+
+class _Principal:
+    def __init__(self, user: str, purpose: str = "") -> None:
+        self.user, self.purpose = user, purpose
+
+
+class _Site:
+    def __init__(self, path) -> None:  # type: ignore[no-untyped-def]
+        from node.users import UserStore
+        self.users = UserStore(path)
+        self.audit = None
+
+
+async def test_requests_are_made_for_a_local_user_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from node.web.dicomweb.requester import requester_for
+
+    site = _Site(tmp_path / "users.sqlite")
+    site.users.add_user("carol", "researcher", "oncology", "a long enough password")
+    site.users.add_user("dave", "clinician", "radiology", "a long enough password")
+    request = make_mocked_request("GET", "/dicomweb/studies")
+
+    async def who(principal):  # type: ignore[no-untyped-def]
+        return await requester_for(request, lambda _r: principal, site)
+
+    carol = await who(_Principal("carol"))
+    assert (carol.user.role, carol.purpose) == ("researcher", "research")
+    dave = await who(_Principal("dave"))
+    assert dave.purpose == "treatment" and dave.handle != "dave"
+    with pytest.raises(web.HTTPForbidden):
+        await who(_Principal("dave", purpose="research"))     # not a purpose dave may state
+    with pytest.raises(web.HTTPForbidden):
+        await who(_Principal("nobody"))
+    with pytest.raises(web.HTTPUnauthorized):
+        await who(None)
