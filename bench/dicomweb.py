@@ -7,8 +7,9 @@ same plain HTTP client (requests, one keep-alive session) times QIDO-RS studies 
 byte stream (median of 3), series metadata (first request, then median of 3) and a
 rendered JPEG of the middle slice (p50 of 20). Then a 7-node federation whose peer links
 go through the shared WAN emulator (20 ms one way) times federated QIDO-RS studies at
-one node (p50 of 30). The medfed node runs in a process of its own
-(``bench.dicomweb_server``), as Orthanc does.
+one node (p50 of 30). The medfed node is made and run by the medfed command (its own
+process, the web app's server and login, a token from ``medfed user login``), as
+Orthanc runs in its own.
 
 ``python -m bench.dicomweb [--slices 300] [--rounds 3] [--skip-wan] [--no-write]``
 """
@@ -34,6 +35,7 @@ from node.store.ingest_local import ingest_dataset
 from node.synth.generate import generate, iter_datasets
 from node.testing.dicomweb import LoopThread, serve_dicomweb, user_token
 
+from .medfed_node import MedfedNode
 from .dicomweb_report import Rounds, federated_line, p50, table
 from .results import load_average, stamp, write_section
 from .wan_links import Link
@@ -41,6 +43,7 @@ from .wan_links import Link
 SECTION = "DICOMweb (QIDO-RS / WADO-RS / STOW-RS) vs Orthanc DICOMweb plugin"
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 STOW_BATCH = 50
+PASSWORD = "bench password, long enough"
 
 
 def _timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -99,28 +102,23 @@ def measure(session: requests.Session, url: str, files: list[Path], uids: tuple[
 
 
 def medfed_round(work: Path, files: list[Path], uids: tuple[str, str, str], rounds: Rounds) -> None:
-    """A fresh node in its own process (bench.dicomweb_server), measured over HTTP."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.dicomweb_server", str(work / "medfed")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            cwd=Path(__file__).resolve().parent.parent)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if not line.startswith("dicomweb ready:"):
-            raise RuntimeError(f"the medfed DICOMweb server did not start: {line!r}")
-        port, token = line.split(":", 1)[1].split()
-        url = f"http://127.0.0.1:{int(port)}/dicomweb"
+    """A fresh node made by `medfed init` + `medfed run` (its own process, the web app's
+    server and login), measured over HTTP with a token from `medfed user login`."""
+    with MedfedNode(work / "medfed") as node:
+        url = node.wait_for_web() + "/dicomweb"
+        config = str(node.config)
+        for args, stdin in ((["user", "add", "bench", "--role", "clinician", "--department",
+                              "radiology", "--password-stdin"], f"{PASSWORD}\n{PASSWORD}\n"),
+                            (["user", "login", "bench", "--print", "--password-stdin"],
+                             f"{PASSWORD}\n")):
+            done = subprocess.run([sys.executable, "-m", "node.cli", *args, "--config", config],
+                                  input=stdin, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"medfed {args[0]} {args[1]} failed: {done.stderr[-300:]}")
+        token = done.stdout.strip().splitlines()[-1]
         with requests.Session() as session:
             session.headers["Authorization"] = f"Bearer {token}"
             measure(session, url, files, uids, rounds, "medfed")
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def orthanc_round(files: list[Path], uids: tuple[str, str, str], rounds: Rounds) -> str:
@@ -208,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{STOW_BATCH} instances)\n"
             f"- anchor: Orthanc {version} + DICOMweb plugin (Debian orthanc-dicomweb), fresh "
             "private instance per round, HttpThreadsCount 8\n"
-            "- client: python requests, one keep-alive session, same code for both; the medfed "
-            "node serves DICOMweb in its own process (`bench.dicomweb_server`), as Orthanc does\n"
+            "- client: python requests, one keep-alive session, same code for both; medfed: "
+            "`medfed init` + `medfed run` (the web app's server, bearer token from `medfed user "
+            "login`), Orthanc: no authentication\n"
             "- command: `python -m bench.dicomweb`\n\n" + table(rounds) + "\n\n"
             + (fed_rows + "\n\nFederated: 7 nodes (`bench.wan_fed`), peer links through "
                "wan_proxy at 20 ms one way (RTT 40 ms), 1 Gbit/s; QIDO-RS /studies at one "

@@ -25,6 +25,7 @@ ALLOW = ("STORESCU@127.0.0.1", "FINDSCU@127.0.0.1", "GETSCU@127.0.0.1",
          "MOVESCU@127.0.0.1", "PYNETDICOM@127.0.0.1", "ECHOSCU@127.0.0.1")
 MOVE_DESTINATION = "BENCHSCP"
 _PORT_RE = re.compile(rb"DICOM \S+@[\d.]+:(\d+)")
+_WEB_RE = re.compile(rb"web: (http\S+)")
 START_TIMEOUT_S = 60.0
 
 
@@ -42,6 +43,8 @@ class MedfedNode:
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: list[bytes] = []
         self.target = Target(0, AE_TITLE)
+        self.web_url = ""                       # what `medfed run` prints as "web: ..."
+        self._web = threading.Event()
 
     @property
     def pid(self) -> int:
@@ -80,13 +83,24 @@ class MedfedNode:
                 if match and not found:
                     found.append(int(match.group(1)))
                     ready.set()
+                web = _WEB_RE.search(line)
+                if web:
+                    self.web_url = web.group(1).decode().rstrip("/")
+                    self._web.set()
             ready.set()
+            self._web.set()
 
         threading.Thread(target=pump, daemon=True, name="medfed-node-output").start()
         if not ready.wait(START_TIMEOUT_S) or not found:
             self.stop()
             raise BenchError(f"the medfed node did not start: {self.output_tail()}")
         return found[0]
+
+    def wait_for_web(self) -> str:
+        """The web app's address once `medfed run` printed it."""
+        if not self._web.wait(START_TIMEOUT_S) or not self.web_url:
+            raise BenchError(f"the medfed node printed no web address: {self.output_tail()}")
+        return self.web_url
 
     def output_tail(self, chars: int = 800) -> str:
         """The end of what the node printed (its errors say what went wrong)."""
