@@ -38,7 +38,8 @@ def _path_filters(request: web.Request) -> dict[str, str]:
 
 async def search(ctx: DicomwebContext, request: web.Request, who: Requester,
                  federated: bool, level: QueryLevel) -> web.Response:
-    q, sql = ctx.queries.plan(level, list(request.query.items()), _path_filters(request))
+    q, sql = ctx.queries.plan(level, list(request.query.items()), _path_filters(request),
+                              ctx.node.store.dialect)
     local = await local_qido(ctx.node, q, sql)
     remote, record = [], None
     if federated and level is QueryLevel.IMAGE and not local and "StudyInstanceUID" in q.filters:

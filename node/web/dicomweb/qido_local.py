@@ -16,6 +16,7 @@ from pydicom.dataelem import DataElement
 from node.pacs.matching import MatchError, SqlQuery, build_query
 from node.pacs.qr_attributes import InfoModel, QueryLevel
 from node.pacs.response import response_dataset
+from node.store.dialect import SQLITE, Dialect
 
 from .dicom_json import flat_json
 from .qido_query import QidoError, QidoRequest, parse_qido
@@ -33,7 +34,7 @@ class PlannedQueries:
         self._plans: OrderedDict[QueryKey, tuple[QidoRequest, SqlQuery]] = OrderedDict()
 
     def plan(self, level: QueryLevel, params: list[tuple[str, str]],
-             path_uids: dict[str, str]) -> tuple[QidoRequest, SqlQuery]:
+             path_uids: dict[str, str], dialect: Dialect = SQLITE) -> tuple[QidoRequest, SqlQuery]:
         key: QueryKey = (level, tuple(params), tuple(sorted(path_uids.items())))
         found = self._plans.get(key)
         if found is not None:
@@ -41,7 +42,8 @@ class PlannedQueries:
             return found
         q = parse_qido(level, params, path_uids=path_uids)
         try:
-            sql = build_query(q.identifier, InfoModel.STUDY_ROOT, limit=q.offset + q.limit)
+            sql = build_query(q.identifier, InfoModel.STUDY_ROOT, limit=q.offset + q.limit,
+                              dialect=dialect)
         except MatchError as exc:
             raise QidoError(exc.reason) from None
         self._plans[key] = (q, sql)
