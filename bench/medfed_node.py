@@ -24,7 +24,7 @@ AE_TITLE = "MEDFED"
 ALLOW = ("STORESCU@127.0.0.1", "FINDSCU@127.0.0.1", "GETSCU@127.0.0.1",
          "MOVESCU@127.0.0.1", "PYNETDICOM@127.0.0.1", "ECHOSCU@127.0.0.1")
 MOVE_DESTINATION = "BENCHSCP"
-_PORT_RE = re.compile(rb"DICOM \S+@[\d.]+:(\d+)")
+_PORT_RE = re.compile(rb"DICOM\s+(?:\S+@)?[\d.]+:(\d+)")   # "DICOM AE@host:port" or "DICOM  host:port/tcp"
 _WEB_RE = re.compile(rb"web: (http\S+)")
 START_TIMEOUT_S = 60.0
 
