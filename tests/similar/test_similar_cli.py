@@ -116,7 +116,8 @@ def test_similar_across_medfed_run_processes(tmp_path: Path) -> None:
         sites[1].start()
         for peer in sites[:2]:   # charlie's roster lists everyone: it tells the others
             ok(medfed("join", "--config", sites[2].cfg, "--bundle", bundles[2],
-                      "--bootstrap", f"127.0.0.1:{peer.peer}"))
+                      "--bootstrap", f"127.0.0.1:{peer.peer}",
+                      "--ca-fingerprint", fingerprint.group(1)))
         sites[2].start()
         login(sites[0], "dr-a", "clinician")
         login(sites[2], "it-c", "admin")
