@@ -19,6 +19,7 @@ from .net.client import PeerClient
 from .net.membership import Membership, MembershipPaths, load_membership
 from .net.rosterbook import RosterBook
 from .net.server import PeerServer, PeerServerSettings
+from .net.transport import SOCKETS, Transport
 
 
 class RosterMembership:
@@ -47,11 +48,14 @@ class FederationParts:
 
 def build_federation_parts(identity: NodeIdentity, membership: Membership, audit: object,
                            *, dht_config: DHTConfig | None = None,
-                           peer_settings: PeerServerSettings | None = None) -> FederationParts:
+                           peer_settings: PeerServerSettings | None = None,
+                           transport: Transport = SOCKETS) -> FederationParts:
     peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit,
-                      settings=peer_settings or PeerServerSettings())
-    client = PeerClient(identity, membership.client_tls(), roster=membership.roster)
-    dht = DHTServer(identity, RosterMembership(membership.roster), dht_config)
+                      settings=peer_settings or PeerServerSettings(), transport=transport)
+    client = PeerClient(identity, membership.client_tls(), roster=membership.roster,
+                        transport=transport)
+    dht = DHTServer(identity, RosterMembership(membership.roster), dht_config,
+                    transport=transport)
     return FederationParts(membership, peer, client, dht)
 
 

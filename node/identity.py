@@ -50,6 +50,13 @@ class NodeIdentity:
     def generate(cls) -> "NodeIdentity":
         return cls(SigningKey.generate(), PrivateKey.generate())
 
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "NodeIdentity":
+        """Keys derived from ``seed`` (the simulator: same seed, same node ids, same
+        DHT geometry). Never for a real node: anyone with the seed has the keys."""
+        return cls(SigningKey(hashlib.sha256(b"sign:" + seed).digest()),
+                   PrivateKey(hashlib.sha256(b"box:" + seed).digest()))
+
     @property
     def verify_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)

@@ -25,6 +25,7 @@ from .net.gossip import GossipSettings, RosterGossip
 from .net.membership import Membership
 from .net.roster import split_address
 from .net.server import PeerServer, PeerServerSettings
+from .net.transport import SOCKETS, Transport
 from .pacs.ingest import Ingestor
 from .pacs.scp import DicomService
 from .ports import listening
@@ -51,7 +52,8 @@ class Node:
     def __init__(self, cfg: NodeConfig, identity: NodeIdentity | None = None, *,
                  membership: Membership | None = None, peer_sock: socket.socket | None = None,
                  services: Sequence[NodeService] = (), dht_config: DHTConfig | None = None,
-                 with_dicom: bool = True) -> None:
+                 with_dicom: bool = True, transport: Transport = SOCKETS) -> None:
+        """``transport``: real sockets (default) or the simulator's in-memory network."""
         self.cfg = cfg
         self.identity = identity or NodeIdentity.load_or_create(cfg.key_dir)
         self.store = MetadataStore.for_config(cfg)
@@ -71,6 +73,7 @@ class Node:
         self._peer_sock = peer_sock
         self._dht_config = dht_config
         self._with_dicom = with_dicom
+        self.transport = transport
         self._stopping = asyncio.Event()
         self._started: list[NodeService] = []
         self._folder_lock: DataFolderLock | None = None
@@ -158,7 +161,8 @@ class Node:
         peer_settings = PeerServerSettings(  # the replay cache survives restarts
             nonce_journal=self.cfg.data_dir / "peer-nonces.log")
         parts = build_federation_parts(self.identity, self.membership, self.audit,
-                                       dht_config=dht_config, peer_settings=peer_settings)
+                                       dht_config=dht_config, peer_settings=peer_settings,
+                                       transport=self.transport)
         self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
         for svc in self.services:
             register_routes = getattr(svc, "register_routes", None)

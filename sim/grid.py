@@ -1,28 +1,46 @@
 """N full nodes in one process, with the faults a federation lives with.
 
 Modelled on Tahoe-LAFS's ``no_network`` grid, but nothing is faked: every node is a real
-``Node`` (mTLS peer API on a loopback port, UDP DHT, SQLite and files in its own folder),
-admitted by a real federation CA. Only the network between them is simulated
-(``sim.link``). ``kill`` stops a node; ``revive`` restarts it from its folder with the
-same identity and membership on the same ports, as a rebooted hospital server would.
+``Node`` (peer API, DHT, SQLite and files in its own folder), admitted by a real
+federation CA. Two ways to connect them:
+
+* virtual (``network=SimNetwork``, the default of ``medfed sim``): every node's
+  transport is the in-memory network (``sim.network``) on a virtual-time loop; node ids
+  come from the seed, so a run is a deterministic function of its inputs;
+* real time (``network=None``, ``--realtime``): mTLS on loopback ports, UDP DHT, link
+  delays injected by ``sim.link``.
+
+``kill`` takes a node off the network and stops it (its folder stays, as after a power
+cut); ``revive`` restarts it from its folder with the same identity and membership on
+the same address, as a rebooted hospital server would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 from pathlib import Path
 
 from node.config.model import NodeConfig
 from node.dht.config import DHTConfig
-from node.service import NodeService
+from node.identity import NodeIdentity
+from node.net.fedsecrets import FederationSecrets
 from node.net.membership import MembershipPaths, load_membership
+from node.net.pki import NODE_URI_PREFIX, node_dns_name
 from node.net.roster import split_address
+from node.net.testbed import build_federation
+from node.net.transport import SOCKETS, Transport
 from node.node import Node
+from node.service import NodeService
 from node.testing.federation import LocalFederation, start_federation
+from node.testing.nodes import loopback_config
 from sim.link import LinkSpec, SimLink
+from sim.network import HostTransport, SimNetwork
 
 ServiceFactory = Callable[[int, str], Sequence[NodeService]]
 
@@ -41,6 +59,61 @@ def sim_config(cfg: NodeConfig) -> NodeConfig:
     return replace(cfg, durability="normal")
 
 
+PEER_PORT = 4433
+# Reads hurry past contacts that seem dead (node.dht.lookup); off in production by
+# default, see DHTConfig.hurry_reads. Routing tables are not saved (revive rejoins).
+SIM_DHT = DHTConfig(hurry_reads=True)
+
+
+def virtual_host(i: int) -> str:
+    return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+
+
+def seeded_identity(seed: int, i: int) -> NodeIdentity:
+    return NodeIdentity.from_seed(f"medfed-sim:{seed}:{i}".encode())
+
+
+def seeded_secrets(seed: int) -> FederationSecrets:
+    """Index, linkage and UID keys from the seed: DHT keys and pseudonyms repeat."""
+    keys = [hashlib.sha256(f"medfed-sim-secret:{seed}:{i}".encode()).digest() for i in range(3)]
+    return FederationSecrets(*keys)
+
+
+def host_transport(network: SimNetwork, i: int, node_id: str) -> HostTransport:
+    return HostTransport(network, virtual_host(i),
+                         {"subjectAltName": (("URI", NODE_URI_PREFIX + node_id),)},
+                         node_dns_name(node_id))
+
+
+async def start_virtual_federation(directory: Path, n: int, network: SimNetwork, seed: int, *,
+                                   services: ServiceFactory, dht_config: DHTConfig | None,
+                                   configure: Callable[[NodeConfig], NodeConfig],
+                                   region_of: Callable[[int], int],
+                                   progress: Any = None) -> LocalFederation:
+    """The same federation as ``start_federation`` (CA, admissions, rosters), on the
+    in-memory network with seeded identities; the DHT is joined by the caller."""
+    names = [site_name(i) for i in range(n)]
+    operator, members = build_federation(
+        directory, names, identity_for=lambda i: seeded_identity(seed, i),
+        address_for=lambda i: f"{virtual_host(i)}:{PEER_PORT}", secrets=seeded_secrets(seed))
+    nodes: list[Node] = []
+    if progress is not None:
+        progress.phase("starting nodes", n)
+    for i, (name, member) in enumerate(zip(names, members)):
+        if progress is not None:
+            progress.advance()
+        network.add_host(virtual_host(i), region_of(i))
+        cfg = configure(loopback_config(directory / name / "data", name=name,
+                                        ae_title=f"NODE{i}"[:16]))
+        cfg = replace(cfg, peer_host=virtual_host(i), peer_port=PEER_PORT)
+        node = Node(cfg, member.identity, membership=member.membership,
+                    services=services(i, name), dht_config=dht_config, with_dicom=False,
+                    transport=host_transport(network, i, member.identity.node_id_hex))
+        await node.start()
+        nodes.append(node)
+    return LocalFederation(operator, nodes, members)
+
+
 def _rebind(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,8 +130,10 @@ class SimGrid:
 
     def __init__(self, directory: Path, fed: LocalFederation, services: ServiceFactory,
                  spec: LinkSpec, seed: int, dht_config: DHTConfig | None,
-                 configure: Callable[[NodeConfig], NodeConfig]) -> None:
+                 configure: Callable[[NodeConfig], NodeConfig],
+                 network: SimNetwork | None = None) -> None:
         self.directory = directory
+        self.network = network
         self.fed = fed
         self.seed = seed
         self.spec = spec
@@ -73,23 +148,36 @@ class SimGrid:
                     link: LinkSpec = LinkSpec(), services: ServiceFactory = lambda i, name: (),
                     dht_config: DHTConfig | None = None,
                     configure: Callable[[NodeConfig], NodeConfig] = sim_config,
-                    bootstrap: str = "join", join_seeds: int = 4) -> "SimGrid":
+                    bootstrap: str = "join", join_seeds: int = 4,
+                    network: SimNetwork | None = None, progress: Any = None) -> "SimGrid":
         """Start ``n`` nodes. ``bootstrap="join"``: nodes join the DHT one after another
         through ``join_seeds`` random earlier members (a federation that grew);
-        ``"roster"``: every node pings the whole roster, as ``medfed run`` does.
+        ``"roster"``: every node pings the whole roster, as ``medfed run`` does;
+        ``"none"``: the caller joins them (``join_range``).
         The link model is installed after the DHT has formed."""
         if n < 1:
             raise GridError("a grid needs at least one node")
-        if bootstrap not in ("join", "roster"):
-            raise GridError('bootstrap must be "join" or "roster"')
-        fed = await start_federation(directory, [site_name(i) for i in range(n)],
-                                     services=services, with_dicom=False,
-                                     dht_config=dht_config, configure=configure,
-                                     bootstrap=bootstrap == "roster")
-        grid = cls(directory, fed, services, link, seed, dht_config, configure)
+        if bootstrap not in ("join", "roster", "none"):
+            raise GridError('bootstrap must be "join", "roster" or "none"')
+        dht_config = dht_config or SIM_DHT
+        if network is None:
+            fed = await start_federation(directory, [site_name(i) for i in range(n)],
+                                         services=services, with_dicom=False,
+                                         dht_config=dht_config, configure=configure,
+                                         bootstrap=bootstrap == "roster",
+                                         identity_for=lambda i: seeded_identity(seed, i),
+                                         secrets=seeded_secrets(seed))
+        else:
+            fed = await start_virtual_federation(
+                directory, n, network, seed, services=services, dht_config=dht_config,
+                configure=configure, region_of=network.model.region_of, progress=progress)
+            if bootstrap == "roster":
+                for node in fed.nodes:
+                    await node.bootstrap_dht()
+        grid = cls(directory, fed, services, link, seed, dht_config, configure, network)
         try:
             if bootstrap == "join":
-                await grid._join_all(join_seeds)
+                await grid.join_range(1, n, join_seeds, progress)
             for i in range(n):
                 grid._install_link(i)
         except BaseException:
@@ -97,10 +185,16 @@ class SimGrid:
             raise
         return grid
 
-    async def _join_all(self, seeds: int) -> None:
-        rng = random.Random(self.seed)
-        for i in range(1, len(self.nodes)):
+    async def join_range(self, first: int, end: int, seeds: int = 4, progress: Any = None) -> None:
+        """Nodes first..end-1 join the DHT one after another, each through ``seeds``
+        random earlier members (a federation that grew)."""
+        if progress is not None:
+            progress.phase("joining the DHT", end - first)
+        for i in range(max(1, first), end):
+            rng = random.Random(self.seed * 7919 + i)
             await self._join(i, rng.sample(range(i), min(seeds, i)))
+            if progress is not None:
+                progress.advance()
 
     async def _join(self, i: int, via: Sequence[int]) -> None:
         dht = self.nodes[i].dht
@@ -109,6 +203,8 @@ class SimGrid:
         await dht.bootstrap([self.dht_address(j) for j in via])
 
     def _install_link(self, i: int) -> None:
+        if self.network is not None:
+            return   # the in-memory network applies its own link model
         node, link = self.nodes[i], self.links[i]
         if node.client is not None:
             node.client.link = None if self.spec.is_perfect else link.before_call
@@ -137,6 +233,16 @@ class SimGrid:
                 return i
         raise GridError(f"no simulated node has id {node_id[:16]}…")
 
+    def index_of_host(self, host: str) -> int:
+        for i in range(len(self.nodes)):
+            if virtual_host(i) == host:
+                return i
+        return -1
+
+    async def settle(self, seconds: float) -> None:
+        """Let the network deliver what is in flight (virtual seconds)."""
+        await asyncio.sleep(seconds)
+
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self.nodes):
             raise GridError(f"no node {i}: the grid has nodes 0..{len(self.nodes) - 1}")
@@ -148,6 +254,8 @@ class SimGrid:
         if i in self.fed.down:
             raise GridError(f"{site_name(i)} is already down")
         self.fed.down.add(i)
+        if self.network is not None:
+            self.network.set_up(virtual_host(i), False)
         await self.nodes[i].stop()
 
     async def kill_fraction(self, fraction: float, *, keep: Sequence[int] = ()) -> list[int]:
@@ -172,9 +280,16 @@ class SimGrid:
         membership = load_membership(member.identity,
                                      MembershipPaths.under(self.directory / name / "federation"))
         port = split_address(member.member.peer_address)[1]
-        node = Node(old.cfg, member.identity, membership=membership, peer_sock=_rebind(port),
+        transport: Transport = SOCKETS
+        sock = None
+        if self.network is not None:
+            self.network.set_up(virtual_host(i), True)
+            transport = host_transport(self.network, i, member.identity.node_id_hex)
+        else:
+            sock = _rebind(port)
+        node = Node(old.cfg, member.identity, membership=membership, peer_sock=sock,
                     services=self._services(i, name), dht_config=self._dht_config,
-                    with_dicom=False)
+                    with_dicom=False, transport=transport)
         await node.start()
         self.nodes[i] = node
         self.fed.down.discard(i)

@@ -1,7 +1,11 @@
-"""The simulator's JSON report: one flat object per run, same keys for every scenario.
+"""The simulator's report: figures (pure), then report.json, report.md and PNG plots.
 
-Pure (no I/O). Percentiles use the nearest-rank method so p99 of a small sample is a
-value that was actually observed, never an interpolation between two runs.
+``report.json`` holds every figure of the simulated run plus the exact parameters and
+seed; in virtual time it is a deterministic function of them, byte for byte, so
+``--replay`` can compare it exactly. What depends on the host (wall time, peak memory)
+goes to ``host.json`` beside it and is merged into ``--json`` output.
+Percentiles use the nearest-rank method so p99 of a small sample is a value that was
+actually observed.
 """
 
 from __future__ import annotations
@@ -9,8 +13,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+REPORT_VERSION = 1
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -66,8 +73,77 @@ class DhtFigures:
                 "rpcs_per_lookup": round(mean(self.rpcs), 3)}
 
 
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Floats rounded (so tiny float noise never shows), containers walked."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {str(k): rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def build_report(params: dict[str, Any], summary: str, figures: dict[str, Any],
+                 samples: dict[str, list[float]], series: dict[str, list[list[float]]]
+                 ) -> dict[str, Any]:
+    """The whole report.json document (pure)."""
+    doc: dict[str, Any] = {"report_version": REPORT_VERSION, "scenario": params["scenario"],
+                           "summary": summary, "seed": params["seed"], "nodes": params["nodes"],
+                           "virtual_time": not params["realtime"], "params": params}
+    doc.update(figures)
+    doc["samples"] = {name: latency_summary(v) | {"count": len(v)}
+                      for name, v in sorted(samples.items())}
+    doc["series"] = {name: pts for name, pts in sorted(series.items())}
+    return rounded(doc)
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+HOST_ONLY = ("wall_s", "peak_rss_mb", "peak_rss_mb_per_node", "host")
+
+
+def figures_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a replay compares: everything but host measurements."""
+    return {k: v for k, v in doc.items() if k not in HOST_ONLY}
+
+
+def differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Paths where two reports differ (pure)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append(f"{path}: only in {'the new run' if key in new else 'the report'}")
+            else:
+                out += differences(old[key], new[key], path)
+        return out
+    if old != new:
+        return [f"{where}: {json.dumps(old)[:80]} -> {json.dumps(new)[:80]}"]
+    return []
+
+
+def write_report(out: Path, doc: dict[str, Any], host: dict[str, Any],
+                 samples: dict[str, list[float]]) -> list[Path]:
+    """report.json, host.json, report.md and the plots under ``out``; returns the files."""
+    from sim.plots import draw_all
+    from sim.report_md import render_markdown
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(to_json(doc), encoding="utf-8")
+    (out / "host.json").write_text(to_json(host), encoding="utf-8")
+    plots = draw_all(out, doc, samples)
+    (out / "report.md").write_text(render_markdown(doc, host, [p.name for p in plots]),
+                                   encoding="utf-8")
+    return [out / "report.json", out / "host.json", out / "report.md", *plots]
+
+
 @dataclass
 class SimReport:
+    """The older flat report some scenarios still return (``similarity``, real time)."""
+
     scenario: str
     nodes: int
     nodes_down: int
@@ -76,12 +152,12 @@ class SimReport:
     recall: float = 1.0
     latency_ms: dict[str, float] = field(default_factory=lambda: latency_summary([]))
     refused: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)   # scenario-specific keys
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc.pop("extra")
-        doc["recall"] = round(self.recall, 4)
+        doc = {"scenario": self.scenario, "nodes": self.nodes, "nodes_down": self.nodes_down,
+               "seed": self.seed, "queries": self.queries, "recall": round(self.recall, 4),
+               "latency_ms": self.latency_ms, "refused": self.refused}
         doc.update(self.extra)
         return doc
 

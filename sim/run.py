@@ -1,38 +1,84 @@
-"""Run one scenario in a fresh temporary folder and return its report."""
+"""Run one scenario (virtual time unless --realtime) and collect its report."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import resource
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sim.context import NoProgress, Progress, SimContext
+from sim.options import SimOptions, SimOptionsError
 from sim.report import SimReport
-from sim.scenarios.common import SimOptions
+from sim.report import build_report
+from sim.scenarios import load
+from sim.vclock import run_virtual
 
 
-async def run_scenario(opts: SimOptions, directory: Path | None = None) -> SimReport:
+@dataclass
+class SimResult:
+    report: dict[str, Any]              # deterministic in virtual time (report.json)
+    host: dict[str, Any]                # wall time, memory (host.json)
+    samples: dict[str, list[float]]     # raw samples, for the plots
+
+    def merged(self) -> dict[str, Any]:
+        """report.json with the host figures at top level (what --json prints)."""
+        return {**self.report, "wall_s": self.host["wall_s"],
+                "peak_rss_mb": self.host["peak_rss_mb"],
+                "peak_rss_mb_per_node": self.host["peak_rss_mb_per_node"]}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+async def _scenario(opts: SimOptions, directory: Path, progress: Progress
+                    ) -> tuple[str, dict[str, Any], SimContext]:
+    module = load(opts.scenario)
+    if not hasattr(module, "run"):
+        raise SimOptionsError(f"scenario {opts.scenario!r} runs only through "
+                              "sim.run.run_scenario (real time)")
+    ctx = SimContext.create(opts, directory, progress)
+    figures = await module.run(ctx)
+    return str(module.SUMMARY), figures, ctx
+
+
+def run_simulation(opts: SimOptions, directory: Path | None = None,
+                   progress: Progress | None = None) -> SimResult:
     """Every node's data lives under ``directory`` (default: a temporary folder that is
     removed afterwards, so a run leaves nothing behind)."""
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="medfed-sim-") as tmp:
-            return await run_scenario(opts, Path(tmp))
+            return run_simulation(opts, Path(tmp), progress)
     directory.mkdir(parents=True, exist_ok=True)
-    if opts.scenario == "query":
-        from sim.scenarios.query import run_query
-        return await run_query(directory, opts)
-    if opts.scenario == "similarity":
-        from sim.scenarios.similarity import run_similarity
-        return await run_similarity(directory, opts)
-    if opts.scenario == "lookup":
-        from sim.scenarios.lookup import run_lookup
-        return await run_lookup(directory, opts)
-    from sim.scenarios.sharing import run_sharing
-    return await run_sharing(directory, opts)
+    started = time.monotonic()
+    coro = _scenario(opts, directory, progress or NoProgress())
+    summary, figures, ctx = asyncio.run(coro) if opts.realtime else run_virtual(coro)
+    wall = time.monotonic() - started
+    rss = peak_rss_mb()
+    host = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1),
+            "peak_rss_mb_per_node": round(rss / opts.nodes, 3), "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return SimResult(build_report(opts.params(), summary, figures, ctx.samples, ctx.series),
+                     host, ctx.samples)
 
 
 def quiet_logs() -> None:
     """Hundreds of nodes log the same expected warnings (a killed peer is unreachable);
     the report says what happened, so only errors reach the terminal."""
-    logging.getLogger("medfed").setLevel(logging.ERROR)
-    logging.getLogger("node").setLevel(logging.ERROR)
-    logging.getLogger("aiohttp").setLevel(logging.ERROR)
+    for name in ("medfed", "node", "aiohttp", "sim"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+async def run_scenario(opts: SimOptions, directory: Path) -> SimReport:
+    """Scenarios written against the real-time grid (``similarity``): run in this loop."""
+    from sim.scenarios.similarity import run_similarity
+    if opts.scenario != "similarity":
+        raise SimOptionsError("run_scenario runs the similarity scenario only")
+    directory.mkdir(parents=True, exist_ok=True)
+    return await run_similarity(directory, opts)

@@ -1,19 +1,23 @@
 """Outgoing RPCs: deadlines, contact failure accounting, reply parsing and paging.
 
-A contact that misses ``evict_after_failures`` deadlines in a row leaves the routing
-table (upstream evicted on the first miss, which churns tables under packet loss).
+Round trips are measured for ``Liveness`` (lookups' patience). A contact that
+misses ``evict_after_failures`` deadlines in a row leaves the routing table (upstream
+evicted on the first miss, which churns tables under packet loss) and is remembered as
+dead for a while; one miss makes it suspect, so lookups ask others first.
 Contacts learnt from replies are kept only if they are members; records from replies
 are verified by the keeper before anyone sees them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from node.dht.codec import DecodeError
 from node.dht.config import DHTConfig
 from node.dht.ids import Address, Contact
 from node.dht.keeper import RecordKeeper
+from node.dht.liveness import Liveness
 from node.dht.lookup import Reply
 from node.dht.membership import Membership
 from node.dht.messages import (FindNodeRequest, FindValueRequest, Kind, NodesResponse,
@@ -26,26 +30,30 @@ from node.dht.wire import Datagram
 
 class RpcClient:
     def __init__(self, protocol: DHTProtocol, routing: RoutingTable, keeper: RecordKeeper,
-                 membership: Membership, stats: Counter[str], config: DHTConfig) -> None:
+                 membership: Membership, stats: Counter[str], config: DHTConfig,
+                 liveness: Liveness) -> None:
         self.protocol = protocol
         self.routing = routing
         self.keeper = keeper
         self.membership = membership
         self.stats = stats
         self.config = config
-        self._failures: Counter[bytes] = Counter()
+        self.liveness = liveness
 
     async def call(self, contact: Contact, kind: Kind, body: bytes) -> Datagram | None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         reply = await self.protocol.request(contact.address, kind, body, contact.id,
                                             self.config.rpc_timeout)
         if reply is None:
-            self._failures[contact.id] += 1
-            if self._failures[contact.id] >= self.config.evict_after_failures:
-                del self._failures[contact.id]
+            if self.protocol.transport is None or self.protocol.transport.is_closing():
+                return None   # we are stopping: says nothing about the contact
+            self.stats["rpc_deadline_missed"] += 1
+            if self.liveness.missed(contact.id):
                 self.routing.remove_contact(contact)
                 self.stats["contacts_evicted"] += 1
         else:
-            self._failures.pop(contact.id, None)
+            self.liveness.answered(contact.id, loop.time() - sent)
         return reply
 
     async def ping_address(self, address: Address) -> Datagram | None:

@@ -20,6 +20,12 @@ class DHTConfig:
                                         # sim, 50 nodes, 40 ms RTT: query p50 212 -> 122 ms
                                         # against alpha 3, same RPC count)
     rpc_timeout: float = 1.0            # seconds per RPC (every RPC has this deadline)
+    rpc_timeout_min: float = 0.05       # lookups wait for one contact at least this long
+                                        # before asking the next (adaptive: liveness.py)
+    suspect_for: float = 60.0           # a contact that missed a deadline is asked last
+    hurry_reads: bool = False           # value lookups stop waiting for contacts that seem
+                                        # dead (adaptive patience); off by default: on a
+                                        # heavily loaded host it gave up on live holders
     record_ttl: float = 24 * 3600.0     # default lifetime of a published record
     max_record_ttl: float = 48 * 3600.0 # longer-lived records are refused
     republish_after: float = 0.5        # republish once this fraction of the TTL passed
@@ -41,6 +47,9 @@ class DHTConfig:
             (1 <= self.k <= MAX_K, f"k must be within 1..{MAX_K}"),
             (1 <= self.alpha <= self.k, "alpha must be within 1..k"),
             (self.rpc_timeout > 0, "rpc_timeout must be > 0 seconds"),
+            (0 < self.rpc_timeout_min <= self.rpc_timeout,
+             "rpc_timeout_min must be > 0 and <= rpc_timeout"),
+            (self.suspect_for > 0, "suspect_for must be > 0 seconds"),
             (0 < self.record_ttl <= self.max_record_ttl,
              "record_ttl must be > 0 and <= max_record_ttl"),
             (0 < self.republish_after < 1, "republish_after must be within (0, 1)"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from node.dht.client import RpcClient
 from node.dht.config import DHTConfig
 from node.dht.ids import Address, Contact, distance, random_id_between, target
 from node.dht.keeper import RecordKeeper, newest_per_publisher
+from node.dht.liveness import Liveness
 from node.dht.link import LinkModel
 from node.dht.lookup import LookupOutcome, LookupStats, iterative_lookup
 from node.dht.membership import Membership
@@ -37,11 +37,17 @@ from node.dht.service import RequestService
 from node.dht.storage import MemoryRecordStore, RecordStore
 from node.dht.wire import Datagram
 from node.identity import NodeIdentity
+from node.net.transport import SOCKETS, Transport
 
 log = logging.getLogger(__name__)
 
 
 MAX_CHALLENGES = 64   # address challenges in flight at once (a flood costs a bounded set)
+
+
+def _loop_time() -> float:
+    """The event loop's clock (virtual in the simulator, monotonic otherwise)."""
+    return asyncio.get_running_loop().time()
 
 
 class DHTStateError(RuntimeError):
@@ -72,14 +78,16 @@ class _Publication:
 class DHTServer:
     def __init__(self, identity: NodeIdentity, membership: Membership,
                  config: DHTConfig | None = None, storage: RecordStore | None = None,
-                 link: LinkModel | None = None, clock: Callable[[], float] = time.time) -> None:
+                 link: LinkModel | None = None, clock: Callable[[], float] | None = None,
+                 transport: Transport = SOCKETS) -> None:
         self.identity = identity
         self.membership = membership
         self.config = config or DHTConfig()
         self._link = link
         self.stats: Counter[str] = Counter()
-        self._clock = clock
-        self._rng = random.Random()
+        self._transport = transport
+        self._clock = clock or transport.wall_clock
+        self._rng = random.Random(identity.node_id)   # bucket refresh targets: repeatable
         self.routing = RoutingTable(Node(identity.node_id), self.config.k,
                                     on_full=self._probe_head,
                                     lonely_after=self.config.refresh_interval)
@@ -87,6 +95,9 @@ class DHTServer:
                                    self.now_ms, int(self.config.max_record_ttl * 1000),
                                    int(self.config.max_skew * 1000),
                                    self.config.max_records_per_publisher)
+        self.liveness = Liveness(_loop_time, self.config.rpc_timeout_min,
+                                 self.config.rpc_timeout, self.config.suspect_for,
+                                 self.config.evict_after_failures)
         self._service = RequestService(self.routing, self.keeper, self.config.k)
         self._protocol: DHTProtocol | None = None
         self._client: RpcClient | None = None
@@ -95,7 +106,7 @@ class DHTServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: set[bytes] = set()
         self._challenging: set[bytes] = set()
-        self._last_refresh = self._last_save = time.monotonic()
+        self._last_refresh = self._last_save = -1.0   # loop time; set at start
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -129,15 +140,15 @@ class DHTServer:
                                self._service.handle, self._learn, self._link,
                                self.config.max_skew, self.config.max_inflight, self._clock)
         try:
-            await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: protocol, local_addr=(host, port))
+            await self._transport.open_datagram(lambda: protocol, host, port)
         except OSError as exc:
             raise DHTStateError(
                 f"cannot listen for DHT datagrams on {host}:{port} ({exc.strerror}); "
                 "choose a free DHT port in the node configuration") from exc
         self._protocol = protocol
+        self._last_refresh = self._last_save = _loop_time()
         self._client = RpcClient(protocol, self.routing, self.keeper, self.membership,
-                                 self.stats, self.config)
+                                 self.stats, self.config, self.liveness)
         for contact in saved:
             if self.membership.is_member(contact.verify_key):
                 self.routing.add_contact(contact)
@@ -170,6 +181,13 @@ class DHTServer:
         assert self._client is not None
         return self._client
 
+    def _adopt(self, stragglers: list[asyncio.Future[Any]]) -> None:
+        """RPCs a finished lookup no longer waits for run on to their deadline, so a
+        dead contact is still noticed; stop() cancels them."""
+        for future in stragglers:
+            self._tasks.add(future)  # type: ignore[arg-type]
+            future.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -181,6 +199,7 @@ class DHTServer:
         new or changed address is taken only from a reply that proves it; an address a
         request merely claims (anyone may re-send a captured datagram from anywhere) is
         challenged first."""
+        self.liveness.heard_from(dgram.sender_id)
         try:
             contact = Contact(dgram.sender_key, address[0], address[1])
         except ValueError:
@@ -230,13 +249,13 @@ class DHTServer:
         """Write the routing table JSON now (also done periodically and at stop)."""
         if self.config.routing_path is not None:
             save_routing_file(self.config.routing_path, self.node_id, self.routing.contacts())
-            self._last_save = time.monotonic()
+            self._last_save = _loop_time()
 
     async def ping(self, address: Address) -> float | None:
         """Round-trip time in seconds to a DHT node, or None when it did not answer."""
-        started = time.perf_counter()
+        started = _loop_time()
         reply = await self._rpc().ping_address(address)
-        return None if reply is None else time.perf_counter() - started
+        return None if reply is None else _loop_time() - started
 
     async def bootstrap(self, addresses: Iterable[Address] = (), refresh: bool = True) -> int:
         """Join via known addresses (and/or the saved table); returns contacts known."""
@@ -254,21 +273,31 @@ class DHTServer:
         ids = [random_id_between(b.range[0], b.range[1], self._rng)
                for i, b in enumerate(self.routing.buckets) if b in buckets and i != own]
         await asyncio.gather(*(self.find_node(i) for i in ids))
-        self._last_refresh = time.monotonic()
+        self._last_refresh = _loop_time()
 
     # -- lookups -------------------------------------------------------------------
-    async def find_node(self, target_id: bytes) -> LookupOutcome:
+    async def find_node(self, target_id: bytes, *, hurry: bool = False) -> LookupOutcome:
+        """The k closest live nodes. Without ``hurry`` (publishing, joining) every
+        contact gets its full RPC deadline, so records land on the true k closest even
+        on a slow network; reads (``get``) hurry past contacts that seem dead."""
         client = self._rpc()
-        seeds = self.routing.find_neighbors(target(target_id), self.config.k)
+        seeds = self.routing.find_neighbors(target(target_id), 2 * self.config.k)
         return await iterative_lookup(target_id, seeds, lambda c: client.find_node(c, target_id),
-                                      self.config.k, self.config.alpha, self.node_id)
+                                      self.config.k, self.config.alpha, self.node_id,
+                                      skip=self.liveness.is_suspect,
+                                      patience=self.liveness.deadline if hurry else None,
+                                      leftover=self._adopt, gave_up=self.liveness.suspect)
 
     async def get(self, key: bytes) -> GetResult:
         """All verified records under ``key`` from the k closest holders (and us)."""
         client = self._rpc()
-        seeds = self.routing.find_neighbors(target(key), self.config.k)
+        seeds = self.routing.find_neighbors(target(key), 2 * self.config.k)
         outcome = await iterative_lookup(key, seeds, lambda c: client.find_value(c, key),
-                                         self.config.k, self.config.alpha, self.node_id)
+                                         self.config.k, self.config.alpha, self.node_id,
+                                         skip=self.liveness.is_suspect,
+                                         patience=self.liveness.deadline
+                                         if self.config.hurry_reads else None,
+                                         leftover=self._adopt, gave_up=self.liveness.suspect)
         found = [r for reply in outcome.replies.values() for r in reply.records]
         return GetResult(newest_per_publisher(await self.keeper.local(key) + found),
                          outcome.stats)
@@ -324,7 +353,7 @@ class DHTServer:
                                         pub.ttl_ms)
                 await self._store_everywhere(pub.record)
                 self.stats["records_republished"] += 1
-        mono = time.monotonic()
+        mono = _loop_time()
         if mono - self._last_refresh >= self.config.refresh_interval:
             await self._refresh(self.routing.lonely_buckets())
         if mono - self._last_save >= self.config.save_interval:

@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -238,7 +237,7 @@ class IndexPublisher:
         CLI use it to avoid waiting for the next poll)."""
         node = self._require()
         async with self._lock:
-            started = time.monotonic()
+            started = asyncio.get_running_loop().time()
             self._full = False
             skipped = await self._refresh(node)
             records = self._due_records()
@@ -263,7 +262,7 @@ class IndexPublisher:
             withdrawn = sum(1 for c in done.values() if c == 0)
             report = SyncReport(sum(1 for c in self._terms.values() if c > 0),
                                 len(done) - withdrawn, withdrawn, failed, skipped,
-                                time.monotonic() - started, self._backlog, self._full)
+                                asyncio.get_running_loop().time() - started, self._backlog, self._full)
             self.last_report = report
             if failed:
                 log.warning("%d index records reached no DHT holder; retrying in %.0f s",

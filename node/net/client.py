@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json as _json
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +23,7 @@ from node.net.pki import node_dns_name
 from node.net.reqsign import sign_request
 from node.net.roster import Member, split_address
 from node.net.rosterbook import RosterBook
+from node.net.transport import SOCKETS, Transport
 
 MAX_RESPONSE_BYTES = 32 << 20
 
@@ -47,9 +47,10 @@ def _tls_failure(exc: BaseException) -> str | None:
 class PeerClient:
     def __init__(self, identity: NodeIdentity, tls: ssl.SSLContext, *,
                  request_lifetime_s: int = 60, connect_timeout_s: float = 5.0,
-                 clock: Callable[[], float] = time.time, limit_per_host: int = 8,
+                 clock: Callable[[], float] | None = None, limit_per_host: int = 8,
                  roster: RosterBook | None = None, link: LinkHook | None = None,
-                 observers: list[Observer] | None = None) -> None:
+                 observers: list[Observer] | None = None,
+                 transport: Transport = SOCKETS) -> None:
         """With ``roster``, calls to nodes that are not active members fail without sending.
 
         ``link`` (simulator only) is awaited before each request to model the network:
@@ -62,7 +63,8 @@ class PeerClient:
         self._tls = tls
         self._lifetime = request_lifetime_s
         self._connect_timeout = connect_timeout_s
-        self._clock = clock
+        self._transport = transport
+        self._clock = clock or transport.wall_clock
         self._limit_per_host = limit_per_host
         self._roster = roster
         self.link = link
@@ -82,7 +84,7 @@ class PeerClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._tls, limit_per_host=self._limit_per_host)
+            connector = self._transport.peer_connector(self._tls, self._limit_per_host)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 
@@ -171,12 +173,13 @@ class PeerClient:
     async def _through_link(self, member: Member, timeout: float) -> float:
         """Wait out the simulated link; returns what is left of the deadline."""
         assert self.link is not None
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await asyncio.wait_for(self.link(member), timeout)
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise PeerTimeout(member.node_id, f"no complete answer within {timeout:.1f}s") from exc
-        left = timeout - (time.monotonic() - started)
+        left = timeout - (loop.time() - started)
         if left <= 0:
             raise PeerTimeout(member.node_id, f"no complete answer within {timeout:.1f}s")
         return left

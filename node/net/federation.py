@@ -54,7 +54,9 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_federation(directory: Path, name: str, *, ca_days: int = 3650) -> FederationInfo:
+def create_federation(directory: Path, name: str, *, ca_days: int = 3650,
+                      secrets: FederationSecrets | None = None) -> FederationInfo:
+    """``secrets``: only the simulator passes its own (seeded, for repeatable runs)."""
     name = name.strip()
     if not 0 < len(name) <= 64 or not name.isprintable():
         raise FederationError("federation name must be 1-64 printable characters")
@@ -65,7 +67,8 @@ def create_federation(directory: Path, name: str, *, ca_days: int = 3650) -> Fed
                                   "overwrite its CA (use a new folder)")
         key, cert = create_ca(name, days=ca_days)
         signed = sign_roster(first_roster(name, cert, int(time.time())), key)
-        write_atomic(directory / SECRETS, FederationSecrets.generate().to_bytes(), private=True)
+        write_atomic(directory / SECRETS, (secrets or FederationSecrets.generate()).to_bytes(),
+                     private=True)
         write_atomic(directory / CA_CERT, cert_to_pem(cert))
         write_atomic(directory / ROSTER, signed.to_json())
         write_atomic(directory / CA_KEY, key_to_pem(key), private=True)  # last: marks "complete"

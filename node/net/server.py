@@ -16,7 +16,6 @@ import logging
 import re
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from node.net.reqsign import RequestRefused
 from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError
 from node.net.refusal_summary import RefusalSummary
 from node.net.rosterbook import RosterBook
-from node.net.tls_site import AuditedTLSSite
+from node.net.transport import SOCKETS, Transport
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,8 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
 class PeerServer:
     def __init__(self, identity: NodeIdentity, roster: RosterBook, tls: ssl.SSLContext, *,
                  audit: AuditSink, settings: PeerServerSettings = PeerServerSettings(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None,
+                 transport: Transport = SOCKETS) -> None:
         if tls.verify_mode != ssl.CERT_REQUIRED:
             raise ValueError("peer server TLS context must require client certificates")
         self.identity = identity
@@ -112,7 +112,8 @@ class PeerServer:
         self.settings = settings
         self._tls = tls
         self._audit = audit
-        self._clock = clock
+        self._transport = transport
+        self._clock = clock or transport.wall_clock
         self._routes: dict[tuple[str, str], _Route] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -161,16 +162,15 @@ class PeerServer:
         runner = web.AppRunner(self._build_app(), access_log=None, handler_cancellation=True,
                                shutdown_timeout=self.settings.shutdown_timeout_s)
         await runner.setup()
-        site = AuditedTLSSite(runner, host, port, ssl_context=self._tls,
-                              on_refused=self._handshake_refused,
-                              handshake_timeout=self.settings.handshake_timeout_s, sock=sock)
         try:
-            await site.start()
+            _site, bound = await self._transport.serve_peer(
+                runner, host, port, tls=self._tls, on_refused=self._handshake_refused,
+                handshake_timeout=self.settings.handshake_timeout_s, sock=sock)
         except OSError:
             await runner.cleanup()
             raise
-        self._runner, self._port = runner, site.port
-        return site.port
+        self._runner, self._port = runner, bound
+        return bound
 
     async def stop(self) -> None:
         runner, self._runner, self._port = self._runner, None, None

@@ -9,12 +9,13 @@ serves on it without a race for the port.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.identity import NodeIdentity
 from node.net.federation import admit, admit_many, create_federation
+from node.net.fedsecrets import FederationSecrets
 from node.net.membership import Membership, MembershipPaths, create_request, install_bundle
 from node.net.roster import Member
 
@@ -24,7 +25,7 @@ class LocalMember:
     name: str
     identity: NodeIdentity
     membership: Membership
-    sock: socket.socket     # bound, not yet listening; hand to PeerServer.start(sock=…)
+    sock: socket.socket | None  # bound, not listening; for PeerServer.start(sock=…)
 
     @property
     def member(self) -> Member:
@@ -44,17 +45,26 @@ def reserve_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def build_federation(directory: Path, names: Sequence[str], *,
                      federation: str = "Test Federation",
                      host: str = "127.0.0.1",
-                     ports: Sequence[int] | None = None) -> tuple[Path, list[LocalMember]]:
-    """Operator folder at ``directory/operator``; node ``i`` under ``directory/<name>``."""
+                     ports: Sequence[int] | None = None,
+                     identity_for: Callable[[int], NodeIdentity] | None = None,
+                     address_for: Callable[[int], str] | None = None,
+                     secrets: FederationSecrets | None = None
+                     ) -> tuple[Path, list[LocalMember]]:
+    """Operator folder at ``directory/operator``; node ``i`` under ``directory/<name>``.
+    The simulator passes ``identity_for`` and ``secrets`` (seeded keys) and
+    ``address_for`` (virtual addresses: no socket is reserved)."""
     operator = directory / "operator"
-    create_federation(operator, federation)
-    staged: list[tuple[str, NodeIdentity, MembershipPaths, socket.socket]] = []
+    create_federation(operator, federation, secrets=secrets)
+    staged: list[tuple[str, NodeIdentity, MembershipPaths, socket.socket | None]] = []
     requests: list[tuple[bytes, str | None]] = []
     for i, name in enumerate(names):
-        identity = NodeIdentity.generate()
+        identity = identity_for(i) if identity_for else NodeIdentity.generate()
         paths = MembershipPaths.under(directory / name / "federation")
-        sock = reserve_socket(host, ports[i] if ports is not None else 0)
-        address = f"{host}:{sock.getsockname()[1]}"
+        if address_for is not None:
+            sock, address = None, address_for(i)
+        else:
+            sock = reserve_socket(host, ports[i] if ports is not None else 0)
+            address = f"{host}:{sock.getsockname()[1]}"
         request = create_request(identity, paths, name=name, peer_address=address,
                                  dht_address=address, dicom_ae=f"NODE{i}"[:16])
         staged.append((name, identity, paths, sock))

@@ -13,7 +13,6 @@ holds every term, even before its records have reached the DHT.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -133,7 +132,7 @@ class DhtPlanner:
         if not terms:
             return _broadcast(roster, "no indexed terms in the query")
         keys = sorted({k for t in terms for k in t.keys})
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
         dht = node.dht
         gate = asyncio.Semaphore(self.parallel)  # a burst of lookups loses datagrams
 
@@ -153,7 +152,7 @@ class DhtPlanner:
             "hops": max(s.hops for s in stats),
             "hops_mean": sum(s.hops for s in stats) / len(stats),
             "rpcs": sum(s.rpcs for s in stats), "timeouts": sum(s.timeouts for s in stats),
-            "duration_s": time.monotonic() - started}
+            "duration_s": asyncio.get_running_loop().time() - started}
         if len(roster) > 1 and any(s.responses == 0 for s in stats):
             return _broadcast(roster, "a DHT lookup reached no holder", **detail)
         chosen = candidates(terms, {k: _holders(r) for k, r in zip(keys, results)})

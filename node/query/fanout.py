@@ -10,7 +10,6 @@ bounded by ``max_parallel`` requests in flight.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,14 +97,14 @@ class _SiteCall:
                  settings: FanOutSettings, hedge: bool, parse: Parse = parse_answer) -> None:
         self.site, self._ask, self._gate, self._end = site, ask, gate, end
         self._settings, self._hedge, self._parse = settings, hedge, parse
-        self.started = time.monotonic()
+        self.started = asyncio.get_running_loop().time()
 
     def _ms(self) -> float:
-        return round((time.monotonic() - self.started) * 1000, 1)
+        return round((asyncio.get_running_loop().time() - self.started) * 1000, 1)
 
     async def _attempt(self) -> dict[str, Any]:
         async with self._gate:
-            left = self._end - time.monotonic()
+            left = self._end - asyncio.get_running_loop().time()
             if left <= 0:
                 raise PeerTimeout(self.site.node_id, "deadline passed before the request left")
             return await self._ask(self.site, left)
@@ -145,14 +144,14 @@ async def fan_out(sites: Sequence[Member], ask: Ask, settings: FanOutSettings, *
     ``parse`` checks one site's JSON (raise AnswerError); other requests than queries
     (similarity) bring their own."""
     gate = asyncio.Semaphore(max(1, settings.max_parallel))
-    start = time.monotonic()
+    start = asyncio.get_running_loop().time()
     end = start + settings.deadline_s
     calls = {asyncio.ensure_future(_SiteCall(s, ask, gate, end, settings, hedge(s), parse).run()): s
              for s in sites}
     pending = set(calls)
     try:
         while pending:
-            left = end - time.monotonic()
+            left = end - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             done, pending = await asyncio.wait(pending, timeout=left,
@@ -161,7 +160,7 @@ async def fan_out(sites: Sequence[Member], ask: Ask, settings: FanOutSettings, *
                 yield task.result()
         for task in pending:
             task.cancel()
-        waited = round((time.monotonic() - start) * 1000, 1)
+        waited = round((asyncio.get_running_loop().time() - start) * 1000, 1)
         for task in pending:
             yield SiteAnswer(calls[task], "timeout", waited,
                              reason=f"no answer within the {settings.deadline_s:g}s deadline")

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 from ..config.model import NodeConfig
 from ..dht.config import DHTConfig
+from ..identity import NodeIdentity
+from ..net.fedsecrets import FederationSecrets
 from ..service import NodeService
 from ..net.testbed import LocalMember, admit_later, build_federation
 from ..node import Node
@@ -55,9 +57,13 @@ async def start_federation(directory: Path, names: Sequence[str], *,
                            with_dicom: bool = False, dht_config: DHTConfig | None = None,
                            configure: Callable[[NodeConfig], NodeConfig] = lambda c: c,
                            bootstrap: bool = True,
-                           peer_ports: Sequence[int] | None = None) -> LocalFederation:
-    """``peer_ports`` fixes each node's peer (and DHT) port; ephemeral by default."""
-    operator, members = build_federation(directory, names, ports=peer_ports)
+                           peer_ports: Sequence[int] | None = None,
+                           identity_for: Callable[[int], NodeIdentity] | None = None,
+                           secrets: FederationSecrets | None = None) -> LocalFederation:
+    """``peer_ports`` fixes each node's peer (and DHT) port; ephemeral by default. The
+    simulator passes seeded identities and federation secrets."""
+    operator, members = build_federation(directory, names, ports=peer_ports,
+                                         identity_for=identity_for, secrets=secrets)
     nodes: list[Node] = []
     for i, (name, member) in enumerate(zip(names, members)):
         cfg = configure(loopback_config(directory / name / "data", name=name,

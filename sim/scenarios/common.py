@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from node.service import NodeService
@@ -20,48 +19,15 @@ from node.query.dht_planner import DhtPlanner
 from node.query.service import FederatedQueryService
 from node.users import User
 from sim.data import GroundTruth, Placement, ground_truth, plan_layout, plant
+from sim.context import SimContext
 from sim.grid import ServiceFactory, SimGrid
-from sim.link import LinkSpec
 
-SCENARIOS = ("query", "lookup", "sharing", "similarity")
+from sim.options import SimOptions  # noqa: F401  (the similarity scenario's import)
 # The simulated clinician: a user record (as a node's UserStore would hold it) + purpose.
 CLINICIAN: dict[str, Any] = {
     "user": User("sim-clinician", "u-sim-clinician", "clinician", "radiology", 0, False,
                  ("treatment",)),
     "purpose": "treatment"}
-
-
-class SimOptionsError(ValueError):
-    """A simulator option is out of range; the message names it."""
-
-
-@dataclass(frozen=True)
-class SimOptions:
-    scenario: str = "query"
-    nodes: int = 20
-    seed: int = 1
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss: float = 0.0
-    down: float = 0.0          # fraction of nodes taken down before the measured phase
-    queries: int = 30
-    bootstrap: str = "join"
-    broadcast: bool = False    # query scenario: ask every member instead of DHT planning
-
-    def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise SimOptionsError(f"scenario must be one of {', '.join(SCENARIOS)}")
-        if not 2 <= self.nodes <= 1000:
-            raise SimOptionsError("nodes must be from 2 to 1000")
-        if not 0.0 <= self.down < 1.0:
-            raise SimOptionsError("down must be a fraction within [0, 1)")
-        if self.queries < 1 or self.seed < 0:
-            raise SimOptionsError("queries must be >= 1 and seed >= 0")
-        self.link  # validates latency / jitter / loss
-
-    @property
-    def link(self) -> LinkSpec:
-        return LinkSpec(self.latency_ms, self.jitter_ms, self.loss)
 
 
 class DhtPlannerBinder:
@@ -113,11 +79,12 @@ async def publish_index(grid: SimGrid) -> int:
     return sum(r.published for r in reports)
 
 
-async def build_world(directory: Path, opts: SimOptions, services: ServiceFactory = query_services,
+async def build_world(ctx: SimContext, services: ServiceFactory = query_services,
                       *, slices: int = 1, index: bool = True) -> World:
-    grid = await SimGrid.start(directory, opts.nodes, seed=opts.seed, link=opts.link,
-                               services=services, bootstrap=opts.bootstrap)
+    opts = ctx.opts
+    grid = await ctx.grid(services)
     try:
+        ctx.progress.phase("planting data and publishing the index", 1)
         layout = plan_layout(opts.nodes, opts.seed)
         secrets = grid.nodes[0].membership.secrets  # type: ignore[union-attr]
         truth = ground_truth(layout, opts.seed, secrets.linkage_key)

@@ -1,65 +1,99 @@
-"""Scenario "lookup": how well the DHT index finds the sites holding a patient.
+"""Scenario "lookup": DHT hops, RPCs, latency and success as the federation grows.
 
-Each round picks a patient and a live home site, then (1) reads the patient's index key
-straight from the DHT — hops, RPCs, latency, and whether every site that published it was
-found — and (2) plans a single-patient query the way a home node does, counting the sites
-it would ask against the sites that hold the patient (the target is ≤ holders + 2).
+Nodes join the DHT one after another (each through 4 random earlier members); at 1/8,
+1/4, 1/2 and all of N, every node (re)publishes its one signed record — as its
+periodic republish would, so records sit on the k nodes closest to them at that size —
+then ``queries`` lookups run from random members for random published keys
+(success: the publisher's record came back). That gives hops vs log2 N in one run.
+With ``--down F`` a fraction of nodes is then taken down and the lookups are repeated:
+records stay findable on the surviving holders, and dead contacts must not stall a
+lookup (adaptive patience, remembered dead contacts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
-import time
-from pathlib import Path
+from typing import Any
 
-from node.dht.index_keys import IndexKeys
-from node.query.dht_planner import plan_for
-from node.query.model import FederatedQuery
-from sim.report import DhtFigures, Recall, SimReport, latency_summary, mean
-from sim.scenarios.common import SimOptions, build_world
+from node.dht.records import PayloadKind
+from sim.context import SimContext
+from sim.grid import SimGrid
+from sim.report import DhtFigures, latency_summary
+
+SUMMARY = ("DHT lookups as the federation grows to N nodes: hops vs log2 N, RPCs per "
+           "lookup, latency, success; then again with a fraction of nodes down.")
 
 
-async def run_lookup(directory: Path, opts: SimOptions) -> SimReport:
-    world = await build_world(directory, opts)
-    grid, truth = world.grid, world.truth
+def stages(n: int) -> list[int]:
+    return sorted({s for s in (n // 8, n // 4, n // 2, n) if s >= 8} | {n})
+
+
+def record_key(seed: int, i: int) -> bytes:
+    return hashlib.sha256(f"sim-lookup:{seed}:{i}".encode()).digest()
+
+
+async def measure(ctx: SimContext, grid: SimGrid, published: list[int], live: list[int],
+                  rng: random.Random, label: str) -> tuple[DhtFigures, list[float]]:
+    dht, latencies = DhtFigures(), []
+    ctx.progress.phase(f"{label}: lookups", ctx.opts.queries)
+    for _ in range(ctx.opts.queries):
+        owner = rng.choice(published)
+        home = grid.nodes[rng.choice(live)]
+        assert home.dht is not None
+        started = ctx.now()
+        result = await home.dht.get(record_key(ctx.opts.seed, owner))
+        latencies.append((ctx.now() - started) * 1000)
+        want = grid.nodes[owner].identity.node_id
+        dht.add(any(r.publisher == want for r in result.records), result.lookup.hops,
+                result.lookup.rpcs)
+        ctx.progress.advance()
+    return dht, latencies
+
+
+async def run(ctx: SimContext) -> dict[str, Any]:
+    o = ctx.opts
+    rng = random.Random(o.seed)
+    grid = await ctx.grid(bootstrap="none")
+    rows: list[dict[str, Any]] = []
     try:
-        down = await grid.kill_fraction(opts.down)
-        live = set(grid.up)
-        secrets = grid.nodes[0].membership.secrets  # type: ignore[union-attr]
-        keys = IndexKeys(secrets.index_key)
-        ids = {grid.nodes[i].node_id: i for i in range(opts.nodes)}
-        rng = random.Random(opts.seed)
-        patients = sorted({f.pseudonym for f in truth.facts})
-        dht, recall = DhtFigures(), Recall()
-        latencies: list[float] = []
-        asked: list[int] = []
-        holding: list[int] = []
-        excess: list[int] = []
-        for _ in range(opts.queries):
-            psn = rng.choice(patients)
-            home = grid.nodes[rng.choice(sorted(live))]
-            assert home.dht is not None
-            started = time.monotonic()
-            result = await home.dht.get(keys.patient_key(psn))
-            latencies.append((time.monotonic() - started) * 1000)
-            found = {ids[r.publisher.hex()] for r in result.records
-                     if r.count > 0 and r.publisher.hex() in ids}
-            sites = truth.sites_with_patient(psn)
-            dht.add(sites <= found, result.lookup.hops, result.lookup.rpcs)
-            recall.add({(s, psn) for s in sites & live}, {(s, psn) for s in found})
-            plan = await plan_for(home, FederatedQuery(patient_pseudonym=psn))
-            asked.append(len(plan.sites))
-            holding.append(len(sites))
-            excess.append(len(plan.sites) - len(sites))
+        joined = 1
+        for size in stages(o.nodes):
+            await grid.join_range(joined, size, progress=ctx.progress)
+            ctx.progress.phase(f"{size} nodes: publishing", size)
+            for i in range(size):
+                dht = grid.nodes[i].dht
+                assert dht is not None
+                await dht.publish(record_key(o.seed, i), 1, PayloadKind.NONE)
+                ctx.progress.advance()
+            joined = size
+            figures, latencies = await measure(ctx, grid, list(range(size)), list(range(size)),
+                                               rng, f"{size} nodes")
+            row = {"nodes": size, "log2_nodes": round(math.log2(size), 3), **figures.as_dict(),
+                   "latency_ms": latency_summary(latencies)}
+            rows.append(row)
+            ctx.point("hops_vs_log2n", row["log2_nodes"], row["mean_hops"])
+            ctx.point("hops_vs_log2n_target", row["log2_nodes"], math.log2(size) / 2 + 1)
+            ctx.point("rpcs_vs_log2n", row["log2_nodes"], row["rpcs_per_lookup"])
+            if size == o.nodes:
+                ctx.samples["lookup_ms"] = latencies
+        final = rows[-1]
+        out: dict[str, Any] = {
+            "lookups": o.queries,
+            "dht": {k: final[k] for k in ("lookup_success", "mean_hops", "p99_hops",
+                                          "rpcs_per_lookup")},
+            "latency_ms": final["latency_ms"], "stages": rows,
+            "target_mean_hops": round(math.log2(o.nodes) / 2 + 1, 3),
+        }
+        if o.down:
+            down = await grid.kill_fraction(o.down)
+            figures, latencies = await measure(ctx, grid, list(range(o.nodes)), grid.up, rng,
+                                               f"{len(down)} down")
+            ctx.samples["lookup_with_down_ms"] = latencies
+            out["nodes_down"] = len(down)
+            out["dht_with_down"] = figures.as_dict()
+            out["latency_with_down_ms"] = latency_summary(latencies)
+        return out
     finally:
         await grid.stop()
-    return SimReport(
-        "lookup", opts.nodes, len(down), opts.seed, opts.queries, recall.value,
-        latency_summary(latencies), 0,
-        extra={"dht": dht.as_dict(), "sites_asked_mean": round(mean(asked), 2),
-               "sites_holding_mean": round(mean(holding), 2),
-               "sites_asked_excess_max": max(excess) if excess else 0,
-               "log2_nodes": round(math.log2(opts.nodes), 2),
-               "link": {"latency_ms": opts.latency_ms, "jitter_ms": opts.jitter_ms,
-                        "loss": opts.loss}})

@@ -11,13 +11,14 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from node.query.model import FederatedQuery
 from node.query.service import FederatedAnswer, FederatedQueryService
 from sim.data import GroundTruth
-from sim.report import DhtFigures, Recall, SimReport, latency_summary, mean
-from sim.scenarios.common import CLINICIAN, SimOptions, World, build_world
+from sim.context import SimContext
+from sim.report import DhtFigures, Recall, latency_summary, mean
+from sim.scenarios.common import CLINICIAN, World, build_world
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class QueryTally:
     recall: Recall
     dht: DhtFigures
     latencies: list[float]
+    planning: list[float]
     sites_asked: list[int]
     statuses: Counter[str]
     down_statuses: Counter[str]
@@ -68,7 +70,7 @@ class QueryTally:
 
     @classmethod
     def empty(cls) -> "QueryTally":
-        return cls(Recall(), DhtFigures(), [], [], Counter(), Counter(), Counter())
+        return cls(Recall(), DhtFigures(), [], [], [], Counter(), Counter(), Counter())
 
     def add(self, ask: Ask, answer: FederatedAnswer, world: World, live: set[int]) -> None:
         index = world.name_to_index()
@@ -83,36 +85,48 @@ class QueryTally:
             if s.status != "ok" and index.get(s.site, -1) in live:
                 self.problems[f"{s.status}: {s.reason[:100]}"] += 1
         detail = answer.plan.detail
+        if "duration_s" in detail:
+            self.planning.append(float(detail["duration_s"]) * 1000)
         if "lookups" in detail and "hops_mean" in detail:
             lookups = max(1, int(detail["lookups"]))
             self.dht.add(answer.plan.mode == "dht", float(detail["hops_mean"]),
                          int(detail.get("rpcs", 0)) / lookups)
 
 
-async def run_query(directory: Path, opts: SimOptions) -> SimReport:
-    world = await build_world(directory, opts)
+SUMMARY = ("Federated queries from random live sites (half by patient, half by modality + "
+           "body part), DHT-planned, with a fraction of sites down: latency and recall.")
+
+
+async def run(ctx: SimContext) -> dict[str, Any]:
+    opts = ctx.opts
+    world = await build_world(ctx)
     grid = world.grid
     try:
         rng = random.Random(opts.seed)
         down = await grid.kill_fraction(opts.down)
         live = set(grid.up)
         tally = QueryTally.empty()
-        for ask in make_asks(world.truth, opts.queries, rng):
+        asks = make_asks(world.truth, opts.queries, rng)
+        ctx.progress.phase("queries", len(asks))
+        for ask in asks:
             home = grid.nodes[rng.choice(sorted(live))]
             svc = home.service(FederatedQueryService.name)
             assert isinstance(svc, FederatedQueryService)
             tally.add(ask, await svc.query(ask.query, broadcast=opts.broadcast, **CLINICIAN),
                       world, live)
+            ctx.progress.advance()
     finally:
         await grid.stop()
-    return SimReport(
-        "query", opts.nodes, len(down), opts.seed, opts.queries, tally.recall.value,
-        latency_summary(tally.latencies), tally.refused,
-        extra={"planner": "broadcast" if opts.broadcast else "dht", "dht": tally.dht.as_dict(),
-               "sites_asked_mean": round(mean(tally.sites_asked), 2),
-               "site_statuses": dict(tally.statuses),
-               "down_site_statuses": dict(tally.down_statuses),
-               "live_site_problems": dict(tally.problems.most_common(5)),
-               "link": {"latency_ms": opts.latency_ms, "jitter_ms": opts.jitter_ms,
-                        "loss": opts.loss},
-               "instances": world.instances})
+    ctx.samples["query_ms"] = tally.latencies
+    ctx.samples["planning_ms"] = tally.planning
+    rtt = 2 * opts.latency_ms
+    lat = latency_summary(tally.latencies)
+    return {"queries": opts.queries, "nodes_down": len(down), "recall": round(tally.recall.value, 4),
+            "latency_ms": lat, "refused": tally.refused,
+            "target_p50_ms": 2 * rtt + 100, "target_p50_met": lat["p50"] <= 2 * rtt + 100,
+            "planner": "broadcast" if opts.broadcast else "dht", "dht": tally.dht.as_dict(),
+            "sites_asked_mean": round(mean(tally.sites_asked), 2),
+            "site_statuses": dict(sorted(tally.statuses.items())),
+            "down_site_statuses": dict(sorted(tally.down_statuses.items())),
+            "live_site_problems": dict(tally.problems.most_common(5)),
+            "instances": world.instances}

@@ -11,12 +11,13 @@ left its site.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from node.service import NodeService
 from node.keyshare.service import KeyShareService
@@ -29,8 +30,12 @@ from node.sharing.retrieve import FetchError, Retriever, SeriesRef, local_assert
 from node.synth.plan import PhiOverrides
 from sim.data import Placement, plant
 from sim.grid import SimGrid, flip_byte
-from sim.report import SimReport, latency_summary
-from sim.scenarios.common import CLINICIAN, SimOptions
+from sim.context import SimContext
+from sim.report import latency_summary
+from sim.scenarios.common import CLINICIAN
+
+SUMMARY = ("Publish series with canary PHI, take every owner down, tamper with one replica: "
+           "retrieve everything through replicas and key shares; scan every other disk.")
 
 SLICES = 4
 SIZE = 64
@@ -146,7 +151,8 @@ async def _retrieve_all(grid: SimGrid, published: list[Published], rng: random.R
         node = grid.nodes[rng.choice(grid.up)]
         assertion = local_assertion(node, **CLINICIAN)
         sink = MemorySink()
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             result = await Retriever(node, deadline_s=60).fetch(
                 SeriesRef(keyed_series_uid=pub.entry.keyed_series_uid), assertion,
@@ -155,7 +161,7 @@ async def _retrieve_all(grid: SimGrid, published: list[Published], rng: random.R
             tally.failures.append(str(exc)[:200])
             continue
         finally:
-            tally.latencies.append((time.monotonic() - started) * 1000)
+            tally.latencies.append((loop.time() - started) * 1000)
         if result.instances == pub.entry.instances == len(sink.instances):
             tally.ok += 1
     return tally
@@ -174,7 +180,8 @@ async def _tamper_refused(grid: SimGrid, pub: Published, holder: str) -> bool:
     return False
 
 
-async def run_sharing(directory: Path, opts: SimOptions) -> SimReport:
+async def run(ctx: SimContext) -> dict[str, Any]:
+    opts = ctx.opts
     rng = random.Random(opts.seed)
     owners = sorted(rng.sample(range(opts.nodes), max(2, min(4, opts.nodes // 5))))
     layout = [Placement(site, 1000 + 10 * site + k, rng.choice(("CT", "MR")))
@@ -183,8 +190,7 @@ async def run_sharing(directory: Path, opts: SimOptions) -> SimReport:
                for f in ("NM", "ID", "IN", "AC", "CM", "PT")]
     trap = LogTrap()
     logging.getLogger().addHandler(trap)
-    grid = await SimGrid.start(directory, opts.nodes, seed=opts.seed, link=opts.link,
-                               services=sharing_services, bootstrap=opts.bootstrap)
+    grid = await ctx.grid(sharing_services)
     try:
         await plant(dict(enumerate(grid.nodes)), layout, opts.seed, slices=SLICES, size=SIZE,
                     phi=canaries_for)
@@ -205,16 +211,13 @@ async def run_sharing(directory: Path, opts: SimOptions) -> SimReport:
     stored = sum(p.entry.size for p in published)
     plain = sum(p.entry.plain_size for p in published)
     retrievals = len(published)
-    return SimReport(
-        "sharing", opts.nodes, len(owners) + len(extra_down), opts.seed, retrievals,
-        tally.ok / retrievals if retrievals else 0.0, latency_summary(tally.latencies), 0,
-        extra={"bundles": len(published), "series_planted": len(layout),
-               "retrievals": retrievals,
-               "retrieval_success": round(tally.ok / retrievals, 4) if retrievals else 0.0,
-               "phi_canary_hits": hits, "canaries": len(needles),
-               "canary_files_at_owners": control,   # the scanner's control: must be > 0
-               "tamper_detected": bool(detected),
-               "compression_ratio": round(plain / stored, 3) if stored else 0.0,
-               "retrieval_failures": tally.failures[:5],
-               "link": {"latency_ms": opts.latency_ms, "jitter_ms": opts.jitter_ms,
-                        "loss": opts.loss}})
+    ctx.samples["retrieval_ms"] = tally.latencies
+    return {"nodes_down": len(owners) + len(extra_down), "queries": retrievals,
+            "latency_ms": latency_summary(tally.latencies), "bundles": len(published),
+            "series_planted": len(layout), "retrievals": retrievals,
+            "retrieval_success": round(tally.ok / retrievals, 4) if retrievals else 0.0,
+            "phi_canary_hits": hits, "canaries": len(needles),
+            "canary_files_at_owners": control,   # the scanner's control: must be > 0
+            "tamper_detected": bool(detected),
+            "compression_ratio": round(plain / stored, 3) if stored else 0.0,
+            "retrieval_failures": tally.failures[:5]}

@@ -1,4 +1,4 @@
-"""The simulator: real nodes on loopback with injected faults, scored against ground truth."""
+"""The simulator's real-time grid (loopback sockets, mTLS, injected link delays) and its pure parts."""
 
 from __future__ import annotations
 
@@ -17,12 +17,8 @@ from node.synth.generate import iter_datasets
 from sim.data import ground_truth, plan_layout, plant
 from sim.grid import GridError, SimGrid
 from sim.link import LinkSpec, LinkSpecError, SimLink
-from sim.report import Recall, SimReport, percentile
-from sim.run import run_scenario
-from sim.scenarios.common import SimOptions, SimOptionsError
-
-REPORT_KEYS = {"scenario", "nodes", "nodes_down", "queries", "recall", "latency_ms", "refused",
-               "seed"}
+from sim.options import SimOptions, SimOptionsError
+from sim.report import Recall, build_report, differences, percentile, to_json
 
 
 # -- pure parts -----------------------------------------------------------------------
@@ -35,6 +31,10 @@ def test_link_spec_refuses_impossible_networks() -> None:
         SimOptions(scenario="flood")
     with pytest.raises(SimOptionsError, match="down"):
         SimOptions(down=1.0)
+    with pytest.raises(SimOptionsError, match="jitter"):
+        SimOptions(latency_ms=5, jitter_ms=10)
+    with pytest.raises(SimOptionsError, match="unknown"):
+        SimOptions.from_params({"nodes": 3, "colour": "red"})
 
 
 def test_link_delays_within_jitter_and_loses_about_the_asked_share() -> None:
@@ -54,8 +54,19 @@ def test_percentiles_are_observed_values_and_recall_counts_pairs() -> None:
     recall.add({(1, "a"), (2, "a")}, {(1, "a"), (3, "b")})
     recall.add(set(), {(4, "c")})
     assert recall.value == 0.5
-    doc = json.loads(SimReport("query", 4, 1, 9, extra={"dht": {"mean_hops": 1}}).to_json())
-    assert REPORT_KEYS <= doc.keys() and doc["dht"] == {"mean_hops": 1}
+
+
+def test_report_rounds_figures_and_names_every_difference() -> None:
+    params = SimOptions("lookup", nodes=4, seed=9).params()
+    doc = build_report(params, "s", {"dht": {"mean_hops": 1.0000004}}, {"a_ms": [1.0, 2.0]},
+                       {"c": [[1, 2.123456]]})
+    assert doc["dht"] == {"mean_hops": 1.0} and doc["params"] == params
+    assert doc["samples"]["a_ms"]["count"] == 2 and doc["series"]["c"] == [[1, 2.1235]]
+    again = json.loads(to_json(doc))
+    assert differences(doc, again) == []
+    again["dht"]["mean_hops"] = 2.0
+    del again["seed"]
+    assert differences(doc, again) == ["dht.mean_hops: 1.0 -> 2.0", "seed: only in the report"]
 
 
 def test_layout_shares_patients_between_sites_deterministically() -> None:
@@ -139,58 +150,3 @@ async def test_plant_stores_ground_truth_and_refuses_bad_instances(tmp_path: Pat
         await grid.stop()
 
 
-# -- scenarios --------------------------------------------------------------------------
-async def test_query_scenario_finds_everything_without_faults(tmp_path: Path) -> None:
-    report = (await run_scenario(SimOptions(nodes=7, seed=11, queries=10), tmp_path)).to_dict()
-    assert REPORT_KEYS <= report.keys()
-    assert report["recall"] == 1.0 and report["nodes_down"] == 0 and report["queries"] == 10
-    assert report["site_statuses"].keys() == {"ok"}
-    assert report["dht"]["lookup_success"] == 1.0
-    assert 1 <= report["sites_asked_mean"] < 7          # the DHT narrowed the fan-out
-
-
-async def test_query_scenario_reports_down_sites_and_keeps_live_recall(tmp_path: Path) -> None:
-    opts = SimOptions(nodes=8, seed=12, queries=6, down=0.25)
-    report = (await run_scenario(opts, tmp_path)).to_dict()
-    assert report["nodes_down"] == 2
-    assert report["recall"] == 1.0
-    assert report["down_site_statuses"].keys() == {"unreachable"}
-    assert report["down_site_statuses"]["unreachable"] > 0
-
-
-async def test_query_latency_grows_with_the_injected_rtt(tmp_path: Path) -> None:
-    opts = SimOptions(nodes=6, seed=13, queries=6, latency_ms=40, jitter_ms=5)
-    report = (await run_scenario(opts, tmp_path)).to_dict()
-    assert report["recall"] == 1.0
-    assert report["latency_ms"]["p50"] >= 80    # at least one round trip (DHT lookup)
-
-
-async def test_lookup_scenario_finds_every_holder(tmp_path: Path) -> None:
-    report = (await run_scenario(SimOptions("lookup", nodes=8, seed=14, queries=8),
-                                 tmp_path)).to_dict()
-    assert report["dht"]["lookup_success"] == 1.0 and report["recall"] == 1.0
-    assert report["dht"]["mean_hops"] >= 1 and report["dht"]["rpcs_per_lookup"] >= 1
-    assert report["sites_asked_excess_max"] <= 2
-    assert report["sites_asked_mean"] >= report["sites_holding_mean"] >= 1
-
-
-def test_cli_prints_a_json_report_and_refuses_bad_options(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "sim", "--nodes", "3", "--queries", "2", "--seed", "4",
-           "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert REPORT_KEYS <= report.keys() and report["nodes"] == 3 and report["seed"] == 4
-    bad = subprocess.run([sys.executable, "-m", "sim", "--loss", "1.5"], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
-    assert bad.returncode == 2 and "loss" in bad.stderr
-
-
-async def test_sharing_scenario_survives_owners_down_without_leaking_phi(tmp_path: Path) -> None:
-    report = (await run_scenario(SimOptions("sharing", nodes=8, seed=15), tmp_path)).to_dict()
-    assert report["nodes_down"] == 2 and report["bundles"] == report["series_planted"] == 4
-    assert report["retrievals"] == 4 and report["retrieval_success"] == 1.0
-    assert report["canary_files_at_owners"] > 0      # the scan does find planted PHI …
-    assert report["phi_canary_hits"] == 0            # … and none of it left its site
-    assert report["tamper_detected"] is True
-    assert report["compression_ratio"] > 1.0

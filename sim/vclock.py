@@ -1,0 +1,134 @@
+"""Virtual time: an asyncio event loop whose clock jumps to the next timer.
+
+Why: a simulator whose figures depend on how busy its host is cannot compare designs
+or prove a promise. Under ``VirtualTimeLoop`` the node code runs unchanged — every
+``asyncio.sleep``, ``wait_for`` deadline, ``call_later`` link delay, republish and
+repair interval is a timer on this loop — but when nothing is ready to run the clock
+advances straight to the earliest timer instead of waiting for it. Computation takes
+no virtual time; only modelled delays do. A run is therefore a deterministic function
+of its inputs and seed, however loaded the machine.
+
+What would break that, and what is done about it:
+
+* threads handing results back at unpredictable moments: ``run_in_executor`` (hence
+  ``asyncio.to_thread``) runs the function inline on the loop thread, and
+  ``inline_sqlite()`` makes aiosqlite run its statements inline instead of on its
+  worker thread (the SQLite files stay real);
+* real sockets and TLS: the simulator gives every node an in-memory transport
+  (``sim.network``); the only file descriptor the loop still watches is its own
+  wake-up pipe;
+* wall-clock reads: the node's signed timestamps come from ``Transport.wall_clock``,
+  which the simulator derives from this loop's clock (``EPOCH + loop.time()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import selectors
+import sqlite3
+from collections.abc import Callable, Coroutine, Iterator
+from functools import partial
+from typing import Any, TypeVar
+
+import aiosqlite
+import aiosqlite.core
+
+T = TypeVar("T")
+
+EPOCH = 1_767_225_600.0   # 2026-01-01T00:00:00Z: the wall clock at virtual time 0
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Polls real file descriptors without blocking; an idle wait becomes a jump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: "VirtualTimeLoop | None" = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if events or timeout == 0 or self.loop is None:
+            return events
+        if timeout is None:
+            # nothing scheduled: only another thread can wake us (real wait)
+            return super().select(0.05)
+        self.loop.advance_to_next_timer(timeout)
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        selector = _JumpingSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self._virtual_now = 0.0
+        self._clock_resolution = 1e-9
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance_to_next_timer(self, timeout: float) -> None:
+        scheduled = getattr(self, "_scheduled", None)
+        target = scheduled[0].when() if scheduled else self._virtual_now + timeout
+        self._virtual_now = max(self._virtual_now, target)
+
+    def run_in_executor(self, executor: Any, func: Callable[..., T],  # type: ignore[override]
+                        *args: Any) -> asyncio.Future[T]:
+        """Inline: a thread would finish at a moment no seed controls."""
+        future: asyncio.Future[T] = self.create_future()
+        try:
+            future.set_result(func(*args))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+class InlineConnection(aiosqlite.Connection):
+    """aiosqlite's API, statements run on the loop thread (no worker thread)."""
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._connect().__await__()
+
+    async def _connect(self) -> "InlineConnection":
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    async def _execute(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self._running = False
+
+    def stop(self) -> None:  # type: ignore[override]
+        self._running = False
+
+
+def _inline_connect(database: Any, *, iter_chunk_size: int = 64, loop: Any = None,
+                    **kwargs: Any) -> InlineConnection:
+    return InlineConnection(partial(sqlite3.connect, str(database), **kwargs), iter_chunk_size)
+
+
+@contextlib.contextmanager
+def inline_sqlite() -> Iterator[None]:
+    """While a virtual run lasts, ``aiosqlite.connect`` opens inline connections."""
+    saved = (aiosqlite.connect, aiosqlite.core.connect)
+    aiosqlite.connect = aiosqlite.core.connect = _inline_connect  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        aiosqlite.connect, aiosqlite.core.connect = saved  # type: ignore[assignment]
+
+
+def run_virtual(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a fresh virtual-time loop."""
+    with inline_sqlite(), asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main)
