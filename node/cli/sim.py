@@ -93,7 +93,7 @@ def _replay(path: Path, data_dir: Optional[Path], show_progress: bool) -> None:
 def sim(nodes: int = typer.Option(20, "--nodes", help="Sites in the simulated federation."),
         scenario: str = typer.Option("query", "--scenario",
                                      help="lookup | query | churn | durability | adversary | "
-                                          "revocation | sharing (see sim/scenarios/)."),
+                                          "sharing (one module each in sim/scenarios/)."),
         seed: int = typer.Option(1, "--seed", help="Seed for ids, data, faults and queries."),
         latency_ms: float = typer.Option(20.0, "--latency-ms",
                                          help="One-way delay (inside a region)."),
