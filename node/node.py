@@ -6,6 +6,7 @@ Nothing here is global, so the simulator can run many nodes in one process.
 from __future__ import annotations
 
 import asyncio
+import random
 import logging
 import socket
 from dataclasses import dataclass
@@ -186,7 +187,8 @@ class Node:
                 host=self.cfg.dht_bind_host, port=dht_port,
                 config_key="[dht] port (and the DHT address in the admission request)")
         self.gossip = RosterGossip(self.node_id, self.membership.roster, self.client,
-                                   GossipSettings.from_federation(self.cfg.federation))
+                                   GossipSettings.from_federation(self.cfg.federation),
+                                   rng=random.Random(self.identity.node_id))  # repeatable (sim)
         await self.gossip.start()
 
     async def bootstrap_dht(self) -> int:
