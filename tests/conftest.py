@@ -1,14 +1,27 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+from node.datadir import restrict_umask
 from node.testing.nodes import NodeThread, loopback_config
 
 if TYPE_CHECKING:
     from node.testing.postgres import PrivateCluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_umask() -> Iterator[None]:
+    """Every `medfed` command runs with umask 077 (node.datadir.restrict_umask), and a node
+    refuses a data folder open to others. In-process nodes get the same umask for the
+    whole session, so whether a test's folders are private does not depend on whether an
+    earlier test happened to run the CLI in this process."""
+    previous = restrict_umask()
+    yield
+    os.umask(previous)
 
 
 @pytest.fixture
