@@ -348,6 +348,10 @@ class SimilarityService:
     # -- provenance --------------------------------------------------------------------
     async def verify_provenance(self, run_id: str | None = None) -> ProvenanceReport:
         node = self.node
+        if node.audit is not None:
+            # A running node signs its audit head once a second; sign it now so the
+            # check covers every entry already written, not a head still to come.
+            await asyncio.to_thread(node.audit.sync)
         stored = await record_table.load_records(node.store, run_id)
         return verify_stored(stored, self._key_for, own_node=node.node_id,
                              audit_path=node.cfg.audit_path, audit_key=node.identity.verify_key)
