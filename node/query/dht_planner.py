@@ -171,9 +171,10 @@ class DhtPlanner:
         return all(any(local.get(k, 0) > 0 for k in t.keys) for t in terms)
 
 
-async def plan_for(node: "Node", query: FederatedQuery) -> Plan:
+async def plan_for(node: "Node", query: FederatedQuery, *,
+                   lookup_deadline_s: float | None = None) -> Plan:
     """Plan ``query`` at ``node`` over its active roster (the simulator's entry point)."""
     if node.membership is None:
         raise ValueError("plan_for needs a federation member node (no membership installed)")
-    return await DhtPlanner(node).plan(query, node.membership.roster.current.active(),
-                                       broadcast=False)
+    planner = DhtPlanner(node, lookup_deadline_s=lookup_deadline_s)
+    return await planner.plan(query, node.membership.roster.current.active(), broadcast=False)
