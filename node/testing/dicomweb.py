@@ -1,16 +1,15 @@
 """A node's DICOMweb on an ephemeral loopback port, outside the web app (tests, benchmarks).
 
 dicomweb-client and the benchmark clients are blocking, so nodes and their HTTP server
-run on an event loop in a thread of their own (``LoopThread``) and callers use the
+run on an event loop in a thread of their own (``loop_thread.LoopThread``) and callers use the
 client from their own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import Any
 
 from aiohttp import web
 
@@ -18,26 +17,10 @@ from node.users import User
 from node.web.dicomweb import DicomwebContext, add_dicomweb
 from node.web.dicomweb.requester import Authenticate
 
+from .loop_thread import LoopThread
 from .users import local_user
 
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An asyncio loop running in a daemon thread; ``call`` runs a coroutine on it."""
-
-    def __init__(self, name: str = "loop-thread") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
-        self._thread.start()
-
-    def call(self, coro: Awaitable[T], timeout: float = 120) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+__all__ = ["LoopThread", "ServedDicomweb", "serve_dicomweb", "token_authenticate", "user_token"]
 
 
 def token_authenticate(node: Any) -> Authenticate:

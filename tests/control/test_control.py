@@ -13,11 +13,10 @@ import json
 import os
 import socket
 import stat
-import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -35,31 +34,14 @@ from node.replica.service import ReplicaService
 from node.sharing.publisher import PublisherService, PublisherSettings
 from node.store.ingest_local import encode_part10, ingest_dataset
 from node.synth.generate import iter_datasets
+from node.testing.loop_thread import LoopThread
 from node.testing.nodes import loopback_config
 from node.users import UserStore
 from node.testing.federation import LocalFederation, start_federation
 from tests.sharing.test_sharing_publish import _configure, _expected  # same k/n/r and de-identified bytes
 
-T = TypeVar("T")
 NAMES = ["owner", "b", "c", "d", "e", "f"]
 PASSWORD = "correct horse battery"
-
-
-class LoopThread:
-    """An event loop on a background thread: the 'daemon' side of these tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="control-fed")
-        self._thread.start()
-
-    def call(self, coro: Awaitable[T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @dataclass
@@ -96,7 +78,7 @@ async def _publish(owner: Node) -> tuple[str, list[bytes]]:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    loop = LoopThread()
+    loop = LoopThread("control-fed")
     root = tmp_path_factory.mktemp("ctl")
     fed = loop.call(start_federation(root, NAMES, configure=_configure, services=_services))
     try:
