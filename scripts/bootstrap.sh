@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotently install what medfed needs on a fresh Debian machine:
-# system tools (dcmtk, orthanc) and a virtualenv with the package.
+# system tools (dcmtk, orthanc, chromium, postgresql), a virtualenv with the package and
+# the pinned OHIF viewer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
