@@ -38,6 +38,7 @@ from .backend import Auditor, QueryBackend, QueryRefused, RetrieveItem
 from .ingest import Ingestor
 from .retrieve_scp import Progress, Sender, SubOperationFailed, count, move_contexts
 from .server import AssociationServer
+from .response_wire import ResponseRow
 from .store_scp import StoreHandler
 from .tls import server_context
 from .wire import ProtocolError, PduSocket
@@ -303,7 +304,8 @@ class DicomService:
                     assoc.send(cx_id, dimse.response(cmd, dimse.C_FIND_RSP, status.CANCEL))
                     return
             try:
-                batch.append(assoc.io.message(cx_id, pending, codec.encode(ds, ts)))
+                raw = ds.encode(ts) if isinstance(ds, ResponseRow) else codec.encode(ds, ts)
+                batch.append(assoc.io.message(cx_id, pending, raw))
             except Exception as exc:
                 log.warning("C-FIND from %s: a result could not be encoded (%s); skipped",
                             calling, type(exc).__name__)
