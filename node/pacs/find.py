@@ -4,6 +4,8 @@ One indexed SQL statement per request (counts are columns, ModalitiesInStudy a p
 of the study->modality table); rows are read in batches on one pooled reader and
 turned into response identifiers as the caller consumes them, so a large answer never
 sits in memory whole. ``find`` is an async iterator: consume it as the SCU reads.
+The SCP's paths (``find_rows``, ``find_sync``) hand over each match as its row
+(``ResponseRow``), encoded straight to the response bytes (``response_wire``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from ..store.db import MetadataStore
 from .matching import DEFAULT_LIMIT, InfoModel, build_query, build_retrieve_query
-from .response import response_dataset
+from .response_wire import ResponseRow
 
 log = logging.getLogger("medfed.find")
 
@@ -42,6 +44,17 @@ async def find(store: MetadataStore, identifier: Dataset, model: InfoModel | str
                retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> AsyncIterator[Dataset]:
     """Response identifiers for a C-FIND request, best first by the level's natural
     order. Raises MatchError (before the first result) for a malformed identifier."""
+    rows = find_rows(store, identifier, model, retrieve_ae=retrieve_ae, limit=limit)
+    try:
+        async for row in rows:
+            yield row.dataset()
+    finally:
+        await rows.aclose()
+
+
+async def find_rows(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
+                    retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> AsyncIterator[ResponseRow]:
+    """:func:`find`'s matches as rows (``ResponseRow``: bytes or Dataset on demand)."""
     query = build_query(identifier, model, limit=limit, dialect=store.dialect)
     sent = 0
     rows = store.stream(query.sql, query.params, batch=_BATCH)
@@ -53,16 +66,16 @@ async def find(store: MetadataStore, identifier: Dataset, model: InfoModel | str
                             "the query)", query.level, limit)
                 return
             sent += 1
-            yield response_dataset(query, row, retrieve_ae)
+            yield ResponseRow(query, row, retrieve_ae)
     finally:
         await rows.aclose()  # give the reader back now, not when the generator is collected
 
 
 def find_sync(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
-              retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> list[Dataset] | None:
-    """:func:`find` for a blocking thread (the DICOM association's own): the same
-    statement and identifiers, read through ``store.read_sync``; None when the store
-    has no blocking reader (then use :func:`find`)."""
+              retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> list[ResponseRow] | None:
+    """:func:`find_rows` for a blocking thread (the DICOM association's own): the same
+    statement and matches, read through ``store.read_sync``; None when the store
+    has no blocking reader (then use :func:`find_rows`)."""
     query = build_query(identifier, model, limit=limit, dialect=store.dialect)
     rows = store.read_sync(query.sql, query.params)
     if rows is None:
@@ -70,7 +83,7 @@ def find_sync(store: MetadataStore, identifier: Dataset, model: InfoModel | str,
     if len(rows) > limit:
         log.warning("C-FIND at %s level matched more than %d records; the answer was "
                     "truncated (raise the query limit or narrow the query)", query.level, limit)
-    return [response_dataset(query, row, retrieve_ae) for row in rows[:limit]]
+    return [ResponseRow(query, row, retrieve_ae) for row in rows[:limit]]
 
 
 async def select_instances(store: MetadataStore, identifier: Dataset,

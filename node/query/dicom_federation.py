@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from node.pacs.scp import QueryRefused, RetrieveItem
 from node.pacs import status
+from node.pacs.response_wire import ResponseRow
 from node.users import User, UserRefused, resolve_user
 
 from .dicom_retrieve import FederatedRetrieve
@@ -123,7 +124,7 @@ class FederationDicomBackend:
         return service
 
     def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
-                  calling_ae: str) -> list[Dataset] | None:
+                  calling_ae: str) -> list[ResponseRow] | None:
         """This node's own C-FIND answered in the association's thread; None for the
         federation AE title (the SCP then awaits :meth:`find`)."""
         node = self._running()
@@ -133,7 +134,7 @@ class FederationDicomBackend:
                                     calling_ae=calling_ae)
 
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
-                   calling_ae: str) -> list[Dataset]:
+                   calling_ae: str) -> list[Dataset] | list[ResponseRow]:
         node = self._running()
         if called_ae != node.cfg.dicom.federation_ae_title:
             return await node.local.find(identifier, model, called_ae=called_ae,

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from pydicom.dataset import Dataset
 
-from ..pacs.find import find, find_sync, select_instances
+from ..pacs.find import find_rows, find_sync, select_instances
 from ..pacs.matching import MatchError
+from ..pacs.response_wire import ResponseRow
 from ..pacs.scp import QueryRefused, RetrieveItem
 from ..pacs.status import QR_SUBOPS_OUT_OF_RESOURCES, UNABLE_TO_PROCESS
 from ..store.db import MetadataStore
@@ -35,16 +36,17 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     async def find(self, identifier: Dataset, model: str, *, called_ae: str,
-                   calling_ae: str) -> list[Dataset]:
-        """The whole answer as a list (for callers that need one); prefer find_stream."""
+                   calling_ae: str) -> list[ResponseRow]:
+        """The whole answer as a list of matches (``ResponseRow``: the SCP encodes each
+        straight to bytes, ``.dataset()`` gives a Dataset); prefer find_stream."""
         return [ds async for ds in self.find_stream(identifier, model, called_ae=called_ae,
                                                     calling_ae=calling_ae)]
 
     async def find_stream(self, identifier: Dataset, model: str, *, called_ae: str,
-                          calling_ae: str) -> AsyncIterator[Dataset]:
-        """Response identifiers one at a time, read from the store as they are consumed.
+                          calling_ae: str) -> AsyncIterator[ResponseRow]:
+        """Matches one at a time, read from the store as they are consumed.
         Raises QueryRefused (before the first result) for a malformed identifier."""
-        results = find(self.store, identifier, model, retrieve_ae=self.ae_title,
+        results = find_rows(self.store, identifier, model, retrieve_ae=self.ae_title,
                        limit=self.limit)
         try:
             async for ds in results:
@@ -55,7 +57,7 @@ class LocalBackend:
             await results.aclose()
 
     def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
-                  calling_ae: str) -> list[Dataset] | None:
+                  calling_ae: str) -> list[ResponseRow] | None:
         """The same answer as :meth:`find`, from the calling (DICOM) thread (None: the
         store cannot read blocking, await :meth:`find`)."""
         try:
