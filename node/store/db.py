@@ -251,9 +251,7 @@ class MetadataStore:
     async def ingest_many(self, records: Sequence[InstanceRecord], source: str) -> int:
         """Many path-less instances in ONE transaction (one fsync); returns how many were new."""
         def work(conn: SqlConnection) -> int:
-            now = time.time()
-            return sum(0 if self.writer.ingest_rows(conn, rec, None, source, now).duplicate
-                       else 1 for rec in records)
+            return self.writer.ingest_pathless(conn, records, source, time.time())
         return await self.write(work) if records else 0
 
     async def upsert_study_tree(self, patient: PatientRec, study: StudyRec,

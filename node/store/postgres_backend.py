@@ -58,6 +58,14 @@ class PgConnection:
         args = tuple(params) if params else None
         return _Cursor(self._conn.execute(pg_sql(sql, args is not None), args))  # type: ignore[arg-type]
 
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+                  ) -> None:
+        """Many rows in one COPY (one statement: statement-level triggers fire once)."""
+        with self._conn.cursor() as cur:
+            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
     def close(self) -> None:
         self._conn.close()
 

@@ -132,6 +132,39 @@ class MetadataWriter:
              now)).fetchone()[0])
         return IngestResult(inst_id, series_id, False, True)
 
+    def ingest_pathless(self, conn: SqlConnection, records: Sequence[InstanceRecord],
+                        source: str, now: float) -> int:
+        """Many instances without a file (upstream sync, ``synth --metadata-only``) in
+        the caller's transaction, with the rows ``ingest_rows`` writes for each: the
+        patient/study/series through the same upserts, the instances in one statement
+        (PostgreSQL: COPY, whose statement-level trigger updates each count row once).
+        Instances already stored are left as they are, as ``ingest_rows`` does.
+        Returns how many were new."""
+        seen: set[str] = set()
+        for part in range(0, len(records), _IN_BATCH):
+            uids = [r.instance.sop_uid for r in records[part:part + _IN_BATCH]]
+            marks = ",".join("?" * len(uids))
+            seen.update(str(u) for (u,) in conn.execute(
+                f"SELECT sop_uid FROM instances WHERE sop_uid IN ({marks})", uids).fetchall())
+        rows = []
+        for rec in records:
+            i = rec.instance
+            if i.sop_uid in seen:
+                continue
+            seen.add(i.sop_uid)
+            patient_id = self._memoized("patient", (rec.patient, now),
+                                        lambda: self.upsert_patient(conn, rec.patient, now))
+            study_id = self._memoized("study", (rec.study.uid, patient_id, now),
+                                      lambda: upsert_study(conn, rec.study, patient_id,
+                                                           source, now))
+            series_id = self._memoized("series", (rec.series.uid, study_id, now),
+                                       lambda: upsert_series(conn, rec.series, study_id, now))
+            rows.append((i.sop_uid, series_id, i.sop_class_uid, i.number, i.transfer_syntax,
+                         i.rows, i.columns, i.frames, i.position_z, None, 0, "", source, now))
+        if rows:
+            insert_rows(conn, "instances", _INSTANCE_COLUMNS, rows)
+        return len(rows)
+
     def _memoized(self, what: str, key: object, upsert: Callable[[], int]) -> int:
         """``upsert()``'s id, or the id it gave for the same input earlier in this
         transaction (same values, same ``now``: the upsert would change nothing)."""
@@ -198,6 +231,25 @@ def upsert_series(conn: SqlConnection, s: SeriesRec, study_id: int, now: float) 
     conn.execute("INSERT INTO series_phi(series_id, description, operators, station) "
                  "VALUES (?,?,?,?)", (sid, s.description, s.operators, s.station))
     return sid
+
+
+_IN_BATCH = 500    # SQL variables per IN (...) list
+_INSTANCE_COLUMNS = ("sop_uid", "series_id", "sop_class_uid", "instance_number",
+                     "transfer_syntax", "rows", "columns", "number_of_frames", "position_z",
+                     "path", "size", "sha256", "source", "received_at")
+
+
+def insert_rows(conn: SqlConnection, table: str, columns: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> None:
+    """Many rows in one statement: COPY on PostgreSQL (its adapter's ``copy_rows``),
+    ``executemany`` on SQLite."""
+    copy_rows = getattr(conn, "copy_rows", None)
+    if copy_rows is not None:
+        copy_rows(table, columns, rows)
+        return
+    marks = ",".join("?" * len(columns))
+    conn.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})",  # type: ignore[attr-defined]
+                     rows)
 
 
 def enqueue(conn: SqlConnection, kind: str, ref: str, now: float, delay: float = 0.0) -> None:

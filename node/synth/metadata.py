@@ -4,8 +4,9 @@ reproduce (``medfed synth --metadata-only``).
 Shape (as measured at a hospital archive, issue 12): per 1,000 instances about 5.6
 patients, 11.5 studies and 23 series; modalities CT, MR, CR, US, DX, MG, PT in
 realistic proportions; study dates over ten years. The records go through the same row
-functions a C-STORE commits through (``MetadataWriter.ingest_rows``), many per
-transaction, with ``source='synthetic'`` and no file: the node answers C-FIND and
+functions a C-STORE commits through for patients, studies and series
+(``MetadataWriter.ingest_pathless``; the instances of a batch in one statement), many
+per transaction, with ``source='synthetic'`` and no file: the node answers C-FIND and
 federated queries on them, and refuses to retrieve them with a clear status.
 """
 
@@ -93,10 +94,11 @@ async def fill_store(store: MetadataStore, instances: int, *, seed: int = 1,
                      batch: int | None = None,
                      progress: Callable[[int], None] | None = None) -> FillReport:
     """Commit ``instances`` synthetic records into an open store, ``batch`` per
-    transaction, off the event loop. PostgreSQL gets smaller transactions: the count
-    rows a batch updates again and again grow a version chain until the commit."""
+    transaction (``MetadataWriter.ingest_pathless``: the row functions C-STORE uses
+    for patients, studies and series; the instances in one statement), off the event
+    loop."""
     if batch is None:
-        batch = 200 if store.dialect.postgres else 5000
+        batch = 5000
     before = await store.counts()
     started = time.perf_counter()
     records = archive_records(instances, seed)
@@ -108,9 +110,7 @@ async def fill_store(store: MetadataStore, instances: int, *, seed: int = 1,
             break
 
         def work(conn: SqlConnection, chunk: list[InstanceRecord] = chunk) -> None:
-            now = time.time()
-            for rec in chunk:
-                writer.ingest_rows(conn, rec, None, SOURCE, now)
+            writer.ingest_pathless(conn, chunk, SOURCE, time.time())
         await asyncio.to_thread(writer.run, work)
         done += len(chunk)
         if progress is not None:

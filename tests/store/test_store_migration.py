@@ -66,7 +66,7 @@ async def test_version_1_store_is_upgraded_at_open(kind: str, tmp_path: Path,
     url = store_url(kind, request)
     make_v1(kind, tmp_path, url)
     async with MetadataStore(tmp_path / "meta.sqlite", url=url) as store:
-        assert await store.schema_version() == SCHEMA_VERSION == 2
+        assert await store.schema_version() == SCHEMA_VERSION == 3
         counts = await store.counts()
         assert (counts.patients, counts.studies, counts.series, counts.instances,
                 counts.bytes) == (2, 3, 4, 7, 600)
@@ -87,4 +87,4 @@ async def test_version_1_store_is_upgraded_at_open(kind: str, tmp_path: Path,
         await store.ingest(rec, StoredFile("f8.dcm", 50, "0" * 64))
         assert (await store.counts()).instances == 8 and (await store.counts()).bytes == 650
     async with MetadataStore(tmp_path / "meta.sqlite", url=url) as store:  # opens again: no-op
-        assert await store.schema_version() == 2 and (await store.counts()).instances == 8
+        assert await store.schema_version() == 3 and (await store.counts()).instances == 8
