@@ -4,8 +4,16 @@
 One store per backend grows through the sizes (filled by ``node.synth.metadata``, the
 rows a C-STORE commits, no pixel data). At each size a node is started on it (start-up
 time = ``Node.start()`` until the DICOM port listens) and measured:
-- C-FIND p50 per query kind on ONE open association (pynetdicom SCU in this process,
-  so no process spawn is measured), each repeat with a different patient/study/month;
+- C-FIND p50 per query kind on ONE open association, each repeat with a different
+  patient/study/month, through three clients: a lean SCU on the node's own PDU/DIMSE
+  code (``bench.find_client``, the headline figure), pynetdicom (in this process; its
+  own cost per response is ~3 ms), and dcmtk findscu over one association for three
+  kinds; "store" = the node's side without DIMSE: the same identifier answered as
+  the SCP does (SQL, then each match encoded to its response bytes). The fixed queries (one month, SMITH^J*)
+  return more matches as the archive grows; the "[~10]" / "[~100]" variants are
+  narrowed at each size to return about as many (a date range from a random study to
+  the k-th study after it; the longest name prefix matching >= k studies), and the
+  per-match cost is the slope between the ~10 and ~100 date ranges;
 - the peer API's query executor (``run_query``: what ``POST /v1/query`` runs, without
   TLS and HTTP) by pseudonym and by modality + month;
 - the index publisher's term bookkeeping: first publish (all terms read once) and an
@@ -31,13 +39,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelFind)
 
+from bench.find_client import LeanFindSCU, findscu_per_query
 from node.deid.actions import pseudonym
 from node.index.publisher import IndexPublisher
-from node.pacs.find import find
+from node.pacs.find import find_rows, find_sync
 from node.policy import Level
 from node.query.model import FederatedQuery
 from node.query.serve_sql import run_query
@@ -49,6 +59,7 @@ from node.testing.postgres import PrivateCluster
 LINK = b"l" * 32
 INDEX = b"i" * 32
 DEFAULT_SIZES = (10_000, 100_000)
+HELD = (10, 100)   # matches the narrowed ("held") lookups are chosen to return
 
 
 @dataclass
@@ -81,19 +92,24 @@ def _identifier(level: str, keys: dict[str, str]) -> Dataset:
 
 
 class StoreOnly:
-    """Stands in for an association: runs the same identifier through ``find`` on the
-    node's loop, so the store's share of a C-FIND is measured without DIMSE."""
+    """Stands in for an association: answers the same identifier the way the SCP does
+    (SQLite: ``find_sync`` in the calling thread; PostgreSQL: ``find_rows`` on the
+    node's loop) and encodes each match, so the node's share of a C-FIND is measured
+    without DIMSE and without a client."""
 
     def __init__(self, node: NodeThread) -> None:
         self.node = node
 
-    def send_c_find(self, ds: Dataset, model: Any) -> list[tuple[Any, Dataset]]:
+    def send_c_find(self, ds: Dataset, model: Any) -> list[tuple[Any, bytes]]:
         name = "PATIENT_ROOT" if model is PatientRootQueryRetrieveInformationModelFind \
             else "STUDY_ROOT"
-
-        async def run() -> list[Dataset]:
-            return [d async for d in find(self.node.node.store, ds, name, retrieve_ae="X")]
-        return [(_PENDING, d) for d in self.node.call(run(), timeout=3600)]
+        store = self.node.node.store
+        rows = find_sync(store, ds, name, retrieve_ae="X")
+        if rows is None:
+            async def run() -> list[Any]:
+                return [r async for r in find_rows(store, ds, name, retrieve_ae="X")]
+            rows = self.node.call(run(), timeout=3600)
+        return [(_PENDING, r.encode(ExplicitVRLittleEndian)) for r in rows]
 
 
 class _Status:
@@ -120,15 +136,65 @@ async def _samples(store: MetadataStore, repeat: int, seed: int) -> dict[str, li
     series = await store.fetchall("SELECT series_uid FROM series ORDER BY id")
     months = sorted({str(d)[:6] for (d,) in await store.fetchall(
         "SELECT DISTINCT substr(study_date, 1, 6) FROM studies") if d})
-    return {"patients": [tuple(rng.choice(pats)) for _ in range(repeat)],
-            "studies": [rng.choice(studies)[0] for _ in range(repeat)],
-            "series": [rng.choice(series)[0] for _ in range(repeat)],
-            "months": [rng.choice(months) for _ in range(repeat)]}
+    out = {"patients": [tuple(rng.choice(pats)) for _ in range(repeat)],
+           "studies": [rng.choice(studies)[0] for _ in range(repeat)],
+           "series": [rng.choice(series)[0] for _ in range(repeat)],
+           "months": [rng.choice(months) for _ in range(repeat)]}
+    for k in HELD:
+        out[f"dates{k}"] = await _date_ranges(store, rng, repeat, k, "studies", "1 = 1")
+        out[f"ct_dates{k}"] = await _date_ranges(store, rng, repeat, k, "study_modalities",
+                                                 "modality = 'CT'")
+    out[f"names{HELD[0]}"] = await _name_prefixes(store, rng, repeat, HELD[0])
+    return out
+
+
+async def _date_ranges(store: MetadataStore, rng: random.Random, repeat: int, k: int,
+                       table: str, where: str) -> list[str]:
+    """Date ranges (DA range values) that hold about ``k`` matches at any archive size:
+    from a random study's date to the date of the k-th study after it (ties at the end
+    date add a few)."""
+    n = int((await store.fetchone(
+        f"SELECT count(*) FROM {table} WHERE {where} AND study_date <> ''"))[0])
+    ranges = []
+    for _ in range(repeat):
+        first = rng.randrange(max(1, n - k + 1))
+        rows = await store.fetchall(
+            f"SELECT study_date FROM {table} WHERE {where} AND study_date <> '' "
+            "ORDER BY study_date LIMIT ? OFFSET ?", (k, first))
+        ranges.append(f"{rows[0][0]}-{rows[-1][0]}")
+    return ranges
+
+
+async def _name_prefixes(store: MetadataStore, rng: random.Random, repeat: int, k: int
+                         ) -> list[str]:
+    """PatientName wildcards ``PREFIX*`` whose STUDY-level answer holds k..3k matches:
+    the longest prefix of a random patient's name that matches at least k studies."""
+    names = [str(r[0]) for r in await store.fetchall("SELECT name FROM patient_phi")]
+    count_sql = ("SELECT count(*) FROM studies st JOIN patient_phi pp ON "
+                 "pp.patient_id = st.patient_id WHERE lower(pp.name) LIKE lower(?)")
+    out: list[str] = []
+    for _ in range(repeat):
+        best: tuple[int, str] | None = None
+        for _try in range(30):
+            name = rng.choice(names)
+            for cut in range(len(name), 0, -1):
+                prefix = name[:cut].replace("%", "").replace("_", "")
+                n = int((await store.fetchone(count_sql, (prefix + "%",)))[0])
+                if n >= k:
+                    break
+            if best is None or abs(n - 2 * k) < abs(best[0] - 2 * k):
+                best = (n, prefix)
+            if k <= n <= 3 * k:
+                break
+        assert best is not None
+        out.append(best[1] + "*")
+    return out
 
 
 def cfind_kinds(s: dict[str, list[Any]]) -> dict[str, Callable[[Any, int], int]]:
     SR, PR = StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind
     month = lambda i: f"{s['months'][i]}01-{s['months'][i]}28"  # noqa: E731
+    k, k2 = HELD
     return {
         "PatientID (study level)": lambda a, i: _find(
             a, PR, "STUDY", PatientID=s["patients"][i][0], StudyInstanceUID="",
@@ -138,21 +204,33 @@ def cfind_kinds(s: dict[str, list[Any]]) -> dict[str, Callable[[Any, int], int]]
             NumberOfSeriesRelatedInstances=""),
         "SeriesInstanceUID (image level)": lambda a, i: _find(
             a, SR, "IMAGE", SeriesInstanceUID=s["series"][i], SOPInstanceUID=""),
-        "ModalitiesInStudy=CT + month": lambda a, i: _find(
+        # fixed queries: their number of matches grows with the archive
+        "ModalitiesInStudy=CT + month [fixed]": lambda a, i: _find(
             a, SR, "STUDY", ModalitiesInStudy="CT", StudyDate=month(i), StudyInstanceUID="",
             NumberOfStudyRelatedInstances=""),
-        "StudyDate, one month": lambda a, i: _find(
+        "StudyDate, one month [fixed]": lambda a, i: _find(
             a, SR, "STUDY", StudyDate=month(i), StudyInstanceUID="", ModalitiesInStudy=""),
-        "PatientName wildcard SMITH^J*": lambda a, i: _find(
+        "PatientName SMITH^J* [fixed]": lambda a, i: _find(
             a, SR, "STUDY", PatientName="SMITH^J*", StudyInstanceUID=""),
+        # the same query kinds narrowed so the number of matches stays the same
+        f"StudyDate range [~{k} matches]": lambda a, i: _find(
+            a, SR, "STUDY", StudyDate=s[f"dates{k}"][i], StudyInstanceUID="",
+            ModalitiesInStudy=""),
+        f"ModalitiesInStudy=CT + date range [~{k}]": lambda a, i: _find(
+            a, SR, "STUDY", ModalitiesInStudy="CT", StudyDate=s[f"ct_dates{k}"][i],
+            StudyInstanceUID="", NumberOfStudyRelatedInstances=""),
+        f"PatientName prefix* [~{k}]": lambda a, i: _find(
+            a, SR, "STUDY", PatientName=s[f"names{k}"][i], StudyInstanceUID=""),
+        f"StudyDate range [~{k2} matches]": lambda a, i: _find(
+            a, SR, "STUDY", StudyDate=s[f"dates{k2}"][i], StudyInstanceUID="",
+            ModalitiesInStudy=""),
         "ModalitiesInStudy=CT (all dates)": lambda a, i: _find(
             a, SR, "STUDY", ModalitiesInStudy="CT", StudyInstanceUID="",
             NumberOfStudyRelatedInstances=""),
     }
 
 
-def measure_cfind(node: NodeThread, samples: dict[str, list[Any]], repeat: int
-                  ) -> dict[str, dict[str, float]]:
+def _pynetdicom_scu(node: NodeThread) -> Any:
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -162,23 +240,56 @@ def measure_cfind(node: NodeThread, samples: dict[str, list[Any]], repeat: int
         raise RuntimeError("the node refused the benchmark's association")
     # pynetdicom never sets TCP_NODELAY: without it each exchange waits ~40 ms (delayed ACK)
     assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def _findscu_keys(s: dict[str, list[Any]]) -> dict[str, dict[str, str]]:
+    k, k2 = HELD
+    return {"StudyDate, one month [fixed]": {
+                "StudyDate": f"{s['months'][0]}01-{s['months'][0]}28",
+                "StudyInstanceUID": "", "ModalitiesInStudy": ""},
+            f"StudyDate range [~{k} matches]": {
+                "StudyDate": s[f"dates{k}"][0], "StudyInstanceUID": "", "ModalitiesInStudy": ""},
+            f"StudyDate range [~{k2} matches]": {
+                "StudyDate": s[f"dates{k2}"][0], "StudyInstanceUID": "", "ModalitiesInStudy": ""}}
+
+
+def measure_cfind(node: NodeThread, samples: dict[str, list[Any]], repeat: int
+                  ) -> dict[str, dict[str, float]]:
+    lean = LeanFindSCU("127.0.0.1", node.dicom_port, calling_ae="PYNETDICOM",
+                       called_ae="MEDFED")
+    pyn = _pynetdicom_scu(node)
     out: dict[str, dict[str, float]] = {}
     direct = StoreOnly(node)
     try:
         for name, run in cfind_kinds(samples).items():
-            times, store_times, matches = [], [], []
-            reps = repeat if "all dates" not in name else 1  # thousands of matches: once
-            for i in range(reps):
+            times, store_times, pyn_times, matches = [], [], [], []
+            many = "all dates" in name
+            for i in range(1 if many else repeat):  # all dates: thousands of matches, once
                 t0 = time.perf_counter()
-                matches.append(run(assoc, i))
+                matches.append(run(lean, i))
                 times.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 run(direct, i)
                 store_times.append(time.perf_counter() - t0)
+                if not many:
+                    t0 = time.perf_counter()
+                    run(pyn, i)
+                    pyn_times.append(time.perf_counter() - t0)
             out[name] = {"p50_ms": p50(times), "store_p50_ms": p50(store_times),
+                         "pynetdicom_p50_ms": p50(pyn_times),
                          "matches": statistics.median(matches)}
     finally:
-        assoc.release()
+        pyn.release()
+        lean.release()
+    for name, keys in _findscu_keys(samples).items():
+        out[name]["findscu_ms"] = 1000 * findscu_per_query(node.dicom_port, keys)
+    k, k2 = HELD
+    lo, hi = out[f"StudyDate range [~{k} matches]"], out[f"StudyDate range [~{k2} matches]"]
+    span = max(1.0, hi["matches"] - lo["matches"])
+    out["per match (date ranges)"] = {
+        col: (hi[col] - lo[col]) / span
+        for col in ("p50_ms", "store_p50_ms", "pynetdicom_p50_ms", "findscu_ms")}
     return out
 
 
@@ -276,8 +387,15 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"start-up {r['startup_s']:.2f} s | status counts {r['status_counts_ms']:.2f} ms | "
               f"DB {r['db_mb']:.1f} MB | peak RSS {r['rss_mb']:.0f} MB")
         for name, v in r["cfind"].items():
-            print(f"  C-FIND {name:36s} p50 {v['p50_ms']:8.2f} ms  (store part "
-                  f"{v['store_p50_ms']:7.2f} ms, {v['matches']:.0f} matches)")
+            if name.startswith("per match"):
+                print(f"  C-FIND {name:40s} {v['p50_ms']:8.3f} ms/match (store "
+                      f"{v['store_p50_ms']:.3f}, pynetdicom {v['pynetdicom_p50_ms']:.3f}, "
+                      f"findscu {v['findscu_ms']:.3f})")
+                continue
+            extra = f", findscu {v['findscu_ms']:.2f} ms" if "findscu_ms" in v else ""
+            print(f"  C-FIND {name:40s} p50 {v['p50_ms']:8.2f} ms  (store "
+                  f"{v['store_p50_ms']:7.2f} ms, pynetdicom {v['pynetdicom_p50_ms']:8.2f} ms"
+                  f"{extra}; {v['matches']:.0f} matches)")
         for name, v in r["federated"].items():
             print(f"  peer query {name:32s} p50 {v['p50_ms']:8.2f} ms  ({v['matches']:.0f} rows)")
         p = r["publisher"]
