@@ -173,7 +173,7 @@ def test_medfed_side_on_a_real_node(series_dir: Path, tmp_path: Path) -> None:
     assert fig.get.instances == SLICES
     assert fig.get.nbytes >= series.nbytes * 0.9   # getscu writes what it received
     assert fig.move is not None and fig.move.instances == SLICES  # storescp got them all
-    assert fig.find_repeat_ms is not None and fig.find_repeat_ms > 0
+    assert fig.find_repeat_ms is not None and fig.find_repeat_ms >= 0  # a difference of two timings: 0 on a busy host
 
 
 def test_orthanc_anchor_runs_on_the_same_series(series_dir: Path) -> None:
@@ -184,7 +184,7 @@ def test_orthanc_anchor_runs_on_the_same_series(series_dir: Path) -> None:
     assert run.figures.get.instances == SLICES
     assert run.figures.find.n == 3
     assert run.figures.move is not None and run.figures.move.instances == SLICES
-    assert find_repeat_orthanc(load_series(series_dir).files, series.patient_id, 5) > 0
+    assert find_repeat_orthanc(load_series(series_dir).files, series.patient_id, 5) >= 0  # ditto
 
 
 def test_findscu_repeat_and_move_rows_are_targets() -> None:
