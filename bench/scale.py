@@ -411,6 +411,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--repeat", type=int, default=25)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--pg-url", help="measure this PostgreSQL database (grown to each size "
+                    "if smaller; e.g. one filled beforehand to 10^7) instead of a fresh one "
+                    "in a private cluster")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     results: list[dict[str, Any]] = []
@@ -418,7 +421,9 @@ def main(argv: list[str]) -> int:
     try:
         for kind in args.stores.split(","):
             url = None
-            if kind == "postgresql":
+            if kind == "postgresql" and args.pg_url:
+                url = args.pg_url
+            elif kind == "postgresql":
                 cluster = cluster or PrivateCluster().start()
                 url = cluster.new_database()
             elif kind != "sqlite":

@@ -305,15 +305,12 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 """
 
-# Version 3: the instance counts are kept per statement, not per row. One INSERT (or
-# COPY) of a batch of instances then updates each series, study and patient once, from
-# the statement's transition table; per-row plpgsql triggers had updated the same
-# count rows once per instance (a version chain per row until the commit: 361-480
-# instances/s filled at 200 per transaction). A C-STORE's one-row INSERT fires it once.
-def _instance_counts_trigger(name: str, deltas: str) -> str:
-    """A statement-level trigger function: ``deltas`` is a SELECT of (series_id, n, loc,
-    bytes) from the statement's transition table(s); each series, study and patient
-    it touches is updated once, the totals once."""
+def _instance_counts_trigger(event: str, tables: str, deltas: str) -> str:
+    """A statement-level trigger on ``event`` (INSERT, DELETE, UPDATE) of instances:
+    ``deltas`` is a SELECT of (series_id, n, loc, bytes) from the statement's transition
+    table(s) ``tables``; each series, study and patient it touches is updated once, the
+    totals once."""
+    name = f"medfed_instances_{event.lower()}"
     return f"""
 CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
@@ -341,7 +338,9 @@ BEGIN
         FROM total
         WHERE (name = 'instances' AND total.n <> 0) OR (name = 'bytes' AND total.bytes <> 0);
     RETURN NULL;
-END $f$;"""
+END $f$;
+CREATE TRIGGER instances_{event.lower()} AFTER {event} ON instances REFERENCING {tables}
+    FOR EACH STATEMENT EXECUTE FUNCTION {name}();"""
 
 
 # Version 3: the instance counts are kept per statement, not per row. One INSERT (or
@@ -352,15 +351,15 @@ END $f$;"""
 V3 = "\n".join([
     "DROP TRIGGER instances_change ON instances;",
     "DROP FUNCTION medfed_instances_change();",
-    _instance_counts_trigger("medfed_instances_inserted", (
+    _instance_counts_trigger("INSERT", "NEW TABLE AS new_rows", (
         "SELECT series_id, count(*) AS n, count(path) AS loc, "
         "coalesce(sum(size) FILTER (WHERE path IS NOT NULL), 0) AS bytes "
         "FROM new_rows GROUP BY series_id")),
-    _instance_counts_trigger("medfed_instances_deleted", (
+    _instance_counts_trigger("DELETE", "OLD TABLE AS old_rows", (
         "SELECT series_id, -count(*) AS n, -count(path) AS loc, "
         "-coalesce(sum(size) FILTER (WHERE path IS NOT NULL), 0) AS bytes "
         "FROM old_rows GROUP BY series_id")),
-    _instance_counts_trigger("medfed_instances_updated", (
+    _instance_counts_trigger("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows", (
         "SELECT nw.series_id, 0::BIGINT AS n, "
         "sum((nw.path IS NOT NULL)::int - (od.path IS NOT NULL)::int)::BIGINT AS loc, "
         "sum((CASE WHEN nw.path IS NULL THEN 0 ELSE nw.size END) "
@@ -368,16 +367,6 @@ V3 = "\n".join([
         "FROM new_rows nw JOIN old_rows od ON od.id = nw.id "
         "WHERE (nw.path IS NULL) <> (od.path IS NULL) OR nw.size <> od.size "
         "GROUP BY nw.series_id")),
-    """
-CREATE TRIGGER instances_inserted AFTER INSERT ON instances
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION medfed_instances_inserted();
-CREATE TRIGGER instances_deleted AFTER DELETE ON instances
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION medfed_instances_deleted();
-CREATE TRIGGER instances_updated AFTER UPDATE ON instances
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION medfed_instances_updated();
-"""])
+])
 
 MIGRATIONS: tuple[tuple[int, str], ...] = ((2, V2), (3, V3))
