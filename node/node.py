@@ -25,6 +25,7 @@ from .net.client import PeerClient
 from .net.gossip import GossipSettings, RosterGossip
 from .net.membership import Membership
 from .net.roster import split_address
+from .net.roster_dht import RosterDHTSync
 from .net.server import PeerServer, PeerServerSettings
 from .net.transport import SOCKETS, Transport
 from .pacs.ingest import Ingestor
@@ -68,6 +69,7 @@ class Node:
         self.client: PeerClient | None = None
         self.dht: DHTServer | None = None
         self.gossip: RosterGossip | None = None
+        self.roster_dht: RosterDHTSync | None = None   # the DHT follows roster changes
         self.upstream: "UpstreamService | None" = None
         self.services: list[NodeService] = list(services)
         self.ports = NodePorts()
@@ -186,6 +188,8 @@ class Node:
                 lambda: dht.start(self.cfg.dht_bind_host, dht_port), service="DHT (UDP)",
                 host=self.cfg.dht_bind_host, port=dht_port,
                 config_key="[dht] port (and the DHT address in the admission request)")
+            self.roster_dht = RosterDHTSync(dht, self.membership.roster, self.node_id)
+            self.roster_dht.start()   # before gossip: a roster caught up at start counts too
         self.gossip = RosterGossip(self.node_id, self.membership.roster, self.client,
                                    GossipSettings.from_federation(self.cfg.federation),
                                    rng=random.Random(self.identity.node_id))  # repeatable (sim)
@@ -209,6 +213,9 @@ class Node:
         if self.gossip is not None:
             await self.gossip.stop()
             self.gossip = None
+        if self.roster_dht is not None:
+            await self.roster_dht.stop()
+            self.roster_dht = None
         if self.dht is not None:
             await self.dht.stop()
         if self.peer is not None:

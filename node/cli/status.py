@@ -86,12 +86,15 @@ def print_federation(doc: dict[str, Any] | None, live: bool) -> None:
                          if health["holders_gone"] else ""))
     console.print(table)
     members = Table(title="members")
-    for col in ("name", "status", "peer address", "last contact", "roster", "last error"):
+    for col in ("name", "status", "peer address", "last contact", "roster", "DHT",
+                "last error"):
         members.add_column(col)
     for m in roster["members"]:
         status = "this node" if m["self"] else m["status"]
+        in_dht = m.get("in_dht")
         members.add_row(m["name"], status, m["peer_address"],
                         "-" if m["self"] or not live else age(m["last_contact"]),
                         f"v{m['their_version']}" if m["their_version"] else "-",
+                        "-" if m["self"] or in_dht is None else ("yes" if in_dht else "no"),
                         m["last_error"][:80])
     console.print(members)

@@ -114,6 +114,10 @@ class DHTServer:
         return self.identity.node_id
 
     @property
+    def running(self) -> bool:
+        return self._protocol is not None
+
+    @property
     def address(self) -> Address:
         return self._require().local_address
 
