@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -65,27 +66,62 @@ def cli_user(cfg: NodeConfig, name: Optional[str], *, password_stdin: bool = Fal
         err.print("[red]no user logged in[/red]: run 'medfed user login NAME' first, "
                   "or give --user NAME to be asked for the password")
         raise typer.Exit(1)
+    return password_login(cfg, name, _read_password(password_stdin), COMMAND_TOKEN_TTL_S)
+
+
+def password_login(cfg: NodeConfig, name: str, password: str, ttl_s: float, *,
+                   _attempts: int = 20) -> tuple[User, str]:
+    """Check ``name``'s password and get a token; a refusal is audited at the node.
+
+    While the node runs it holds the audit log, so the running node checks the password
+    (control socket) and records a refusal itself; otherwise the CLI checks it here and
+    writes the audit entry. Exits 1 (after the entry is written) on a refusal."""
+    from ..control import control_socket_path
+    from ..control.client import ControlClient, ControlRefused, ControlUnavailable
+
+    tokens = TokenStore(UserStore(cfg.users_path))
     try:
-        user = tokens.users.authenticate(name, _read_password(password_stdin))
-        return user, tokens.issue_token(user, COMMAND_TOKEN_TTL_S)
+        token = ControlClient(control_socket_path(cfg.data_dir)).login(name, password, ttl_s)
+    except ControlUnavailable:
+        token = None          # the node is not running: check here, audit here
+    except ControlRefused as exc:
+        err.print(f"[red]login refused:[/red] {exc.reason}")
+        raise typer.Exit(1)
+    if token is not None:
+        user = tokens.verify_token(token)
+        if user is None:
+            err.print("[red]login refused:[/red] the node's token is not valid here")
+            raise typer.Exit(1)
+        return user, token
+    try:
+        user = tokens.users.authenticate(name, password)
+        return user, tokens.issue_token(user, ttl_s)
     except (AuthenticationFailed, UserError) as exc:
-        _audit_refusal(cfg, name)
+        if not _audit_refusal(cfg, name):
+            if _attempts > 0:   # a node is starting and holds the log: it checks and audits
+                time.sleep(0.5)
+                return password_login(cfg, name, password, ttl_s, _attempts=_attempts - 1)
+            err.print("[yellow]the refusal could not be audited:[/yellow] a node holds the "
+                      "audit log but does not answer on its control socket")
         err.print(f"[red]login refused:[/red] {exc}")
         raise typer.Exit(1)
 
 
-def _audit_refusal(cfg: NodeConfig, name: str) -> None:
-    """Record a refused CLI login in the node's audit log (the running node records its
-    own refusals; while it holds the log, the CLI cannot and says so in the log file)."""
-    from ..audit.errors import AuditError
+def _audit_refusal(cfg: NodeConfig, name: str) -> bool:
+    """Record a refused CLI login in the node's audit log (node not running); False when
+    a node holds the log after all."""
+    from ..audit.errors import AuditError, AuditLockedError
     from ..audit.log import AuditLog
     from ..identity import IdentityError, NodeIdentity
 
     try:
         with AuditLog(cfg.audit_path, NodeIdentity.load(cfg.key_dir)) as audit:
             audit.append("user.refused", name[:64], "refused", code="login_failed", via="cli")
-    except (AuditError, IdentityError, OSError):
-        pass   # the daemon holds the log; its control socket refuses and audits bad tokens
+    except AuditLockedError:
+        return False
+    except (AuditError, IdentityError, OSError) as exc:
+        err.print(f"[yellow]the refusal could not be audited:[/yellow] {exc}")
+    return True
 
 
 @user_app.command("add")
@@ -145,13 +181,7 @@ def user_login(name: str = typer.Argument(...),
                config: Path = ConfigOpt) -> None:
     """Log in as a local user; `query` and `fetch` then act for this user until it expires."""
     cfg = load_or_exit(config)
-    tokens = TokenStore(UserStore(cfg.users_path))
-    try:
-        user = tokens.users.authenticate(name, _read_password(password_stdin))
-        token = tokens.issue_token(user, ttl)
-    except (AuthenticationFailed, UserError) as exc:
-        err.print(f"[red]login refused:[/red] {exc}")
-        raise typer.Exit(1)
+    user, token = password_login(cfg, name, _read_password(password_stdin), ttl)
     if print_token:
         typer.echo(token)
         return

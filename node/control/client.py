@@ -137,6 +137,16 @@ class ControlClient:
         """The running node's status (an administrator's call: the OS user is enough)."""
         return self._call("GET", "/v1/status")
 
+    def login(self, user: str, password: str, ttl_s: float) -> str:
+        """A token from the running node for this user's password (the node audits a
+        refusal); raises ControlRefused (code ``login_failed``) for a wrong password."""
+        doc = self._call("POST", "/v1/login", {"user": user, "password": password,
+                                                "ttl_s": ttl_s})
+        token = doc.get("token")
+        if not isinstance(token, str):
+            raise ControlUnavailable("the node's login answer carries no token")
+        return token
+
     def query(self, query: Mapping[str, Any], actor: Actor, *, broadcast: bool = False,
               deadline_s: float | None = None) -> dict[str, Any]:
         """The merged FederatedAnswer as JSON (``FederatedAnswer.to_json``)."""

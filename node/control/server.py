@@ -7,6 +7,9 @@ user's name, a token from the node's ``TokenStore`` and a purpose; role and depa
 come from the user record (unknown, disabled or expired: 401/403, audited).
 
 - ``GET  /v1/status``  node id, name, ports, store counts, members, pending jobs.
+- ``POST /v1/login``   ``{"user", "password", "ttl_s"}``: the node checks the password and
+  answers ``{"token"}``; a refusal is audited as ``user.refused`` (401). The CLI logs in
+  here while the node runs, because the running node holds the audit log.
 - ``POST /v1/fetch``   fetch a series into a folder on this machine; answers NDJSON:
   ``{"bytes", "instances"}`` progress lines, then ``{"result": …}`` or ``{"error": …}``.
 - ``POST /v1/query``   one federated query; answers the merged ``FederatedAnswer``.
@@ -38,7 +41,7 @@ from node.control.federation_status import node_federation_status
 from node.control.fetch_job import EXPECTED_ERRORS, start_fetch
 from node.control.unixsock import BoundSocket, bind_private, peer_uid, remove_if_ours
 from node.control.wire import (MAX_BODY_BYTES, Actor, BadRequest, FetchRequest, parse_actor,
-                               parse_body, parse_fetch, parse_query)
+                               parse_body, parse_fetch, parse_login, parse_query)
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -49,7 +52,7 @@ PROGRESS_EVERY_S = 0.1
 ACTOR_KEY = web.RequestKey("actor", Actor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ROUTE = re.compile(r"^/v1/([a-z]{1,16})$")
-ROUTES = ("status", "fetch", "query")
+ROUTES = ("status", "login", "fetch", "query")
 
 
 def _line(doc: dict[str, Any]) -> bytes:
@@ -88,6 +91,7 @@ class ControlService:
         bound = bind_private(control_socket_path(node.cfg.data_dir))
         app = web.Application(middlewares=[self._guard], client_max_size=self.body_limit)
         app.router.add_get("/v1/status", self._status)
+        app.router.add_post("/v1/login", self._login)
         app.router.add_post("/v1/fetch", self._fetch)
         app.router.add_post("/v1/query", self._query)
         for svc in node.services:
@@ -181,6 +185,26 @@ class ControlService:
             "node_id": node.node_id, "name": node.cfg.name, "ports": asdict(node.ports),
             "counts": asdict(counts), "members": members, "pending_jobs": counts.pending_jobs,
             "federation": await node_federation_status(node)})
+
+    async def _login(self, request: web.Request) -> web.Response:
+        from node.users import AuthenticationFailed, UserError
+
+        node = self._require_node()
+        req = parse_login(await self._body(request))
+        try:
+            user = await asyncio.to_thread(node.users.authenticate, req.user, req.password)
+            token = await asyncio.to_thread(node.tokens.issue_token, user, req.ttl_s)
+        except (AuthenticationFailed, UserError) as exc:
+            self._audit_user_refused(req.user)
+            return web.json_response({"error": "login_failed", "reason": str(exc)}, status=401)
+        self._audit("login", user.name, "ok", role=user.role, ttl_s=int(req.ttl_s))
+        return web.json_response({"token": token, "user": user.name})
+
+    def _audit_user_refused(self, name: str) -> None:
+        node = self._node
+        if node is not None and node.audit is not None:
+            node.audit.append("user.refused", name[:64], "refused", code="login_failed",
+                              via="cli")
 
     async def _query(self, request: web.Request) -> web.Response:
         from node.query.service import FederatedQueryError

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ from node.net.assertion import PURPOSES
 from node.query.model import FederatedQuery, QueryError
 from node.sharing.retrieve import FetchError, SeriesRef, parse_series_ref
 from node.sharing.sinks import FORMATS
+from node.users.tokens import MAX_TTL_S
+
+MAX_PASSWORD_CHARS = 4096
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_DEADLINE_S = 3600.0
@@ -85,6 +88,29 @@ def parse_actor(doc: Mapping[str, Any]) -> Actor:
     if doc.get("purpose") not in PURPOSES:
         raise BadRequest(400, "bad_actor", f"purpose must be one of {', '.join(PURPOSES)}")
     return Actor(user, token, doc["purpose"])
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    user: str
+    password: str = field(repr=False)
+    ttl_s: float
+
+
+def parse_login(doc: Mapping[str, Any]) -> LoginRequest:
+    """A password login the node checks itself (so it audits a refusal in its own log)."""
+    user = doc.get("user")
+    if not isinstance(user, str) or not _TEXT.match(user):
+        raise BadRequest(400, "bad_actor", "user must be 1-64 printable characters")
+    password = doc.get("password")
+    if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
+        raise BadRequest(400, "bad_password", "password must be a non-empty string")
+    ttl = doc.get("ttl_s")
+    if (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not math.isfinite(ttl)
+            or not 0 < ttl <= MAX_TTL_S):
+        raise BadRequest(400, "bad_ttl", f"ttl_s must be seconds, more than 0 and at most "
+                                         f"{MAX_TTL_S}")
+    return LoginRequest(user, password, float(ttl))
 
 
 def _deadline(doc: Mapping[str, Any], default: float | None) -> float | None:
