@@ -7,25 +7,21 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.markup import escape
 
 from .common import ConfigOpt, console, err, load_or_exit
-from ..config.addresses import AddressError
-from ..identity import NodeIdentity
 from ..net.admission import AdmissionError
-from ..net.client import PeerClient
-from ..net.errors import PeerError
-from ..net.federation import FederationError, admit as federation_admit_member
-from ..net.federation import create_federation, current_roster, operator_ca
-from ..net.federation import revoke as federation_revoke_member
-from ..net.handover import hand_over
-from ..net.tls import TLSSetupError
-from ..net.files import write_atomic
-from ..net.membership import MembershipPaths, create_request, install_bundle
-from ..net.roster import RosterError, SignedRoster, verify_roster
-from ..net.roster_sync import announce
+from ..net.federation import FederationError
+from ..net.roster import RosterError
 from .users import user_app
+
+if TYPE_CHECKING:   # the peer client (aiohttp) is imported by the commands that dial
+    from ..identity import NodeIdentity
+    from ..net.membership import Membership
+    from ..net.roster import SignedRoster
 
 federation_app = typer.Typer(help="Run a federation: its CA, admissions and revocations.",
                              no_args_is_help=True)
@@ -37,6 +33,8 @@ FedDirOpt = typer.Option(Path("."), "--dir", help="The federation operator's fol
 def federation_create(directory: Path = typer.Argument(..., help="Operator folder (created)."),
                       name: str = typer.Option(..., "--name", help="Federation name.")) -> None:
     """Create the federation CA, its secrets and an empty signed roster."""
+    from ..net.federation import create_federation
+
     try:
         info = create_federation(directory, name)
     except FederationError as exc:
@@ -53,6 +51,9 @@ def federation_admit(request: Path = typer.Argument(..., help="File from 'medfed
                      name: Optional[str] = typer.Option(None, "--name", help="Member name."),
                      directory: Path = FedDirOpt) -> None:
     """Issue a node certificate and a member bundle for an admission request."""
+    from ..net.federation import admit as federation_admit_member
+    from ..net.files import write_atomic
+
     try:
         bundle = federation_admit_member(directory, request.read_bytes(), name=name)
         write_atomic(out, bundle.to_json(), private=True)
@@ -71,6 +72,8 @@ def federation_revoke(node_id: str = typer.Argument(..., help="Hex node id to re
                                                    "member to hand the new roster to."),
                       directory: Path = FedDirOpt) -> None:
     """Sign a roster without this node; hand it to a running member (--to) to spread it."""
+    from ..net.federation import revoke as federation_revoke_member
+
     try:
         signed = federation_revoke_member(directory, node_id.strip().lower())
     except (FederationError, RosterError) as exc:
@@ -91,6 +94,9 @@ def federation_publish(roster: Optional[Path] = typer.Argument(
                                                          "(repeat for several)."),
                        directory: Path = FedDirOpt) -> None:
     """Hand the current (or given) CA-signed roster to running members; they spread it."""
+    from ..net.federation import current_roster, operator_ca
+    from ..net.roster import verify_roster
+
     try:
         ca = operator_ca(directory)
         signed = (verify_roster(roster.read_bytes(), ca.cert) if roster is not None
@@ -104,10 +110,15 @@ def federation_publish(roster: Optional[Path] = typer.Argument(
     _publish_to(directory, signed, to)
 
 
-def _publish_to(directory: Path, signed: SignedRoster, addresses: list[str]) -> None:
+def _publish_to(directory: Path, signed: "SignedRoster", addresses: list[str]) -> None:
     """Offer ``signed`` to each address; exit 1 unless at least one member took it."""
     if not addresses:
         return
+    from ..net.errors import PeerError
+    from ..net.federation import operator_ca
+    from ..net.handover import hand_over
+    from ..net.tls import TLSSetupError
+
     ca = operator_ca(directory)
     version = signed.roster.version
     delivered = 0
@@ -148,6 +159,11 @@ def join(config: Path = ConfigOpt,
              False, "--insecure-skip-ca-check",
              help="Install a bundle without checking its CA fingerprint (tests only).")) -> None:
     """Join a federation: --request first, then --bundle (with --ca-fingerprint)."""
+    from ..config.addresses import AddressError
+    from ..identity import NodeIdentity
+    from ..net.files import write_atomic
+    from ..net.membership import MembershipPaths, create_request, install_bundle
+
     cfg = load_or_exit(config)
     ident = NodeIdentity.load_or_create(cfg.key_dir)
     paths = MembershipPaths.under(cfg.data_dir / "federation")
@@ -193,9 +209,14 @@ def join(config: Path = ConfigOpt,
         _announce_with_retries(ident, membership, bootstrap)
 
 
-def _announce_with_retries(ident: NodeIdentity, membership, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
+def _announce_with_retries(ident: "NodeIdentity", membership: "Membership",
+                           bootstrap: str) -> None:
     """Tell one running member about us now; its absence is not an error (the node
     announces itself when it runs)."""
+    from ..net.client import PeerClient
+    from ..net.errors import PeerError
+    from ..net.roster_sync import announce
+
     async def once() -> bool:
         async with PeerClient(ident, membership.client_tls()) as client:
             return await announce(client, membership.roster, bootstrap, timeout=10)

@@ -12,29 +12,31 @@ import asyncio
 import json
 from datetime import date
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.table import Table
 
-from ..audit.errors import AuditError, AuditLockedError
-from ..audit.log import AuditLog
 from .common import ConfigOpt, console, err, load_or_exit
 from ..config.model import NodeConfig
-from ..federation_wiring import load_node_membership
-from ..identity import IdentityError, NodeIdentity
-from ..net.admission import AdmissionError
-from ..net.client import PeerClient
-from ..query.model import FederatedQuery, QueryError
-from ..query.service import FederatedAnswer, FederatedQueryError, FederatedQueryService, HomeSite
-from ..store.db import MetadataStore, StoreError
-from ..users import User
 from .users import cli_user
+
+if TYPE_CHECKING:   # the query parts are imported when a query runs: other commands start fast
+    from ..query.model import FederatedQuery
+    from ..query.service import FederatedAnswer
+    from ..users import User
 
 
 async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: User, purpose: str,
                     broadcast: bool, deadline_s: float | None) -> FederatedAnswer:
     """Open the home site's parts, run the query, close them again."""
+    from ..audit.errors import AuditLockedError
+    from ..audit.log import AuditLog
+    from ..federation_wiring import load_node_membership
+    from ..identity import NodeIdentity
+    from ..net.client import PeerClient
+    from ..query.service import FederatedQueryError, FederatedQueryService, HomeSite
+    from ..store.db import MetadataStore
+
     identity = NodeIdentity.load(cfg.key_dir)
     membership = load_node_membership(identity, cfg.data_dir)
     if membership is None:
@@ -60,7 +62,9 @@ async def run_query(cfg: NodeConfig, q: FederatedQuery, *, user: User, purpose: 
         await store.close()
 
 
-def _print_tables(answer: FederatedAnswer) -> None:
+def _print_tables(answer: "FederatedAnswer") -> None:
+    from rich.table import Table
+
     patients = Table(title=f"{len(answer.patients)} patient(s)")
     for col in ("patient", "sites", "records", "modalities", "when"):
         patients.add_column(col)
@@ -103,6 +107,13 @@ def query(config: Path = ConfigOpt,
           deadline: Optional[float] = typer.Option(None, "--deadline",
                                                    help="Seconds (default: [federation])")) -> None:
     """Ask every site once; each answers under its own policy."""
+    from ..audit.errors import AuditError
+    from ..identity import IdentityError
+    from ..net.admission import AdmissionError
+    from ..query.model import FederatedQuery, QueryError
+    from ..query.service import FederatedQueryError
+    from ..store.db import StoreError
+
     cfg = load_or_exit(config)
     who, _token = cli_user(cfg, user, password_stdin=password_stdin)
     try:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node.net.gossip import GossipState
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.net.gossip import GossipState
 from node.net.roster import Roster
 from node.sharing.protection import protection_for
 

@@ -16,6 +16,10 @@ On every roster this node adopts (``RosterBook.subscribe``):
   DHT adds the contact; our ping in turn tells the new member that we are alive. A
   member that does not answer (not running yet) is not retried here: when it starts it
   pings every member of its roster itself.
+
+At start, a node that brings a saved routing table (a restart) looks itself up through
+it, so members that wrote it off while it was down hear from it again at once (an
+empty table is filled by the index publisher's bootstrap through the whole roster).
 """
 
 from __future__ import annotations
@@ -47,6 +51,22 @@ class RosterDHTSync:
             self._previous = self.book.current
             self.book.subscribe(self._on_adopted)
             self._subscribed = True
+        if len(self.dht.routing) > 0:
+            self._spawn(self._announce())
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:   # adopted outside a running loop (offline tools): nothing to do
+            coro.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self) -> None:
+        if self.dht.running:
+            known = await self.dht.bootstrap((), refresh=False)
+            log.info("DHT: back with %d known contact(s)", known)
 
     async def stop(self) -> None:
         if self._subscribed:
@@ -81,12 +101,7 @@ class RosterDHTSync:
             except ValueError:
                 log.warning("DHT: member %s has an unusable DHT address in roster v%d",
                             member.name, roster.version)
-        try:
-            task = asyncio.get_running_loop().create_task(self._contact(addresses))
-        except RuntimeError:   # adopted outside a running loop (offline tools): nothing to do
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._contact(addresses))
 
     def forget_non_members(self, roster: Roster) -> int:
         """Drop routing contacts that ``roster`` does not list as active; returns how many."""

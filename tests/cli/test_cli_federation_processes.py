@@ -1,11 +1,19 @@
 """Five hospitals, five `medfed run` processes, set up ONLY through the CLI as the README's
-"Deploying across hospitals" section says, joining in a shuffled order.
+"Deploying across hospitals" section says, admitted in a shuffled order.
 
-Checked: every site's query lists every member; owner-down retrieval with the default
-protection at three sites and again at five; a revocation handed to one member is
-refused by every other site and the revoked site says it is revoked. Gossip intervals
-are set short in each site's TOML (``[federation] roster_pull_interval_s``) so nothing
-waits for the production 10 s rounds; every wait is event-driven with a generous deadline.
+Checked: every site's query lists every member and every site's DHT holds every other
+member; owner-down retrieval with the default protection at three sites and again at
+five; a revocation handed to one member reaches every other site, which then lists the
+site as revoked, leaves it out of queries and drops it from its DHT, and the revoked
+site says it is revoked.
+
+Nothing here depends on host speed: every wait polls the observable state (a file the
+node writes, or `medfed status`) until it holds, with a generous deadline, and never
+sleeps a fixed time before asserting. The sites' own setup (init, admission request,
+users) runs in parallel; the operator admits them one at a time in the shuffled order.
+Each node's stdout and stderr go to files (a pipe nobody reads fills up and stalls the
+node). Gossip rounds are set short in each site's TOML (``[federation]
+roster_pull_interval_s``) so a missed push is repaired in seconds, not 10 s rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +36,13 @@ import pytest
 
 from tests.dicom_tools import dcmtk, free_port
 
-DEADLINE_S = 240.0          # generous: other helpers' suites may load the machine
+DEADLINE_S = 300.0          # per wait; generous: other helpers' suites may load the machine
 PASSWORD = "a long enough password"
 NAMES = ["north", "south", "east", "west", "central"]
 
 
 def medfed(*args: object, stdin: str | None = None, env: dict[str, str] | None = None,
-           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+           timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, input=stdin,
                           env=dict(os.environ, COLUMNS="300", **(env or {})))
@@ -51,16 +60,18 @@ def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     return proc
 
 
-def wait_for(check: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    """Poll ``check`` (each poll is a real CLI call) until it returns something truthy."""
+def wait_for(check: Callable[[], Any], what: str, *, pause_s: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy (``pause_s`` between polls: a
+    poll that runs a CLI command takes its own time, a file read does not)."""
     start = time.monotonic()
     while True:
         value = check()
         if value:
+            print(f"{time.strftime('%H:%M:%S')} {time.monotonic() - start:6.1f} s  {what}", flush=True)
             return value
-        if time.monotonic() - start > deadline_s:
-            raise AssertionError(f"not within {deadline_s:.0f} s: {what}")
-        time.sleep(1.0)
+        if time.monotonic() - start > DEADLINE_S:
+            raise AssertionError(f"not within {DEADLINE_S:.0f} s: {what}")
+        time.sleep(pause_s)
 
 
 @dataclass
@@ -73,6 +84,7 @@ class Site:
     token: str = ""
     proc: subprocess.Popen[str] | None = None
     addresses: list[str] = field(default_factory=list)
+    runs: int = 0
 
     @property
     def config(self) -> Path:
@@ -89,30 +101,43 @@ class Site:
         return medfed(*args, "--config", self.config, env={"MEDFED_TOKEN": self.token})
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config",
-                                      str(self.config)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, COLUMNS="300"))
-        assert self.proc.stdout is not None
-        lines: list[str] = []
-        for line in self.proc.stdout:           # `run` prints once everything listens
-            lines.append(line.strip())
-            if line.strip().startswith("control"):  # the last address line
-                self.addresses = lines
-                return
-        raise AssertionError(f"{self.name} did not start: {self.proc.communicate(timeout=30)}")
+        """`medfed run`; returns once it printed its last address line (all listen)."""
+        self.runs += 1
+        out = self.folder / f"run-{self.runs}.out"
+        with open(out, "w") as stdout, open(self.folder / f"run-{self.runs}.err", "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config",
+                                          str(self.config)], stdout=stdout, stderr=stderr,
+                                         text=True, env=dict(os.environ, COLUMNS="300"))
+
+        def started() -> list[str] | None:
+            lines = [line.strip() for line in out.read_text().splitlines()]
+            if any(line.startswith("control") for line in lines):
+                return lines
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"{self.name} exited: {out.read_text()}{out.with_suffix('.err').read_text()}"
+            return None
+
+        self.addresses = wait_for(started, f"{self.name} runs")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=DEADLINE_S)
         self.proc = None
 
-    def status(self) -> dict[str, Any]:
-        return json.loads(ok(self.cli("status", "--json")).stdout)["federation"]
+    def status(self) -> dict[str, Any] | None:
+        """The running node's federation status (None while it does not answer live)."""
+        doc = json.loads(ok(self.cli("status", "--json")).stdout)
+        return doc["federation"] if doc["live"] else None
+
+    def live_status(self) -> dict[str, Any]:
+        return wait_for(self.status, f"{self.name} answers `medfed status`", pause_s=0)
 
     def query(self, *extra: str) -> dict[str, Any]:
         return json.loads(ok(self.as_user("query", "--all", "--json", *extra)).stdout)
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        return {m["name"]: m for m in self.live_status()["roster"]["members"]}
 
 
 class Operator:
@@ -128,8 +153,8 @@ class Operator:
         return json.loads((self.folder / "roster.json").read_text())["roster"]["version"]
 
 
-def join(site: Site, operator: Operator, work: Path) -> None:
-    """The README's steps for one hospital, in order (operator steps in between)."""
+def prepare(site: Site, work: Path) -> Path:
+    """The site's own steps before the operator (README step 2), and its users."""
     made = ok(medfed("init", site.folder, "--name", site.name, "--ae-title", site.name.upper(),
                      "--host", "127.0.0.1", "--advertise", "127.0.0.1",
                      "--dicom-port", site.dicom_port, "--peer-port", site.peer_port,
@@ -140,16 +165,33 @@ def join(site: Site, operator: Operator, work: Path) -> None:
     text = text.replace("repair_interval_s = 300",
                         "repair_interval_s = 300\nroster_pull_interval_s = 1.0")
     site.config.write_text(text.replace("series_idle_s = 30", "series_idle_s = 1"))
-    request, bundle = work / f"{site.name}-request.json", work / f"{site.name}-bundle.json"
+    request = work / f"{site.name}-request.json"
     ok(site.cli("join", "--request", request))
-    ok(operator.run("admit", request, "--out", bundle))
-    joined = ok(site.cli("join", "--bundle", bundle, "--ca-fingerprint", operator.fingerprint))
-    assert "joined" in joined.stdout and "failed" not in joined.stdout + joined.stderr
     ok(site.cli("user", "add", "dr." + site.name, "--role", "clinician", "--department",
                 "radiology", "--password-stdin", stdin=PASSWORD + "\n"))
+    return request
+
+
+def install_and_run(site: Site, operator: Operator, bundle: Path) -> None:
+    """README step 4: install the bundle with the fingerprint, log in, `medfed run`."""
+    joined = ok(site.cli("join", "--bundle", bundle, "--ca-fingerprint", operator.fingerprint))
+    assert "joined" in joined.stdout and "failed" not in joined.stdout + joined.stderr
     site.token = ok(site.cli("user", "login", "dr." + site.name, "--print", "--password-stdin",
                              stdin=PASSWORD + "\n")).stdout.strip()
     site.start()
+
+
+def admit_all(sites: list[Site], requests: dict[str, Future[Path]], operator: Operator,
+              work: Path, pool: ThreadPoolExecutor) -> None:
+    """The operator admits the sites one by one in this order (README step 3); each site
+    installs its bundle and starts as soon as it has it, while the next is admitted."""
+    running = []
+    for site in sites:
+        bundle = work / f"{site.name}-bundle.json"
+        ok(operator.run("admit", requests[site.name].result(), "--out", bundle))
+        running.append(pool.submit(install_and_run, site, operator, bundle))
+    for started in running:
+        started.result()
 
 
 def roster_version(site: Site) -> int:
@@ -162,18 +204,23 @@ def converged(sites: list[Site], version: int) -> bool:
     return all(roster_version(s) >= version for s in sites)
 
 
+def dht_knows(site: Site, names: set[str]) -> bool:
+    """``site``'s DHT routing table holds exactly these other members."""
+    members = site.members()
+    return {n for n, m in members.items() if m["in_dht"]} == names
+
+
 def store_series(site: Site, work: Path, seed: int) -> None:
     images = work / f"images-{site.name}-{seed}"
     ok(medfed("synth", images, "--patients", 1, "--series", 1, "--slices", 3, "--size", 32,
               "--seed", seed))
     dcmtk("storescu", "-aet", "STORESCU", "-aec", site.name.upper(), "+sd", "+r",
-          "127.0.0.1", site.dicom_port, images, check=True)
+          "127.0.0.1", site.dicom_port, images, check=True, timeout=DEADLINE_S)
 
 
 def published(site: Site, count: int) -> bool:
-    doc = site.status()
-    bundles = doc.get("bundles") or {}
-    return bundles.get("published", 0) >= count and doc["publish"]["pending"] == 0
+    doc = site.live_status()
+    return doc["bundles"]["published"] >= count and doc["publish"]["pending"] == 0
 
 
 def series_ref(asker: Site, owner: Site) -> str:
@@ -191,7 +238,6 @@ def fetch_with_owner_down(owner: Site, asker: Site, work: Path, tag: str) -> Non
     fetched = ok(asker.as_user("fetch", ref, "--out", out))
     assert "fetched 3 instances" in fetched.stdout and "replica" in fetched.stdout
     assert len(list(out.rglob("*.dcm"))) == 3
-    owner.start()
 
 
 @pytest.fixture
@@ -206,52 +252,68 @@ def test_five_hospitals_set_up_only_through_the_cli(tmp_path: Path, sites: list[
     operator = Operator(tmp_path / "operator")
     order = sites[:]
     random.Random(20261202).shuffle(order)
+    pool = ThreadPoolExecutor(max_workers=len(sites))
+    try:
+        requests = {s.name: pool.submit(prepare, s, tmp_path) for s in order}
 
-    # -- three sites, in shuffled order, each running right after it joined -------------
-    for site in order[:3]:
-        join(site, operator, tmp_path)
-    first = order[0]
-    assert any(line.startswith("peer API   127.0.0.1:" + str(first.peer_port))
-               for line in first.addresses), first.addresses
-    wait_for(lambda: converged(order[:3], operator.roster_version()), "3 sites share the roster")
-    three = first.status()
-    assert "federation too small" in three["protection"]["warning"]
-    assert (three["protection"]["k"], three["protection"]["n"]) == (2, 2)
+        # -- three sites, admitted in shuffled order, each running as soon as it joined ------
+        admit_all(order[:3], requests, operator, tmp_path, pool)
+        first = order[0]
+        assert any(line.startswith("peer API   127.0.0.1:" + str(first.peer_port))
+                   for line in first.addresses), first.addresses
+        wait_for(lambda: converged(order[:3], operator.roster_version()),
+                 "3 sites share the roster")
+        three = first.live_status()
+        assert "federation too small" in three["protection"]["warning"]
+        assert (three["protection"]["k"], three["protection"]["n"]) == (2, 2)
 
-    store_series(first, tmp_path, seed=1)
-    wait_for(lambda: published(first, 1), "the first series is published with 3 members")
-    fetch_with_owner_down(first, order[1], tmp_path, "at-3")
+        store_series(first, tmp_path, seed=1)
+        wait_for(lambda: published(first, 1), "the first series is published with 3 members",
+                 pause_s=0)
+        fetch_with_owner_down(first, order[1], tmp_path, "at-3")
+        back = pool.submit(first.start)   # back while the other two are admitted
 
-    # -- two more sites; every site's query lists all five ---------------------------------
-    for site in order[3:]:
-        join(site, operator, tmp_path)
-    wait_for(lambda: converged(sites, operator.roster_version()), "5 sites share the roster")
-    for site in sites:
-        answer = site.query()
-        assert sorted(s["site"] for s in answer["sites"]) == sorted(NAMES), (site.name, answer)
-        assert all(s["status"] == "ok" for s in answer["sites"]), answer["sites"]
-    members = {m["name"]: m for m in order[1].status()["roster"]["members"]}
-    assert all(members[n]["last_contact"] > 0 for n in NAMES if n != order[1].name)
+        # -- two more sites; every site's query and DHT list all five ----------------------
+        admit_all(order[3:], requests, operator, tmp_path, pool)
+        back.result()
+        wait_for(lambda: converged(sites, operator.roster_version()), "5 sites share the roster")
+        for site in sites:
+            answer = site.query()
+            assert sorted(s["site"] for s in answer["sites"]) == sorted(NAMES), (site.name, answer)
+            assert all(s["status"] == "ok" for s in answer["sites"]), answer["sites"]
+            wait_for(lambda: dht_knows(site, set(NAMES) - {site.name}),
+                     f"{site.name}'s DHT holds every other member", pause_s=0)
+        members = order[1].members()
+        assert all(members[n]["last_contact"] > 0 for n in NAMES if n != order[1].name)
 
-    # -- at five sites the owner's bundle is re-shared to the full default 3-of-4 ----------
-    wait_for(lambda: first.status()["bundles"]["shares_below_target"] == 0,
-             "the bundle is re-shared as the federation grew")
-    assert first.status()["protection"]["warning"].startswith("federation too small")  # n=4 < 5
-    store_series(order[4], tmp_path, seed=2)
-    wait_for(lambda: published(order[4], 1), "a series is published with 5 members")
-    fetch_with_owner_down(order[4], order[2], tmp_path, "at-5")
+        # -- at five sites the owner's bundle is re-shared to the full default 3-of-4 --------
+        wait_for(lambda: first.live_status()["bundles"]["shares_below_target"] == 0,
+                 "the bundle is re-shared as the federation grew", pause_s=0)
+        assert first.live_status()["protection"]["warning"].startswith("federation too small")
+        owner = order[4]
+        store_series(owner, tmp_path, seed=2)
+        wait_for(lambda: published(owner, 1), "a series is published with 5 members", pause_s=0)
+        fetch_with_owner_down(owner, order[2], tmp_path, "at-5")
 
-    # -- revocation handed to one member reaches every other site ---------------------------
-    revoked, entry = order[2], order[3]
-    ok(operator.run("revoke", revoked.node_id, "--to", entry.peer))
-    version = operator.roster_version()
-    others = [s for s in sites if s is not revoked]
-    wait_for(lambda: converged(others, version), "every other site holds the revoking roster")
-    for site in others:
-        states = {m["name"]: m["status"] for m in site.status()["roster"]["members"]}
-        assert states[revoked.name] == "revoked"
-        assert revoked.name not in [s["site"] for s in site.query()["sites"]]
-    wait_for(lambda: revoked.status()["roster"]["revoked_here"], "the revoked site learns it")
-    refused = revoked.as_user("query", "--all", "--json")
-    assert refused.returncode == 1 and "revoked" in refused.stderr
-    assert "REVOKED" in ok(revoked.cli("status")).stdout
+        # -- revocation handed to one member reaches every other site; the owner, still
+        #    down, catches up when it starts again ------------------------------------------
+        revoked, entry = order[2], order[3]
+        ok(operator.run("revoke", revoked.node_id, "--to", entry.peer))
+        version = operator.roster_version()
+        running = [s for s in sites if s is not revoked and s is not owner]
+        wait_for(lambda: converged(running, version), "every running site holds the roster")
+        owner.start()
+        others = [s for s in sites if s is not revoked]
+        wait_for(lambda: converged(others, version), "the site that was down catches up")
+        for site in others:
+            assert site.members()[revoked.name]["status"] == "revoked"
+            assert revoked.name not in [s["site"] for s in site.query()["sites"]]
+            wait_for(lambda: dht_knows(site, {s.name for s in others} - {site.name}),
+                     f"{site.name}'s DHT drops the revoked site", pause_s=0)
+        wait_for(lambda: revoked.live_status()["roster"]["revoked_here"],
+                 "the revoked site learns it", pause_s=0)
+        refused = revoked.as_user("query", "--all", "--json")
+        assert refused.returncode == 1 and "revoked" in refused.stderr
+        assert "REVOKED" in ok(revoked.cli("status")).stdout
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
