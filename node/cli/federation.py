@@ -203,10 +203,29 @@ def join(config: Path = ConfigOpt,
     if insecure_skip_ca_check and not ca_fingerprint:
         err.print("[yellow]warning: the bundle's CA was not checked against a fingerprint[/yellow]")
     console.print(f"[green]joined[/green] {roster.federation!r} (roster v{roster.version}, "
-                  f"{len(roster.active())} members). Start the node with 'medfed run': it "
-                  "introduces itself to the running members and keeps the roster current.")
+                  f"{len(roster.active())} members).")
+    if _node_running(cfg):
+        err.print("[yellow]this node is running without the federation[/yellow]: it reads its "
+                  "membership at start. Stop it (Ctrl-C or SIGTERM) and start it again with "
+                  f"'medfed run --config {config}'.", highlight=False)
+    else:
+        console.print(f"Start the node with 'medfed run --config {config}': it introduces "
+                      "itself to the running members and keeps the roster current.",
+                      highlight=False)
     if bootstrap:
         _announce_with_retries(ident, membership, bootstrap)
+
+
+def _node_running(cfg) -> bool:  # type: ignore[no-untyped-def]
+    from ..control import control_socket_path
+    from ..control.client import ControlClient, ControlDenied, ControlError
+
+    try:
+        return ControlClient(control_socket_path(cfg.data_dir)).is_running()
+    except ControlDenied:
+        return True
+    except ControlError:
+        return False
 
 
 def _announce_with_retries(ident: "NodeIdentity", membership: "Membership",

@@ -36,10 +36,10 @@ def _owner_only_files() -> None:
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder for the node (created)."),
          ae_title: str = typer.Option("MEDFED", "--ae-title"),
-         dicom_port: int = typer.Option(11112, "--dicom-port"),
-         http_port: int = typer.Option(8080, "--http-port"),
-         peer_port: int = typer.Option(8443, "--peer-port"),
-         dht_port: int = typer.Option(8468, "--dht-port"),
+         dicom_port: int = typer.Option(11112, "--dicom-port", min=0, max=65535),
+         http_port: int = typer.Option(8080, "--http-port", min=0, max=65535),
+         peer_port: int = typer.Option(8443, "--peer-port", min=0, max=65535),
+         dht_port: int = typer.Option(8468, "--dht-port", min=0, max=65535),
          name: str = typer.Option("medfed node", "--name"),
          host: str = typer.Option("0.0.0.0", "--host", help="Interface the DICOM, peer and "
                                   "DHT ports listen on (0.0.0.0 = all; 127.0.0.1 = this "

@@ -74,6 +74,7 @@ def _print_tables(answer: "FederatedAnswer") -> None:
         patients.add_row(p.pseudonym, ", ".join(p.sites), str(len(p.records)), ", ".join(mods),
                          ", ".join(w for w in when if w))
     console.print(patients)
+    _print_series_refs(answer)
     sites = Table(title=f"sites ({answer.plan.mode}, {answer.elapsed_ms:.0f} ms)")
     for col in ("site", "status", "level", "rows", "latency ms", "reason"):
         sites.add_column(col)
@@ -141,6 +142,24 @@ def _json_default(value: object) -> str:
     if isinstance(value, date):
         return value.isoformat()
     raise TypeError(type(value).__name__)
+
+
+def _print_series_refs(answer: "FederatedAnswer") -> None:
+    """Series-level answers: the reference `medfed fetch` takes (OWNER_NODE_ID:SERIES_UID)."""
+    from rich.table import Table
+
+    owners = {s.site: s.node_id for s in answer.sites}
+    rows = [(site, r) for p in answer.patients for r in p.records if r.get("series_uid")
+            for site in r.get("sites", [r.get("site")]) if site in owners]
+    if not rows:
+        return
+    table = Table(title="series (medfed fetch REF --out FOLDER)")
+    for col in ("ref", "site", "modality", "body part", "instances"):
+        table.add_column(col, overflow="fold")
+    for site, r in rows:
+        table.add_row(f"{owners[site]}:{r['series_uid']}", site, str(r.get("modality", "")),
+                      str(r.get("body_part", "")), str(r.get("instances", "")))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

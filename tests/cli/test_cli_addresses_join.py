@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 from node.config.model import load_config
 from tests.cli.test_cli import medfed
+from tests.dicom_tools import free_port
 
 
 def test_readme_example_listens_on_every_interface_and_admits_the_modality(tmp_path: Path) -> None:
@@ -48,7 +53,8 @@ def test_join_needs_the_fingerprint_and_a_missing_bootstrap_is_not_a_failure(tmp
     created = medfed("federation", "create", tmp_path / "op", "--name", "Net")
     assert created.returncode == 0, created.stderr
     fingerprint = created.stdout.split("CA fingerprint")[1].split()[0]
-    medfed("init", tmp_path / "a", "--host", "127.0.0.1", "--peer-port", 18443)
+    peer_port = free_port()
+    medfed("init", tmp_path / "a", "--host", "127.0.0.1", "--peer-port", peer_port)
     config = tmp_path / "a" / "medfed.toml"
     medfed("join", "--config", config, "--request", tmp_path / "a.req")
     admitted = medfed("federation", "admit", tmp_path / "a.req", "--out", tmp_path / "a.bundle",
@@ -64,7 +70,7 @@ def test_join_needs_the_fingerprint_and_a_missing_bootstrap_is_not_a_failure(tmp
 
     # the first site has nobody to bootstrap to; a dead bootstrap is a warning, not "join failed"
     joined = medfed("join", "--config", config, "--bundle", tmp_path / "a.bundle",
-                    "--ca-fingerprint", fingerprint, "--bootstrap", "127.0.0.1:18443",
+                    "--ca-fingerprint", fingerprint, "--bootstrap", f"127.0.0.1:{peer_port}",
                     timeout=120)
     assert joined.returncode == 0, joined.stderr
     assert "joined" in joined.stdout and "join failed" not in joined.stdout + joined.stderr
@@ -74,3 +80,41 @@ def test_join_needs_the_fingerprint_and_a_missing_bootstrap_is_not_a_failure(tmp
     doc = json.loads(status.stdout)
     assert doc["live"] is False and doc["federation"]["roster"]["active"] == 1
     assert "series are not shared until at least 3" in doc["federation"]["protection"]["warning"]
+
+
+def test_init_refuses_a_port_that_cannot_exist_before_writing_anything(tmp_path: Path) -> None:
+    made = medfed("init", tmp_path / "n", "--dht-port", 84610)
+    assert made.returncode == 2 and "--dht-port" in made.stderr
+    assert not (tmp_path / "n").exists()
+
+
+def test_join_on_a_running_node_says_to_restart_it(tmp_path: Path) -> None:
+    created = medfed("federation", "create", tmp_path / "op", "--name", "Net")
+    fingerprint = created.stdout.split("CA fingerprint")[1].split()[0]
+    assert medfed("init", tmp_path / "a", "--host", "127.0.0.1", "--dicom-port", free_port(),
+                  "--http-port", free_port(), "--peer-port", free_port(),
+                  "--dht-port", free_port()).returncode == 0
+    config = tmp_path / "a" / "medfed.toml"
+    node = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, COLUMNS="200"))
+    try:
+        assert node.stdout is not None
+        for line in node.stdout:           # running (unjoined) once the control line is out
+            if line.strip().startswith("control"):
+                break
+        assert medfed("join", "--config", config, "--request", tmp_path / "a.req").returncode == 0
+        assert medfed("federation", "admit", tmp_path / "a.req", "--out", tmp_path / "a.bundle",
+                      "--dir", tmp_path / "op").returncode == 0
+        joined = medfed("join", "--config", config, "--bundle", tmp_path / "a.bundle",
+                        "--ca-fingerprint", fingerprint)
+        assert joined.returncode == 0, joined.stderr
+        said = " ".join(joined.stderr.split())
+        assert "running without the federation" in said and "start it again" in said
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.communicate(timeout=60)
+    stopped = medfed("join", "--config", config, "--bundle", tmp_path / "a.bundle",
+                     "--ca-fingerprint", fingerprint)
+    assert stopped.returncode == 0 and "Start the node with 'medfed run" in " ".join(
+        stopped.stdout.split())
