@@ -19,8 +19,9 @@ from node.sharing.protection import protection_for
 
 
 def roster_status(roster: Roster, own_id: str, gossip: GossipState | None,
-                  dht_contacts: set[str] | None = None) -> dict[str, Any]:
-    """``dht_contacts``: node ids in the running DHT's routing table (None: not running)."""
+                  dht_contacts: dict[str, str] | None = None) -> dict[str, Any]:
+    """``dht_contacts``: node id -> "ip:port" of the running DHT's routing table (None:
+    not running)."""
     contacts = gossip.contacts if gossip is not None else {}
     members = []
     for m in roster.members:
@@ -32,7 +33,8 @@ def roster_status(roster: Roster, own_id: str, gossip: GossipState | None,
             "last_contact": contact.last_ok if contact else 0.0,
             "last_error": contact.last_error if contact else "",
             "their_version": contact.their_version if contact else 0,
-            "in_dht": None if dht_contacts is None else m.node_id in dht_contacts})
+            "in_dht": None if dht_contacts is None else m.node_id in dht_contacts,
+            "dht_contact": (dht_contacts or {}).get(m.node_id, "")})
     revoked = roster.status(own_id) == "revoked"
     return {"federation": roster.federation, "version": roster.version,
             "adopted_at": gossip.adopted_at if gossip is not None else 0.0,
@@ -94,7 +96,7 @@ async def node_federation_status(node: Any) -> dict[str, Any] | None:
         return None
     roster = membership.roster.current
     dht = node.dht
-    in_dht = ({c.id.hex() for c in dht.routing.contacts()}
+    in_dht = ({c.id.hex(): f"{c.ip}:{c.port}" for c in dht.routing.contacts()}
               if dht is not None and dht.running else None)
     doc = {"roster": roster_status(roster, node.node_id,
                                    node.gossip.state if node.gossip is not None else None,

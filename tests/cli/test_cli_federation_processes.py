@@ -2,7 +2,8 @@
 "Deploying across hospitals" section says, admitted in a shuffled order.
 
 Checked: every site's query lists every member and every site's DHT holds every other
-member; owner-down retrieval with the default protection at three sites and again at
+member; a site that moves to new ports by re-admission is reached at them (peer API and
+DHT); owner-down retrieval with the default protection at three sites and again at
 five; a revocation handed to one member reaches every other site, which then lists the
 site as revoked, leaves it out of queries and drops it from its DHT, and the revoked
 site says it is revoked.
@@ -194,6 +195,27 @@ def admit_all(sites: list[Site], requests: dict[str, Future[Path]], operator: Op
         started.result()
 
 
+def readmit(site: Site, operator: Operator, work: Path) -> int:
+    """The README's address change (the site is stopped): new ports in the TOML, a new
+    admission request, the operator's bundle installed; returns the new DHT port."""
+    dht_port, site.peer_port = free_udp_port(), free_port()
+    text = site.config.read_text()
+    head, peer_rest = text.split("[peer]", 1)
+    peer, dht_rest = peer_rest.split("[dht]", 1)
+    dht, tail = dht_rest.split("[ingest]", 1)
+    peer = "\n".join(f"port = {site.peer_port}" if line.startswith("port =") else line
+                     for line in peer.split("\n"))
+    dht = "\n".join(f"port = {dht_port}" if line.startswith("port =") else line
+                    for line in dht.split("\n"))
+    site.config.write_text(f"{head}[peer]{peer}[dht]{dht}[ingest]{tail}")
+    request, bundle = work / f"{site.name}-moved.json", work / f"{site.name}-moved-bundle.json"
+    asked = ok(site.cli("join", "--request", request))
+    assert f"peer 127.0.0.1:{site.peer_port}" in " ".join(asked.stdout.split())
+    ok(operator.run("admit", request, "--out", bundle))
+    ok(site.cli("join", "--bundle", bundle, "--ca-fingerprint", operator.fingerprint))
+    return dht_port
+
+
 def roster_version(site: Site) -> int:
     """The roster version the site holds (the node persists every roster it adopts)."""
     path = site.folder / "data" / "federation" / "roster.json"
@@ -271,6 +293,7 @@ def test_five_hospitals_set_up_only_through_the_cli(tmp_path: Path, sites: list[
         wait_for(lambda: published(first, 1), "the first series is published with 3 members",
                  pause_s=0)
         fetch_with_owner_down(first, order[1], tmp_path, "at-3")
+        moved_dht = readmit(first, operator, tmp_path)      # while it is down: new ports
         back = pool.submit(first.start)   # back while the other two are admitted
 
         # -- two more sites; every site's query and DHT list all five ----------------------
@@ -285,6 +308,12 @@ def test_five_hospitals_set_up_only_through_the_cli(tmp_path: Path, sites: list[
                      f"{site.name}'s DHT holds every other member", pause_s=0)
         members = order[1].members()
         assert all(members[n]["last_contact"] > 0 for n in NAMES if n != order[1].name)
+        assert members[first.name]["peer_address"] == first.peer          # the new address
+        for site in sites:                  # the DHTs contact the moved site at its new port
+            if site is not first:
+                wait_for(lambda: site.members()[first.name]["dht_contact"]
+                         == f"127.0.0.1:{moved_dht}", f"{site.name} dials the moved DHT port",
+                         pause_s=0)
 
         # -- at five sites the owner's bundle is re-shared to the full default 3-of-4 --------
         wait_for(lambda: first.live_status()["bundles"]["shares_below_target"] == 0,
