@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 from node.config.model import load_config
+from tests.cli.node_process import running
 from tests.cli.test_cli import medfed
 from tests.dicom_tools import free_port
 
@@ -95,14 +92,7 @@ def test_join_on_a_running_node_says_to_restart_it(tmp_path: Path) -> None:
                   "--http-port", free_port(), "--peer-port", free_port(),
                   "--dht-port", free_port()).returncode == 0
     config = tmp_path / "a" / "medfed.toml"
-    node = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, COLUMNS="200"))
-    try:
-        assert node.stdout is not None
-        for line in node.stdout:           # running (unjoined) once the control line is out
-            if line.strip().startswith("control"):
-                break
+    with running(config):                  # running, unjoined
         assert medfed("join", "--config", config, "--request", tmp_path / "a.req").returncode == 0
         assert medfed("federation", "admit", tmp_path / "a.req", "--out", tmp_path / "a.bundle",
                       "--dir", tmp_path / "op").returncode == 0
@@ -111,9 +101,6 @@ def test_join_on_a_running_node_says_to_restart_it(tmp_path: Path) -> None:
         assert joined.returncode == 0, joined.stderr
         said = " ".join(joined.stderr.split())
         assert "running without the federation" in said and "start it again" in said
-    finally:
-        node.send_signal(signal.SIGTERM)
-        node.communicate(timeout=60)
     stopped = medfed("join", "--config", config, "--bundle", tmp_path / "a.bundle",
                      "--ca-fingerprint", fingerprint)
     assert stopped.returncode == 0 and "Start the node with 'medfed run" in " ".join(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli.node_process import NodeProcess
 from tests.dicom_tools import dcmtk, free_port
 
 DEADLINE_S = 300.0          # per wait; generous: other helpers' suites may load the machine
@@ -83,9 +83,11 @@ class Site:
     peer_port: int
     node_id: str = ""
     token: str = ""
-    proc: subprocess.Popen[str] | None = None
     addresses: list[str] = field(default_factory=list)
-    runs: int = 0
+    node: NodeProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.node = NodeProcess(self.config, self.name)
 
     @property
     def config(self) -> Path:
@@ -103,28 +105,10 @@ class Site:
 
     def start(self) -> None:
         """`medfed run`; returns once it printed its last address line (all listen)."""
-        self.runs += 1
-        out = self.folder / f"run-{self.runs}.out"
-        with open(out, "w") as stdout, open(self.folder / f"run-{self.runs}.err", "w") as stderr:
-            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config",
-                                          str(self.config)], stdout=stdout, stderr=stderr,
-                                         text=True, env=dict(os.environ, COLUMNS="300"))
-
-        def started() -> list[str] | None:
-            lines = [line.strip() for line in out.read_text().splitlines()]
-            if any(line.startswith("control") for line in lines):
-                return lines
-            assert self.proc is not None and self.proc.poll() is None, \
-                f"{self.name} exited: {out.read_text()}{out.with_suffix('.err').read_text()}"
-            return None
-
-        self.addresses = wait_for(started, f"{self.name} runs")
+        self.addresses = self.node.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=DEADLINE_S)
-        self.proc = None
+        self.node.stop()
 
     def status(self) -> dict[str, Any] | None:
         """The running node's federation status (None while it does not answer live)."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli.node_process import running
 from tests.cli.test_cli import medfed
 from tests.dicom_tools import free_port
 
@@ -41,17 +41,7 @@ def test_refused_passwords_are_audited_by_the_running_node(tmp_path: Path) -> No
                     "--password-stdin", "--config", config, stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     audit_path = folder / "data" / "audit.log"
-    node = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, COLUMNS="200"))
-    try:
-        assert node.stdout is not None
-        for line in node.stdout:                   # `run` prints once everything listens
-            if line.strip().startswith("control"):
-                break
-        else:
-            raise AssertionError(node.communicate(timeout=30))
-
+    with running(config):
         wrong = run_cli("user", "login", "alice", "--print", "--password-stdin", "--config",
                         config, stdin="not her password\n")
         assert wrong.returncode == 1 and "login refused" in wrong.stderr
@@ -61,10 +51,6 @@ def test_refused_passwords_are_audited_by_the_running_node(tmp_path: Path) -> No
         right = run_cli("user", "login", "alice", "--print", "--password-stdin", "--config",
                         config, stdin=PASSWORD + "\n")
         assert right.returncode == 0 and right.stdout.startswith("mft_"), right.stderr
-    finally:
-        node.send_signal(signal.SIGTERM)
-        node.communicate(timeout=60)
-    assert node.returncode == 0
 
     refused = refusals(audit_path)                 # written by the node, in its chain
     assert [(e["actor"], e["detail"]["code"], e["detail"]["via"]) for e in refused] == [
