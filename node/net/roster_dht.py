@@ -77,11 +77,6 @@ class RosterDHTSync:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def settled(self) -> None:
-        """Wait for the pings of the rosters adopted so far (tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
     # -- the listener (sync, called by RosterBook.offer) --------------------------------
     def _on_adopted(self, roster: Roster) -> None:
         previous, self._previous = self._previous, roster
@@ -106,11 +101,16 @@ class RosterDHTSync:
     def forget_non_members(self, roster: Roster) -> int:
         """Drop routing contacts that ``roster`` does not list as active; returns how many."""
         active = {m.node_id for m in roster.active()}
-        gone = [c for c in self.dht.routing.contacts() if c.id.hex() not in active]
-        for contact in gone:
-            self.dht.routing.remove_contact(contact)
-        self.dht.stats["contacts_removed_by_roster"] += len(gone)
-        return len(gone)
+        removed = 0
+        for bucket in self.dht.routing.buckets:   # replacements first: none may move up
+            for node_id in [i for i in bucket.replacement_nodes if i.hex() not in active]:
+                del bucket.replacement_nodes[node_id]
+        while gone := [c for c in self.dht.routing.contacts() if c.id.hex() not in active]:
+            for contact in gone:
+                self.dht.routing.remove_contact(contact)
+            removed += len(gone)
+        self.dht.stats["contacts_removed_by_roster"] += removed
+        return removed
 
     async def _contact(self, addresses: list[tuple[str, int]]) -> None:
         if not self.dht.running:
