@@ -13,18 +13,20 @@ from ..control.federation_status import (age, protection_status, publish_backlog
                                          roster_status)
 
 
+LIVE_STATUS_TIMEOUT_S = 30.0
+
+
 def federation_status(cfg: NodeConfig) -> tuple[dict[str, Any] | None, bool]:
     """(federation section, live?) — live from the control socket when the node runs."""
     from ..control import control_socket_path
     from ..control.client import ControlClient, ControlError
 
-    client = ControlClient(control_socket_path(cfg.data_dir))
+    # one call; a busy node gets time to answer (a node that is not running refuses at once)
+    client = ControlClient(control_socket_path(cfg.data_dir), timeout_s=LIVE_STATUS_TIMEOUT_S)
     try:
-        if client.is_running():
-            return client.status().get("federation"), True
+        return client.status().get("federation"), True
     except ControlError:
-        pass
-    return _offline(cfg), False
+        return _offline(cfg), False
 
 
 def _offline(cfg: NodeConfig) -> dict[str, Any] | None:
