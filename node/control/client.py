@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from node.control.wire import Actor
+from node.control.actor import Actor
 
 STATUS_TIMEOUT_S = 5.0
 STREAM_MARGIN_S = 30.0       # beyond the fetch deadline, for the node's final answer

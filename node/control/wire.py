@@ -10,10 +10,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.control.actor import Actor
 from node.net.assertion import PURPOSES
 from node.query.model import FederatedQuery, QueryError
 from node.sharing.retrieve import FetchError, SeriesRef, parse_series_ref
@@ -33,20 +34,6 @@ class BadRequest(Exception):
     def __init__(self, status: int, code: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.code, self.reason = status, code, reason
-
-
-@dataclass(frozen=True)
-class Actor:
-    """The local user a request is made for: name, a token from ``medfed user login`` (or
-    one the CLI got for a password it checked), and the purpose of this request. Role and
-    department come from the user record at the node, never from here."""
-
-    user: str
-    token: str
-    purpose: str
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
