@@ -90,7 +90,8 @@ class MetadataStore:
         try:
             conn = await asyncio.to_thread(self._backend.connect_writer)
             self._writer = MetadataWriter(conn, begin=self._backend.begin,
-                                          patient_key=self.patient_key)
+                                          patient_key=self.patient_key,
+                                          relax=getattr(self._backend, "relax", None))
             await self._backend.open_readers()
             self._patient_salt = await self._salt()
         except Exception as exc:
@@ -238,9 +239,11 @@ class MetadataStore:
         return await asyncio.to_thread(self.writer.run, work)
 
     def ingest_sync(self, rec: InstanceRecord, stored: StoredFile | None,
-                    source: str = "local", jobs: Iterable[tuple[str, str, float]] = ()
-                    ) -> IngestResult:
-        return self.writer.ingest(rec, stored, source, list(jobs))
+                    source: str = "local", jobs: Iterable[tuple[str, str, float]] = (),
+                    *, relaxed: bool = False) -> IngestResult:
+        """``relaxed``: the caller's own log (the ingest journal) already made the
+        instance durable; SQLite then commits without a flush of its own."""
+        return self.writer.ingest(rec, stored, source, list(jobs), relaxed=relaxed)
 
     async def ingest(self, rec: InstanceRecord, stored: StoredFile | None,
                      source: str = "local", jobs: Iterable[tuple[str, str, float]] = ()

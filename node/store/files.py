@@ -25,6 +25,21 @@ TMP_PREFIX = ".tmp-"
 TMP_DIR = ".tmp"
 
 
+def _writeback_starter():  # type: ignore[no-untyped-def]
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) where libc has it."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return lambda fd: fn(fd, 0, 0, 2)
+    except (OSError, AttributeError):
+        return lambda fd: None
+
+
+_start_writeback = _writeback_starter()
+
+
 class FileStoreError(Exception):
     """Writing an image file failed (disk full, permissions): nothing was stored."""
 
@@ -69,8 +84,10 @@ class PartialFile:
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def place(self, rel: str) -> tuple[int, str]:
-        """Make the file durable under ``rel``; returns (size, sha256 hex).
+    def place(self, rel: str, *, sync: bool = True) -> tuple[int, str]:
+        """Make the file durable under ``rel``; returns (size, sha256 hex). With
+        ``sync=False`` it is only renamed: the caller's journal holds its bytes until
+        :meth:`ObjectFiles.make_durable` has run for it.
 
         Renamed first, then synced: the file's fdatasync commits the journal that
         also holds the rename, so the folder's fsync after it finds nothing left to
@@ -84,9 +101,11 @@ class PartialFile:
             final = self._files.folder_for(rel) / Path(rel).name
             os.replace(self.path, final)
             self.path = final
-            os.fdatasync(self._fd)  # data + size; mtime need not be durable
+            if sync:
+                os.fdatasync(self._fd)  # data + size; mtime need not be durable
             self._close()
-            self._files._fsync_dir(final.parent)
+            if sync:
+                self._files._fsync_dir(final.parent)
         except OSError as exc:
             self.discard()
             raise FileStoreError(f"cannot write image file under {self._files.root}: "
@@ -180,6 +199,31 @@ class ObjectFiles:
             raise FileStoreError(f"cannot write image file under {self.root}: "
                                  f"{exc.strerror or exc}") from exc
         return size, digest.hexdigest()
+
+    def make_durable(self, rels: Iterable[str]) -> None:
+        """Flush files placed without a sync, then their folders (the journal
+        checkpoint). Writeback of all of them is started first, so the flushes that
+        follow mostly find their data on disk already."""
+        paths = [self.root / rel for rel in rels]
+        fds = []
+        try:
+            for path in paths:
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue  # replaced or removed since: nothing of it to keep
+            for fd in fds:
+                _start_writeback(fd)
+            for fd in fds:
+                os.fdatasync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for folder in {p.parent for p in paths}:
+            try:
+                self._fsync_dir(folder)
+            except FileNotFoundError:
+                pass
 
     def remove(self, rel: str) -> None:
         try:

@@ -61,6 +61,10 @@ class SqliteBackend:
     def __init__(self, path: Path, *, durability: str, readers: int, cache_mb: int) -> None:
         self.path = path
         self.durability = durability
+        # a commit without a WAL flush (the ingest journal holds the instance); the
+        # next FULL commit flushes it too
+        self.relax = (("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL")
+                      if durability == "full" else None)
         self.readers = readers
         self.cache_mb = cache_mb
         self._pool: ReaderPool[aiosqlite.Connection] | None = None

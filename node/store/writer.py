@@ -54,9 +54,14 @@ class IngestResult:
 
 class MetadataWriter:
     def __init__(self, conn: SqlConnection, *, begin: str,
-                 patient_key: Callable[[str, str], str]) -> None:
+                 patient_key: Callable[[str, str], str],
+                 relax: tuple[str, str] | None = None) -> None:
         self._conn = conn
         self._begin = begin
+        # statements around a transaction whose durability another log already gives
+        # (the ingest journal): SQLite commits it without a flush; the next ordinary
+        # (synced) commit makes it durable too
+        self._relax = relax
         self._lock = threading.Lock()
         self._patient_key = patient_key
         self.pseudonym: Callable[[str, str], str] | None = None  # set once the key is known
@@ -69,8 +74,11 @@ class MetadataWriter:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[SqlConnection]:
+    def transaction(self, *, relaxed: bool = False) -> Iterator[SqlConnection]:
+        relax = self._relax if relaxed else None
         with self._lock:
+            if relax is not None:
+                self._conn.execute(relax[0])
             self._conn.execute(self._begin)
             self._memo.clear()
             try:
@@ -81,6 +89,8 @@ class MetadataWriter:
                 raise
             finally:
                 self._memo.clear()
+                if relax is not None:
+                    self._conn.execute(relax[1])
 
     def run(self, work: Callable[[SqlConnection], T]) -> T:
         """Run ``work`` inside one write transaction."""
@@ -93,10 +103,12 @@ class MetadataWriter:
 
     # -- instances ----------------------------------------------------------------
     def ingest(self, rec: InstanceRecord, stored: StoredFile | None, source: str = "local",
-               jobs: Iterable[tuple[str, str, float]] = ()) -> IngestResult:
-        """One instance's rows, and the durable jobs it causes, in one transaction."""
+               jobs: Iterable[tuple[str, str, float]] = (), *,
+               relaxed: bool = False) -> IngestResult:
+        """One instance's rows, and the durable jobs it causes, in one transaction
+        (``relaxed``: not flushed, see ``relax``)."""
         now = time.time()
-        with self.transaction() as conn:
+        with self.transaction(relaxed=relaxed) as conn:
             result = self.ingest_rows(conn, rec, stored, source, now)
             if not result.duplicate:
                 for kind, ref, delay in jobs:
