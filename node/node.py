@@ -29,6 +29,7 @@ from .net.roster_dht import RosterDHTSync
 from .net.server import PeerServer, PeerServerSettings
 from .net.transport import SOCKETS, Transport
 from .pacs.ingest import Ingestor
+from .pacs.journal import Journal
 from .pacs.scp import DicomService
 from .ports import listening
 from .query.local import LocalBackend
@@ -132,7 +133,11 @@ class Node:
                                             audit=self.audit)
             self.local.upstream = self.upstream
             await self.upstream.start()
-        self.ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s)
+        journal = Journal(self.cfg.data_dir / "journal") if self.cfg.durability == "full" \
+            else None
+        self.ingestor = Ingestor(self.store, self.files, series_idle_s=self.cfg.series_idle_s,
+                                 journal=journal)
+        await asyncio.to_thread(self.ingestor.open_journal)
         if self._with_dicom:
             self.dicom = DicomService(self.cfg.dicom, ingestor=self.ingestor,
                                       backend=self._dicom_backend(), audit=self.audit, loop=loop)
@@ -225,6 +230,8 @@ class Node:
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None
+        if self.ingestor is not None:
+            await asyncio.to_thread(self.ingestor.close)
         if self.upstream is not None:
             await self.upstream.stop()
             self.upstream = None

@@ -2,8 +2,12 @@
 
 Runs in the DICOM association's thread: the file write and the metadata commit (on the
 store's writer connection) happen right here, in parallel across associations up to
-the commit lock. The success status is returned only after both the file and the rows
-are durable, so an acknowledged C-STORE survives kill -9.
+the commit lock. The success status is returned only after the instance is durable,
+so an acknowledged C-STORE survives kill -9 and a power cut: with the ingest journal
+(journal.py, durability "full") its bytes are in a flushed journal record - one
+flush, shared by the associations waiting at the same time - and its file and rows
+follow without flushes of their own until the next checkpoint; without it the file
+is flushed (file and folder) and the rows are committed with a flush.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import logging
 import threading
 import zlib
 from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 from typing import Callable
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -22,9 +29,11 @@ from ..store.db import MetadataStore, StoredFile, StoreError
 from ..store.files import FileStoreError, ObjectFiles, PartialFile
 from ..store.records import record_from_dataset
 from . import status
+from .journal import Checkpointer, Journal, JournalError, Record
 from .validate import InvalidInstance, validate_instance
 
 log = logging.getLogger("medfed.ingest")
+_JOURNAL_KEY = "ingest_journal_seq"
 
 
 @dataclass(frozen=True)
@@ -44,28 +53,90 @@ class IngestOutcome:
 
 class Ingestor:
     def __init__(self, store: MetadataStore, files: ObjectFiles, *,
-                 series_idle_s: float = 30.0, source: str = "local") -> None:
+                 series_idle_s: float = 30.0, source: str = "local",
+                 journal: Journal | None = None) -> None:
         self.store = store
         self.files = files
         self.series_idle_s = series_idle_s
         self.source = source
+        self.journal = journal
+        self._checkpointer: Checkpointer | None = None
         self._stripes = [threading.Lock() for _ in range(64)]
+
+    # -- the ingest journal -------------------------------------------------------
+    def open_journal(self) -> int:
+        """Replay what the journal holds after the last checkpoint (an instance whose
+        file or rows did not survive is stored again from its record), checkpoint,
+        and start journalling. Returns how many instances were restored."""
+        if self.journal is None:
+            return 0
+        row = self.store.writer.read_one("SELECT value FROM meta WHERE key=?", (_JOURNAL_KEY,))
+        after = int(row[0]) if row else 0
+        restored = sum(self._replay(record) for record in self.journal.records(after))
+        newest = max(after, self.journal.last_seq)
+        self._persist(newest, [])
+        self.journal.start(newest)
+        self._checkpointer = Checkpointer(self.journal, self._persist)
+        if restored:
+            log.warning("restored %d instance(s) from the ingest journal", restored)
+        return restored
+
+    def close(self) -> None:
+        """Checkpoint what is finished and close the journal (at shutdown)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+        if self.journal is not None:
+            self.journal.close()
+
+    def checkpoint(self) -> int:
+        """Make every finished instance's file and rows durable now; the journal seq."""
+        return self._checkpointer.run_once() if self._checkpointer is not None else 0
+
+    def _persist(self, upto: int, rels: list[str]) -> None:
+        self.files.make_durable(rels)
+        self.store.writer.run(lambda conn: conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "value=excluded.value", (_JOURNAL_KEY, str(upto))))
+
+    def _replay(self, record: Record) -> int:
+        try:
+            ds = dcmread(BytesIO(record.data))
+            sop_uid = str(ds.SOPInstanceUID)
+        except Exception:
+            log.error("an ingest journal record cannot be read back; skipped")
+            return 0
+        known = self.store.instance_file_sync(sop_uid)
+        sha = hashlib.sha256(record.data).hexdigest()
+        if known is None:
+            outcome = self.ingest(ds, record.data, context_sop_class=str(ds.SOPClassUID),
+                                  affected_sop_instance=sop_uid,
+                                  transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
+            return 1 if outcome.status == status.SUCCESS and not outcome.duplicate else 0
+        if known.sha256 != sha or _intact(self.files.path(known.path), sha):
+            return 0  # another copy is the stored one, or the file survived
+        self.files.write_atomic(known.path, (record.data,))
+        return 1
 
     def ingest(self, ds: Dataset, encoded_file: bytes, *, context_sop_class: str,
                affected_sop_instance: str, transfer_syntax: str) -> IngestOutcome:
         """Store one instance; ``encoded_file`` is the Part-10 byte stream as received."""
         return self._ingest(ds, hashlib.sha256(encoded_file).hexdigest,
-                            lambda rel: self.files.write_atomic(rel, (encoded_file,)),
+                            lambda rel, _sync: self.files.write_atomic(rel, (encoded_file,)),
                             lambda: None, context_sop_class=context_sop_class,
                             affected_sop_instance=affected_sop_instance,
                             transfer_syntax=transfer_syntax)
 
     def ingest_received(self, ds: Dataset, received: PartialFile, *, context_sop_class: str,
-                        affected_sop_instance: str, transfer_syntax: str) -> IngestOutcome:
+                        affected_sop_instance: str, transfer_syntax: str,
+                        raw: bytes | bytearray | None = None) -> IngestOutcome:
         """Store one instance already streamed into ``received`` (a Part-10 file): it is
-        placed under its name or discarded, never left behind."""
+        placed under its name or discarded, never left behind. ``raw``: the file's
+        bytes, for the journal record (without it the file is flushed itself)."""
         try:
-            return self._ingest(ds, lambda: received.sha256, received.place, received.discard,
+            return self._ingest(ds, lambda: received.sha256,
+                                lambda rel, sync: received.place(rel, sync=sync),
+                                received.discard, raw=raw,
                                 context_sop_class=context_sop_class,
                                 affected_sop_instance=affected_sop_instance,
                                 transfer_syntax=transfer_syntax)
@@ -73,9 +144,9 @@ class Ingestor:
             received.discard()  # a no-op once placed
 
     def _ingest(self, ds: Dataset, sha256: Callable[[], str],
-                place: Callable[[str], tuple[int, str]], drop: Callable[[], None], *,
+                place: Callable[[str, bool], tuple[int, str]], drop: Callable[[], None], *,
                 context_sop_class: str, affected_sop_instance: str,
-                transfer_syntax: str) -> IngestOutcome:
+                transfer_syntax: str, raw: bytes | bytearray | None = None) -> IngestOutcome:
         ts = UID(transfer_syntax)
         try:
             _cls, sop_uid, study_uid, series_uid = validate_instance(
@@ -98,18 +169,48 @@ class Ingestor:
                                 "kept the stored copy")
                 drop()
                 return IngestOutcome(status.SUCCESS, "", None, duplicate=True)
+            journal = self.journal if raw is not None and self._checkpointer else None
+            seq = 0
+            if journal is not None:
+                try:
+                    seq = journal.append(rel, raw, sha256())
+                    journal.sync(seq)  # the instance is durable from here on
+                except JournalError as exc:
+                    log.error("%s", exc)
+                    if seq:
+                        journal.cancel(seq)
+                    drop()
+                    return IngestOutcome(status.OUT_OF_RESOURCES,
+                                         "cannot write file: storage full")
             try:
-                size, sha = place(rel)
+                size, sha = place(rel, journal is None)
             except FileStoreError as exc:
                 log.error("%s", exc)
+                if journal is not None:
+                    journal.cancel(seq)
                 return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
             try:
                 result = self.store.ingest_sync(
                     record, StoredFile(rel, size, sha), self.source,
-                    jobs=[("publish", series_uid, self.series_idle_s)])
+                    jobs=[("publish", series_uid, self.series_idle_s)],
+                    relaxed=journal is not None)
             except Exception as exc:
                 self.files.remove(rel)
+                if journal is not None:
+                    journal.cancel(seq)
                 log.error("metadata commit failed, instance not stored: %s",
                           type(exc).__name__ if not isinstance(exc, StoreError) else exc)
                 return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
+            if journal is not None:
+                journal.done(seq, rel)
+        if self._checkpointer is not None and journal is not None:
+            self._checkpointer.nudge()
         return IngestOutcome(status.SUCCESS, "", result.instance_id, result.duplicate)
+
+
+def _intact(path: Path, sha256_hex: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest() == sha256_hex
+    except OSError:
+        return False
