@@ -386,10 +386,13 @@ class Checkpointer:
             self.journal.checkpointed(upto)
         return upto
 
-    def close(self) -> None:
+    def close(self, *, final: bool = True) -> None:
+        """Stop; with ``final``, checkpoint what is finished first."""
         self._stop.set()
         self._wake.set()
         self._thread.join(60)
+        if not final:
+            return
         try:
             self.run_once()
         except Exception as exc:
