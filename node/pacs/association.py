@@ -29,7 +29,7 @@ from pynetdicom.presentation import (PresentationContext, negotiate_as_acceptor,
 from . import dimse
 from .wire import (A_ABORT, A_ASSOCIATE_AC as AC_TYPE, A_ASSOCIATE_RJ as RJ_TYPE,
                    A_ASSOCIATE_RQ, A_RELEASE_RQ as RELEASE_RQ_TYPE, A_RELEASE_RP as RP_TYPE,
-                   P_DATA_TF, UNLIMITED_SEND_PDU, PduSocket, PeerClosed, ProtocolError)
+                   P_DATA_TF, UNLIMITED_SEND_PDU, PduSocket, PeerClosed, ProtocolError, tune)
 
 log = logging.getLogger("medfed.dicom")
 
@@ -317,7 +317,7 @@ def request_association(host: str, port: int, *, calling_ae: str, called_ae: str
     except OSError as exc:
         raise ConnectionError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") \
             from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tune(sock)
     io = PduSocket(sock, max_receive=max_pdu)
     for n, cx in enumerate(contexts):
         cx.context_id = 2 * n + 1

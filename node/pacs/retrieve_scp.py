@@ -98,8 +98,18 @@ def encoded_for(item: RetrieveItem, context: PresentationContext, as_stored: boo
                                  f"{type(exc).__name__}") from exc
 
 
+@dataclass
+class Outgoing:
+    """One C-STORE-RQ read from its file and encoded, ready to send."""
+
+    msg_id: int
+    parts: list[bytes | memoryview]
+
+
 class Sender:
-    """Sends instances as C-STORE-RQs on one association and waits for each answer."""
+    """Sends instances as C-STORE-RQs on one association and waits for each answer.
+    ``prepare`` (read + encode) is separate from ``start`` (send) and ``finish`` (wait)
+    so the next instance can be read while the receiver stores the last one."""
 
     def __init__(self, assoc: Association, contexts: list[PresentationContext], *,
                  move_originator: tuple[str, int] | None = None) -> None:
@@ -113,6 +123,9 @@ class Sender:
         """Store one instance; returns the receiver's status. ``before`` (PDUs already
         encoded, e.g. the C-GET's pending response) goes out in the same write. Raises
         SubOperationFailed when it could not be sent, Aborted when the link broke."""
+        return self.finish(self.start(self.prepare(item), before))
+
+    def prepare(self, item: RetrieveItem) -> Outgoing:
         context, as_stored = choose_context(item, self.contexts)
         sop_uid, payload = encoded_for(item, context, as_stored)
         msg_id = next(self._ids) & 0xFFFF
@@ -122,11 +135,17 @@ class Sender:
             MessageID=msg_id, Priority=0, CommandDataSetType=dimse.HAS_DATASET,
             AffectedSOPInstanceUID=sop_uid,
             MoveOriginatorApplicationEntityTitle=origin_ae, MoveOriginatorMessageID=origin_id)
-        message = self.assoc.io.message(int(context.context_id), command, payload)
+        return Outgoing(msg_id, self.assoc.io.message_parts(int(context.context_id), command,
+                                                            payload))
+
+    def start(self, out: Outgoing, before: bytes = b"") -> int:
         try:
-            self.assoc.io.send(before + message if before else message)
+            self.assoc.io.send_parts([before, *out.parts] if before else out.parts)
         except PeerClosed as exc:
             raise Aborted(str(exc)) from exc
+        return out.msg_id
+
+    def finish(self, msg_id: int) -> int:
         return self._wait_for(msg_id)
 
     def _wait_for(self, msg_id: int) -> int:

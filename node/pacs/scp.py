@@ -36,7 +36,8 @@ from .association import (Aborted, Association, BytesSink, Message, Rejection, R
                           accept, read_request, reject, request_association)
 from .backend import Auditor, QueryBackend, QueryRefused, RetrieveItem
 from .ingest import Ingestor
-from .retrieve_scp import Progress, Sender, SubOperationFailed, count, move_contexts
+from .retrieve_scp import (Outgoing, Progress, Sender, SubOperationFailed, count,
+                           move_contexts)
 from .server import AssociationServer
 from .response_wire import ResponseRow
 from .store_scp import StoreHandler
@@ -404,6 +405,16 @@ class DicomService:
         progress = Progress(len(items))
         same_link = sender.assoc is assoc  # C-GET: sub-operations on this association
         pending = b""  # C-GET: the last pending response rides with the next C-STORE
+
+        def prepare(i: int) -> Outgoing | SubOperationFailed | None:
+            if i >= len(items):
+                return None
+            try:
+                return sender.prepare(items[i])
+            except SubOperationFailed as exc:
+                return exc
+
+        ahead = prepare(0)
         for n, item in enumerate(items):
             if sender.cancelled or (not same_link and assoc.cancel_requested(cmd.message_id)):
                 self.audit.append(action, assoc.calling_ae, "cancelled", sent=n,
@@ -411,8 +422,14 @@ class DicomService:
                 assoc.send(cx_id, dimse.response(cmd, field_, status.CANCEL,
                                                  **progress.counts()))
                 return
+            out, ahead = ahead, None
             try:
-                count(progress, sender.send(item, pending))
+                if not isinstance(out, Outgoing):
+                    raise out or SubOperationFailed("not prepared")
+                msg_id = sender.start(out, pending)
+                pending = b""
+                ahead = prepare(n + 1)  # read while the receiver stores this one
+                count(progress, sender.finish(msg_id))
             except SubOperationFailed as exc:
                 log.warning("%s: instance %d of %d cannot be sent: %s", action, n + 1,
                             len(items), exc)
@@ -427,6 +444,8 @@ class DicomService:
                 progress.failed = progress.total - progress.completed - progress.warning
                 break
             pending = b""
+            if ahead is None:
+                ahead = prepare(n + 1)
             if progress.remaining:
                 update = dimse.response(cmd, field_, status.PENDING, **progress.counts())
                 if same_link:

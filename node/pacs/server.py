@@ -13,6 +13,8 @@ import ssl
 import threading
 from typing import Callable
 
+from .wire import tune
+
 log = logging.getLogger("medfed.dicom")
 
 Handler = Callable[[socket.socket, tuple[str, int], bool], None]
@@ -64,7 +66,7 @@ class AssociationServer:
                 conn, addr = listener.accept()
             except OSError:
                 return  # closed by stop()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune(conn)
             thread = threading.Thread(target=self._run, args=(conn, addr, tls), daemon=True,
                                       name=f"dicom-assoc-{addr[0]}:{addr[1]}")
             with self._lock:

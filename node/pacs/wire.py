@@ -23,8 +23,21 @@ MAX_CONTROL_PDU = 1 << 20     # an A-ASSOCIATE-RQ with hundreds of contexts is ~
 CHUNK = 1 << 20               # P-DATA values are handed on in pieces of at most this
 UNLIMITED_SEND_PDU = 1 << 20  # PDU size we send to a peer that announced "no limit"
 
+_IOV_BATCH = 512             # buffers per sendmsg (IOV_MAX is 1024 on Linux)
+SEND_BUFFER = 4 << 20         # SO_SNDBUF: a whole instance leaves while the next is read
 _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
+
+
+def tune(sock: socket.socket) -> None:
+    """TCP_NODELAY (a DIMSE exchange otherwise waits for delayed ACKs) and a send
+    buffer that holds a whole instance (sendall returns while the peer reads it)."""
+    for level, option, value in ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+                                 (socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)):
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
 
 
 class PeerClosed(Exception):
@@ -152,15 +165,41 @@ class PduSocket:
         except (OSError, ssl.SSLError) as exc:
             raise PeerClosed(str(exc)) from exc
 
-    def message(self, context_id: int, command: bytes,
-                dataset: bytes | memoryview | None = None) -> bytes:
-        """All P-DATA-TF PDUs of one DIMSE message, as one byte string."""
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send buffers as one stream without joining them first (``sendmsg``; a TLS
+        socket gets them joined): a data set read from its file goes out as it is."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.send(b"".join(parts))
+            return
+        views = [memoryview(p) for p in parts if len(p)]
+        i = 0
+        try:
+            while i < len(views):
+                sent = self.sock.sendmsg(views[i:i + _IOV_BATCH])
+                while sent and i < len(views):
+                    if sent >= len(views[i]):
+                        sent -= len(views[i])
+                        i += 1
+                    else:
+                        views[i] = views[i][sent:]
+                        sent = 0
+        except OSError as exc:
+            raise PeerClosed(str(exc)) from exc
+
+    def message_parts(self, context_id: int, command: bytes,
+                      dataset: bytes | memoryview | None = None) -> list[bytes | memoryview]:
+        """All P-DATA-TF PDUs of one DIMSE message, as buffers to send in order."""
         room = self.max_send - 6
         parts: list[bytes | memoryview] = []
         _pdvs(parts, context_id, memoryview(command), room, 0x01)
         if dataset is not None:
             _pdvs(parts, context_id, memoryview(dataset), room, 0x00)
-        return b"".join(parts)
+        return parts
+
+    def message(self, context_id: int, command: bytes,
+                dataset: bytes | memoryview | None = None) -> bytes:
+        """All P-DATA-TF PDUs of one DIMSE message, as one byte string."""
+        return b"".join(self.message_parts(context_id, command, dataset))
 
     def send_message(self, context_id: int, command: bytes,
                      dataset: bytes | memoryview | None = None) -> None:
