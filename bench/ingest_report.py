@@ -105,8 +105,7 @@ def markdown_section(stamp: str, info: RunInfo, rows: Sequence[Comparison]) -> s
         "per-round ratios\n"
         "- Orthanc: its 1.10 defaults; strace shows one fdatasync per instance (the file), "
         "no folder fsync, and its SQLite index synced now and then (3 syncs for 50 "
-        "instances), not per instance: an instance whose index row was not yet synced is "
-        "not findable after a power cut\n")
+        "instances), not per instance\n")
     verdicts = [f"- {r.measure} ({r.unit}): {_verdict(r)}, ratio {_ratio(r)}"
                 for r in rows if r.target]
     return (stamp + setup + "\n" + markdown_table(rows) + "\n\nTargets (issues 3 and 15):\n\n"
