@@ -74,6 +74,13 @@ def init(directory: Path = typer.Argument(..., help="Folder for the node (create
     cfg = load_or_exit(cfg_path)
     make_private_dir(cfg.data_dir)
     ident = NodeIdentity.load_or_create(cfg.key_dir)
+    if cfg.durability == "full":  # written once: every ingest flush is then data only
+        from ..pacs.journal import Journal
+        try:
+            Journal(cfg.data_dir / "journal").prepare()
+        except OSError as exc:
+            err.print(f"[yellow]ingest journal not prepared ({exc.strerror or exc}); the "
+                      "node prepares it while it ingests[/yellow]")
     console.print(f"[green]created[/green] {cfg_path}")
     console.print(f"node id  {ident.node_id_hex}")
     console.print(f"data dir {cfg.data_dir}")

@@ -68,10 +68,10 @@ def test_run_store_status_and_audit_verify(tmp_path: Path) -> None:
     node = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(100):
-            if dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1",
-                     port).returncode == 0:
-                break
+        deadline = time.monotonic() + 120  # a node starting on a busy host: no fixed count
+        while dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1",
+                    port).returncode != 0:
+            assert node.poll() is None and time.monotonic() < deadline, "node did not start"
             time.sleep(0.1)
         dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "+sd", "+r", "127.0.0.1", port,
               tmp_path / "in", check=True)

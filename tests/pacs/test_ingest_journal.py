@@ -123,3 +123,19 @@ def test_power_cut_after_acknowledgement_is_replayed_at_start(tmp_path: Path) ->
         assert files.path(rel).read_bytes() == by_sha[sha]
     # Checkpointed at start: the next start has nothing left to replay.
     assert asyncio.run(next_life())[0] == 0
+
+
+def test_prepared_segments_are_used_first(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", segment_size=1 << 16)
+    assert j.prepare(2) == 2 << 16
+    assert j.prepare(2) == 0  # already there
+    (tmp_path / "j" / ".prep-00000009").write_bytes(b"cut short")
+    list(j.records(0))
+    j.start(0)
+    blob = b"y" * 1000
+    seq = j.append("p/1.dcm", blob, _sha(blob))
+    j.sync(seq)
+    j.close()
+    names = sorted(p.name for p in (tmp_path / "j").iterdir())
+    assert names == ["seg-00000001.mfj", "seg-00000002.mfj"]
+    assert [r.rel for r in Journal(tmp_path / "j").records(0)] == ["p/1.dcm"]
