@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..audit.files import fsync_dir
 from ..datadir import make_private_dir
 
 log = logging.getLogger("medfed.ingest")
@@ -53,14 +54,6 @@ _SPARES = 3
 
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -168,7 +161,7 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, self.folder / f"seg-{number:08d}.mfj")
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return written
 
     def start(self, checkpointed: int) -> None:
@@ -335,7 +328,7 @@ class Journal:
         path = self.folder / f"seg-{number:08d}.mfj"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except OSError as exc:
             raise JournalError(f"cannot create an ingest journal segment under "
                                f"{self.folder}: {exc.strerror or exc}") from exc

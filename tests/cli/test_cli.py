@@ -60,7 +60,8 @@ def test_bad_config_is_reported_with_the_key(tmp_path: Path) -> None:
 def test_run_store_status_and_audit_verify(tmp_path: Path) -> None:
     port = free_port()
     medfed("init", tmp_path / "n", "--host", "127.0.0.1", "--dicom-port", port, "--allow",
-           "STORESCU@127.0.0.1")
+           "STORESCU@127.0.0.1", "--http-port", free_port(), "--peer-port", free_port(),
+           "--dht-port", free_port())  # not the defaults: another node may hold them
     cfg = tmp_path / "n" / "medfed.toml"
     synth = medfed("synth", tmp_path / "in", "--patients", 1, "--series", 1, "--slices", 4,
                    "--size", 32)
@@ -71,7 +72,9 @@ def test_run_store_status_and_audit_verify(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120  # a node starting on a busy host: no fixed count
         while dcmtk("echoscu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1",
                     port).returncode != 0:
-            assert node.poll() is None and time.monotonic() < deadline, "node did not start"
+            if node.poll() is not None or time.monotonic() > deadline:
+                node.kill()
+                raise AssertionError(f"node did not start: {node.communicate()[1][-2000:]}")
             time.sleep(0.1)
         dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "+sd", "+r", "127.0.0.1", port,
               tmp_path / "in", check=True)
