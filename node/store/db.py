@@ -182,6 +182,14 @@ class MetadataStore:
                       totals.get("series", 0), totals.get("instances", 0),
                       totals.get("bytes", 0), int(row[0]) if row else 0)
 
+    async def refresh_statistics(self) -> None:
+        """After a bulk load (``synth --metadata-only``, a first pseudonym fill): fresh
+        planner statistics on PostgreSQL. Autovacuum refreshes them about once a minute;
+        a plan made on the old ones made a 10-match C-FIND at 10^6 instances 5x slower
+        (24.7 -> 4.7 ms, issue 12). SQLite plans without statistics: nothing to do."""
+        if self.dialect.postgres:
+            await self.write(lambda conn: conn.execute("ANALYZE"))
+
     # -- the stored federation pseudonym -----------------------------------------
     async def ensure_pseudonyms(self, linkage_key: bytes) -> None:
         """Make ``patients.pseudonym`` hold every patient's pseudonym under
@@ -200,6 +208,8 @@ class MetadataStore:
             row = await self.fetchone("SELECT value FROM meta WHERE key='pseudonym_key'")
             everyone = row is None or row[0] != fingerprint
             await asyncio.to_thread(self._fill_pseudonyms, linkage_key, everyone, fingerprint)
+            if everyone:
+                await self.refresh_statistics()
             self._psn_fingerprint = fingerprint
 
     def _fill_pseudonyms(self, key: bytes, everyone: bool, fingerprint: str) -> None:

@@ -115,6 +115,7 @@ async def fill_store(store: MetadataStore, instances: int, *, seed: int = 1,
         done += len(chunk)
         if progress is not None:
             progress(done)
+    await store.refresh_statistics()
     after = await store.counts()
     return FillReport(after.instances - before.instances, after.patients - before.patients,
                       after.studies - before.studies, after.series - before.series,
