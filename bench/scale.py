@@ -29,6 +29,7 @@ import asyncio
 import json
 import random
 import resource
+import shutil
 import socket
 import statistics
 import sys
@@ -429,13 +430,16 @@ def main(argv: list[str]) -> int:
             elif kind != "sqlite":
                 raise SystemExit(f"unknown store {kind!r} (sqlite or postgresql)")
             data_dir = Path(tempfile.mkdtemp(prefix=f"medfed-scale-{kind}-"))
-            for size in sizes:
-                rate = asyncio.run(grow(data_dir, url, size))
-                r = run_size(kind, data_dir, url, size, args.repeat)
-                r["fill_rate"] = rate
-                results.append(r)
-                print_table([r])
-                sys.stdout.flush()
+            try:
+                for size in sizes:
+                    rate = asyncio.run(grow(data_dir, url, size))
+                    r = run_size(kind, data_dir, url, size, args.repeat)
+                    r["fill_rate"] = rate
+                    results.append(r)
+                    print_table([r])
+                    sys.stdout.flush()
+            finally:
+                shutil.rmtree(data_dir, ignore_errors=True)   # 235 MB at 10^6 on SQLite
     finally:
         if cluster is not None:
             cluster.stop()
