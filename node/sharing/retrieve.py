@@ -31,6 +31,7 @@ from node.net.assertion import UserAssertion
 from node.net.errors import PeerError, PeerRefused
 from node.replica.placement import ranked, replica_candidates
 from node.sharing.owner import FETCH_PATH, FrameError, split_header
+from node.sharing.pipeline import Progress, decode_stream
 from node.sharing.publisher import replica_index_key, series_index_key
 from node.sharing.sinks import InstanceSink
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-Progress = Callable[[int, int], None]   # (bytes received, instances decoded)
 REPLICA_SLOTS = 8                        # DHT replica records looked up per bundle
 
 
@@ -276,7 +276,8 @@ class Retriever:
         assert ref.bundle_id is not None
         async for holder in holders:
             try:
-                stream = replica.open_stream(ref.bundle_id, [holder])  # type: ignore[attr-defined]
+                # the decoder checks the bundle id (expected_id): no second hash of the stream
+                stream = replica.open_stream(ref.bundle_id, [holder], verify=False)  # type: ignore[attr-defined]
                 if asyncio.iscoroutine(stream):
                     stream = await stream
                 result = await decode_into(stream, key, ref.bundle_id, sink, progress,
@@ -293,26 +294,14 @@ class Retriever:
 
 async def decode_into(stream: AsyncIterator[bytes], key: bytes, bundle_id: str, sink: InstanceSink,
                       progress: Progress | None, *, source: str, identified: bool) -> FetchResult:
-    """Decrypt + decompress as bytes arrive; commit the sink only once the bundle verified."""
+    """Decrypt + decompress as bytes arrive (node/sharing/pipeline.py: receive, decode and
+    write overlap); commit the sink only once the bundle verified."""
     decoder = BundleDecoder(key, expected_id=bundle_id)
-    received = count = 0
     try:
-        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
-            async for chunk in chunks:
-                received += len(chunk)
-                for instance in decoder.feed(chunk):
-                    sink.add(instance)
-                    count += 1
-                if progress is not None:
-                    progress(received, count)
-        for instance in decoder.finish():
-            sink.add(instance)
-            count += 1
+        await decode_stream(stream, decoder, sink.add, progress)
     except BaseException:
         sink.discard()
         raise
-    if progress is not None:
-        progress(received, count)
     outputs = await asyncio.to_thread(sink.commit)
     info = decoder.info
     return FetchResult(info.bundle_id, info.instances, info.stored_bytes, info.plain_bytes, source,
