@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -140,11 +140,21 @@ def shuffle16(region: bytes | memoryview) -> bytes:
 
 def unshuffle16(region: bytes | memoryview) -> bytes:
     """Inverse of ``shuffle16``."""
+    return _unshuffled_words(region).tobytes()
+
+
+def unshuffle16_into(region: memoryview) -> None:
+    """``unshuffle16`` written back into ``region`` itself (a writable buffer)."""
+    words = _unshuffled_words(region)   # a new array: the planes are read before the write
+    np.frombuffer(region, dtype=np.uint8)[:] = words.view(np.uint8)
+
+
+def _unshuffled_words(region: bytes | memoryview) -> "np.ndarray[Any, np.dtype[np.uint16]]":
     planes = np.frombuffer(region, dtype=np.uint8).reshape(2, -1)
     words = planes[1].astype("<u2")
     words <<= 8
     words |= planes[0]
-    return words.tobytes()
+    return words
 
 
 SliceGeometry = tuple[int | None, Sequence[float] | None, Sequence[float] | None]

@@ -91,7 +91,7 @@ from node.bundle.format import (
     order_instances,
     pixel_region,
     shuffle16,
-    unshuffle16,
+    unshuffle16_into,
 )
 
 __all__ = [
@@ -241,6 +241,7 @@ class _RecordParser:
         self._shuffle_allowed = shuffle_allowed
         self._head = bytearray()
         self._body: bytearray | None = None
+        self._filled = 0
         self._want = 0
         self._region = (0, 0)
         self.done: list[bytes] = []
@@ -256,10 +257,11 @@ class _RecordParser:
             if self._body is None:
                 view = self._read_head(view)
             else:
-                take = min(self._want - len(self._body), len(view))
-                self._body += view[:take]
+                take = min(self._want - self._filled, len(view))
+                self._body[self._filled : self._filled + take] = view[:take]
+                self._filled += take
                 view = view[take:]
-                if len(self._body) == self._want:
+                if self._filled == self._want:
                     self._complete()
         return len(data)
 
@@ -289,7 +291,9 @@ class _RecordParser:
         bad_region = region % 2 or offset + region > length or (region and not self._shuffle_allowed)
         if bad_region or (not region and offset):
             raise BundleFormatError("bundle instance record has an invalid shuffle region")
-        self._want, self._region, self._body = length, (offset, region), bytearray()
+        # the whole instance in one buffer, filled in place and unshuffled in place:
+        # no growing bytearray, no join (bench.wan's receiver is CPU-bound at 1 Gbit/s)
+        self._want, self._region, self._body, self._filled = length, (offset, region), bytearray(length), 0
         if length == 0:
             self._complete()
 
@@ -297,10 +301,9 @@ class _RecordParser:
         body, (offset, region) = self._body, self._region
         assert body is not None
         if region:
-            view = memoryview(body)
-            raw = b"".join((view[:offset], unshuffle16(view[offset : offset + region]), view[offset + region :]))
-        else:
-            raw = bytes(body)
+            with memoryview(body) as view:
+                unshuffle16_into(view[offset : offset + region])
+        raw = bytes(body)
         self._body = None
         self.done.append(raw)
         self.count += 1
@@ -376,10 +379,11 @@ class BundleDecoder:
         assert self._header is not None
         message = self._header.chunk_size + ABYTES
         start = 0
-        while len(self._buffer) - start > message:  # more follows, so this chunk is not the last
-            if self._open(bytes(self._buffer[start : start + message])) == TAG_FINAL:
-                raise BundleTamperedError("bundle has data after its final chunk")
-            start += message
+        with memoryview(self._buffer) as view:  # one copy per message (libsodium takes bytes)
+            while len(view) - start > message:  # more follows, so this chunk is not the last
+                if self._open(bytes(view[start : start + message])) == TAG_FINAL:
+                    raise BundleTamperedError("bundle has data after its final chunk")
+                start += message
         del self._buffer[:start]
         return self._parser.take() if self._parser else []
 
