@@ -110,8 +110,10 @@ class PeerClient:
 
     async def stream(self, member: Member, method: str, path: str,
                      json: Mapping[str, Any] | None = None, *, timeout: float,
-                     chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """Yield the response body in chunks; ``timeout`` bounds the whole transfer.
+                     chunk_size: int = 1 << 18) -> AsyncIterator[bytes]:
+        """Yield the response body in chunks (up to ``chunk_size``: what has arrived);
+        ``timeout`` bounds the whole transfer. 256 KiB: a bundle at 1 Gbit/s is 4x fewer
+        hand-offs to the decode pipeline than with 64 KiB.
 
         Wrap in ``contextlib.aclosing`` when you may stop early, so the connection is
         released at once rather than when the generator is collected.
