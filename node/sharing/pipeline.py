@@ -111,3 +111,57 @@ async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
     if progress is not None:
         progress(received, count)
     return count
+
+
+READ_AHEAD_BYTES = 32 << 20   # what a download may buffer while its key is still on the way
+
+
+async def read_ahead(stream: AsyncIterator[bytes], ready: "asyncio.Future[Any]",
+                     budget: int = READ_AHEAD_BYTES) -> AsyncIterator[bytes]:
+    """``stream`` as it was, but its first ``budget`` bytes are pulled while ``ready`` is
+    still pending. Why: with the owner down, a replica download and the key-share
+    collection each take a TLS handshake and a request; started together instead of one
+    after the other, the fetch saves those round trips (3 RTT = 60 ms at 20 ms RTT,
+    13 % of a 1 Gbit/s fetch of a 300-slice CT series)."""
+    buffered: list[bytes] = []
+    size = 0
+    chunks = aiter(stream)
+    step: asyncio.Future[bytes] | None = None
+    ended = False
+    try:
+        while not ready.done() and size < budget:
+            step = asyncio.ensure_future(anext(chunks))
+            await asyncio.wait({step, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                break                      # ready first: ``step`` is the next chunk
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                ended = True
+                step = None
+                break
+            step = None
+            buffered.append(chunk)
+            size += len(chunk)
+        for chunk in buffered:
+            yield chunk
+        buffered = []
+        if ended:
+            return
+        if step is not None:
+            try:
+                chunk = await step
+            except StopAsyncIteration:
+                return
+            step = None
+            yield chunk
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -31,7 +31,7 @@ from node.net.assertion import UserAssertion
 from node.net.errors import PeerError, PeerRefused
 from node.replica.placement import ranked, replica_candidates
 from node.sharing.owner import FETCH_PATH, FrameError, split_header
-from node.sharing.pipeline import Progress, decode_stream
+from node.sharing.pipeline import Progress, decode_stream, read_ahead
 from node.sharing.publisher import replica_index_key, series_index_key
 from node.sharing.sinks import InstanceSink
 
@@ -234,18 +234,13 @@ class Retriever:
         from node.keyshare.gather import KeyUnavailable
 
         fed = self.node.cfg.federation
-        # Key shares and replica holders are found at the same time.
+        # Key shares, replica holders and the first replica download all start at once.
         holders_task = asyncio.ensure_future(self._replica_holders(ref.bundle_id, ref.owner))
-        try:
-            key = await keyshare.collect_key(ref.bundle_id, ref.owner, assertion.to_dict(),  # type: ignore[attr-defined]
-                                             k=fed.shares_k, deadline_s=self.deadline_s / 2)
-        except KeyUnavailable as exc:
-            holders_task.cancel()
-            raise FetchError("; ".join(problems + [f"key shares: {exc}"])) from None
-        except BaseException:
-            holders_task.cancel()
-            raise
+        key_task = asyncio.ensure_future(keyshare.collect_key(  # type: ignore[attr-defined]
+            ref.bundle_id, ref.owner, assertion.to_dict(), k=fed.shares_k,
+            deadline_s=self.deadline_s / 2))
         sink = make_sink(ref.bundle_id)
+
         async def holders() -> AsyncIterator[str]:
             """Where the publisher's placement puts the replicas (computed from the roster,
             no waiting), then whatever the DHT records add — awaited only if needed, since
@@ -259,9 +254,14 @@ class Retriever:
                     yield holder
 
         try:
-            return await self._stream_from(holders(), ref, key, sink, progress, problems, replica)
+            return await self._stream_from(holders(), ref, key_task, sink, progress, problems, replica)
+        except KeyUnavailable as exc:
+            raise FetchError("; ".join(problems + [f"key shares: {exc}"])) from None
         finally:
             holders_task.cancel()
+            key_task.cancel()
+            if key_task.done() and not key_task.cancelled():
+                key_task.exception()    # retrieved: a failure no holder waited for is not logged
 
     def _placement_guess(self, bundle_id: str, owner: str) -> list[str]:
         assert self.node.membership is not None
@@ -270,9 +270,13 @@ class Retriever:
         share_holders = set(ranked(bundle_id, active, exclude={owner})[:fed.shares_n])
         return replica_candidates(bundle_id, active, owner, avoid=share_holders)[:fed.replicas]
 
-    async def _stream_from(self, holders: AsyncIterator[str], ref: SeriesRef, key: bytes,
-                           sink: InstanceSink, progress: Progress | None, problems: list[str],
+    async def _stream_from(self, holders: AsyncIterator[str], ref: SeriesRef,
+                           key: "asyncio.Future[bytes]", sink: InstanceSink,
+                           progress: Progress | None, problems: list[str],
                            replica: Any) -> FetchResult:
+        """Each holder in turn; a failed key collection (KeyUnavailable) ends it at once."""
+        from node.keyshare.gather import KeyUnavailable
+
         assert ref.bundle_id is not None
         async for holder in holders:
             try:
@@ -283,6 +287,8 @@ class Retriever:
                 result = await decode_into(stream, key, ref.bundle_id, sink, progress,
                                            source=f"replica:{holder}", identified=False)
                 return replace(result, attempts=tuple(problems))
+            except KeyUnavailable:
+                raise
             except (PeerError, BundleError, OSError) as exc:
                 sink.discard()
                 problems.append(f"replica {holder[:12]}: {type(exc).__name__}: {exc}")
@@ -292,12 +298,16 @@ class Retriever:
         raise FetchError("no replica holder delivered an intact bundle: " + "; ".join(problems))
 
 
-async def decode_into(stream: AsyncIterator[bytes], key: bytes, bundle_id: str, sink: InstanceSink,
-                      progress: Progress | None, *, source: str, identified: bool) -> FetchResult:
+async def decode_into(stream: AsyncIterator[bytes], key: "bytes | asyncio.Future[bytes]",
+                      bundle_id: str, sink: InstanceSink, progress: Progress | None, *,
+                      source: str, identified: bool) -> FetchResult:
     """Decrypt + decompress as bytes arrive (node/sharing/pipeline.py: receive, decode and
-    write overlap); commit the sink only once the bundle verified."""
-    decoder = BundleDecoder(key, expected_id=bundle_id)
+    write overlap); commit the sink only once the bundle verified. A key still on its way
+    (a future) lets the download start meanwhile (``read_ahead``)."""
     try:
+        if not isinstance(key, (bytes, bytearray)):
+            stream, key = await _key_then_stream(stream, key)
+        decoder = BundleDecoder(bytes(key), expected_id=bundle_id)
         await decode_stream(stream, decoder, sink.add, progress)
     except BaseException:
         sink.discard()
@@ -306,6 +316,28 @@ async def decode_into(stream: AsyncIterator[bytes], key: bytes, bundle_id: str, 
     info = decoder.info
     return FetchResult(info.bundle_id, info.instances, info.stored_bytes, info.plain_bytes, source,
                        identified, outputs)
+
+
+async def _key_then_stream(stream: AsyncIterator[bytes], key: "asyncio.Future[bytes]"
+                           ) -> tuple[AsyncIterator[bytes], bytes]:
+    if key.done():                          # known (or failed) already: nothing to overlap
+        return stream, key.result()
+    ahead = read_ahead(stream, key)
+    try:
+        first = await anext(ahead, None)    # pulls while the key is on its way
+        secret = await key
+    except BaseException:
+        await ahead.aclose()
+        raise
+
+    async def rest() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(ahead):
+            if first is not None:
+                yield first
+            async for chunk in ahead:
+                yield chunk
+
+    return rest(), secret
 
 
 def local_assertion(node: "Node", user: "User", purpose: str) -> UserAssertion:
