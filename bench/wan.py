@@ -48,6 +48,7 @@ from bench.wan_requester import ChildArgs, Fetched, RequesterProcess
 from node.synth.generate import generate, iter_datasets
 
 SECTION = "wan"
+WARM_OWNER, WARM_DOWN = "owner, warm pool", "owner down, warm pool"
 SLICE_BYTES = 525_826          # one 512x512 synthetic CT slice as Part-10
 ORTHANC_PORT_VARS = ("DICOM_PORT", "HTTP_PORT", "SCU_PORT", "RAW_PORT", "PROXY_PORT",
                      "PROXY_SCU_PORT", "PROXY_RAW_PORT")
@@ -82,12 +83,13 @@ def run_orthanc(series: Path, links: list[Link], work: Path) -> dict[tuple[float
 
 
 async def _fetch_once(fed: WanFederation, req: RequesterProcess, requester: int, pub: Published,
-                      link: Link | None, out: Path) -> Fetched:
+                      link: Link | None, out: Path, *, warm: bool = False) -> Fetched:
     async with fed.links(requester, link):
-        got = await req.fetch(pub.owner_id, pub.bundle_id, pub.instances, out)
+        got = await req.fetch(pub.owner_id, pub.bundle_id, pub.instances, out, warm=warm)
     if got.files != pub.instances or got.instances != pub.instances:
         raise RuntimeError(f"fetched {got.files} files / {got.instances} instances of {pub.instances}")
-    _log(f"  {link.label if link else 'loopback, no proxy'}: {got.seconds:.2f} s from {got.source[:20]}"
+    _log(f"  {link.label if link else 'loopback, no proxy'}{', warm pool' if warm else ''}: "
+         f"{got.seconds:.2f} s from {got.source[:20]}"
          + (f" (tried: {'; '.join(got.attempts)[:120]})" if got.attempts else ""))
     return got
 
@@ -128,6 +130,9 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
         _log(f"owner path (requester {m.name}, own process)")
         for link in [None, *links]:
             times.append((link, "owner", (await _fetch_once(fed, req, requester, pub, link, out)).seconds))
+            if link is not None:
+                times.append((link, WARM_OWNER, (await _fetch_once(
+                    fed, req, requester, pub, link, out, warm=True)).seconds))
         if rss_gb > 0:
             rss, big = await _rss(fed, req, requester, rss_gb)
             _log(f"RSS: peak {rss.peak_rss_mb:.0f} MB (before the fetch {rss.start_rss_mb:.0f} MB), "
@@ -136,6 +141,8 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
         _log("owner down: replica + key shares")
         for link in links:
             times.append((link, "owner down", (await _fetch_once(fed, req, requester, pub, link, out)).seconds))
+            times.append((link, WARM_DOWN, (await _fetch_once(
+                fed, req, requester, pub, link, out, warm=True)).seconds))
     finally:
         if req is not None:
             await req.stop()
@@ -156,7 +163,10 @@ def _report(pub: Published, times: list[tuple[Link | None, str, float]],
              "- medfed time = wall clock of `Retriever.fetch` in the requester's own process, into a DICOM folder, on a cold connection pool: "
              "TLS handshake, request, decrypt, decompress, write files. Every node but the requester "
              "sits behind one `wan_proxy.py` (shared token bucket); the DHT (UDP) is not proxied",
-             "- link limit = bundle bytes / rate + RTT",
+             "- link limit = bundle bytes / rate + RTT. A cold fetch cannot reach it: TCP handshake, "
+             "TLS 1.3 handshake and the request take 3 RTT before the first byte (floor = bytes / rate + "
+             "3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms). 'warm pool' rows: a connection to every member "
+             "is already open, as after the federated query that found the series (floor = the limit)",
              ""] + table(rows)
     if loop is not None:
         lines += ["", f"Owner path on loopback without the proxy (CPU-bound floor): {loop:.2f} s "

@@ -26,6 +26,7 @@ from bench.wan_links import Link
 from bench.wan_proxy_ctl import free_port, wan_proxy
 from node.config.model import NodeConfig
 from node.net.testbed import LocalMember, build_federation
+from node.net.server import ROSTER_PATH
 from node.node import Node
 from node.service import NodeService
 from node.services import federated_services
@@ -165,10 +166,17 @@ def pick_requester(fed: WanFederation, pub: Published) -> int:
     return free[0]
 
 
-async def timed_fetch(node: Node, pub: Published, out: Path) -> tuple[float, FetchResult]:
-    """Wall clock of one fetch into a DICOM folder, on a cold connection pool."""
-    assert node.client is not None
+async def timed_fetch(node: Node, pub: Published, out: Path, *,
+                      warm: bool = False) -> tuple[float, FetchResult]:
+    """Wall clock of one fetch into a DICOM folder, on a cold connection pool, or (``warm``)
+    with a connection already open to every member, as after the federated query that
+    found the series (one signed GET /v1/roster each, before the clock starts)."""
+    assert node.client is not None and node.membership is not None
     await node.client.close()
+    if warm:
+        others = [m for m in node.membership.roster.current.active() if m.node_id != node.node_id]
+        await asyncio.gather(*(node.client.call(m, "GET", ROSTER_PATH, timeout=10) for m in others),
+                             return_exceptions=True)   # a member that is down stays cold
     user = User(name="bench", handle="bench", role="researcher", department="radiology",
                 created_at=0, disabled=False, purposes=("research",))
     assertion = local_assertion(node, user, "research")

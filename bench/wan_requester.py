@@ -66,7 +66,7 @@ async def _serve(args: ChildArgs) -> None:
             out = Path(job["out"])
             pub = Published(job["owner_id"], job["bundle_id"], 0, int(job["instances"]), (), ())
             try:
-                seconds, result = await timed_fetch(node, pub, out)
+                seconds, result = await timed_fetch(node, pub, out, warm=bool(job.get("warm")))
                 files = len(list((out / pub.bundle_id).iterdir()))
                 answer: dict[str, Any] = {
                     "seconds": seconds, "instances": result.instances, "plain_bytes": result.plain_bytes,
@@ -131,11 +131,12 @@ class RequesterProcess:
         return dict(json.loads(line))
 
     async def fetch(self, owner_id: str, bundle_id: str, instances: int, out: Path, *,
-                    timeout_s: float = 600.0) -> Fetched:
+                    warm: bool = False, timeout_s: float = 600.0) -> Fetched:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         start = _rss_kb(proc.pid)
-        job = {"owner_id": owner_id, "bundle_id": bundle_id, "instances": instances, "out": str(out)}
+        job = {"owner_id": owner_id, "bundle_id": bundle_id, "instances": instances, "out": str(out),
+               "warm": warm}
         proc.stdin.write(json.dumps(job).encode() + b"\n")
         await proc.stdin.drain()
         reader = asyncio.ensure_future(proc.stdout.readline())
