@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from node.bundle.stream import BundleDecoder
 
+T = TypeVar("T")
 Progress = Callable[[int, int], None]   # (bytes received, instances decoded)
 DECODE_DEPTH = 32                        # received chunks waiting to be decoded
 WRITE_DEPTH = 8                          # decoded batches waiting to be written
@@ -116,52 +117,51 @@ async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
 READ_AHEAD_BYTES = 32 << 20   # what a download may buffer while its key is still on the way
 
 
-async def read_ahead(stream: AsyncIterator[bytes], ready: "asyncio.Future[Any]",
-                     budget: int = READ_AHEAD_BYTES) -> AsyncIterator[bytes]:
-    """``stream`` as it was, but its first ``budget`` bytes are pulled while ``ready`` is
-    still pending. Why: with the owner down, a replica download and the key-share
-    collection each take a TLS handshake and a request; started together instead of one
-    after the other, the fetch saves those round trips (3 RTT = 60 ms at 20 ms RTT,
-    13 % of a 1 Gbit/s fetch of a 300-slice CT series)."""
+async def read_until_ready(stream: AsyncIterator[bytes], ready: "asyncio.Future[T]",
+                           budget: int = READ_AHEAD_BYTES) -> tuple[AsyncIterator[bytes], T]:
+    """Read ``stream`` into memory while ``ready`` (e.g. a key-share collection) is pending,
+    up to ``budget`` bytes, then wait for it; returns the whole stream again (what was
+    buffered first) and ``ready``'s result. Why: with the owner down, a replica download
+    and the key-share collection each take a TLS handshake and a request; started
+    together instead of one after the other, the fetch saves those round trips (3 RTT =
+    60 ms at 20 ms RTT, 13 % of a 1 Gbit/s fetch of a 300-slice CT series). The stream is
+    read in the caller's own task (a generator advanced from two tasks would carry its
+    timeouts into the wrong one)."""
+    if ready.done():
+        return stream, ready.result()
+    chunks = aiter(stream)
     buffered: list[bytes] = []
     size = 0
-    chunks = aiter(stream)
-    step: asyncio.Future[bytes] | None = None
     ended = False
     try:
         while not ready.done() and size < budget:
-            step = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait({step, ready}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                break                      # ready first: ``step`` is the next chunk
             try:
-                chunk = step.result()
+                chunk = await anext(chunks)
             except StopAsyncIteration:
                 ended = True
-                step = None
                 break
-            step = None
             buffered.append(chunk)
             size += len(chunk)
-        for chunk in buffered:
-            yield chunk
-        buffered = []
-        if ended:
-            return
-        if step is not None:
-            try:
-                chunk = await step
-            except StopAsyncIteration:
-                return
-            step = None
-            yield chunk
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(BaseException):
-                await step
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        result = await ready
+    except BaseException:
+        await _aclose(stream)
+        raise
+
+    async def replay() -> AsyncIterator[bytes]:
+        try:
+            for chunk in buffered:
+                yield chunk
+            buffered.clear()
+            if not ended:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            await _aclose(stream)
+
+    return replay(), result
+
+
+async def _aclose(stream: AsyncIterator[bytes]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -31,7 +31,7 @@ from node.net.assertion import UserAssertion
 from node.net.errors import PeerError, PeerRefused
 from node.replica.placement import ranked, replica_candidates
 from node.sharing.owner import FETCH_PATH, FrameError, split_header
-from node.sharing.pipeline import Progress, decode_stream, read_ahead
+from node.sharing.pipeline import Progress, decode_stream, read_until_ready
 from node.sharing.publisher import replica_index_key, series_index_key
 from node.sharing.sinks import InstanceSink
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 REPLICA_SLOTS = 8                        # DHT replica records looked up per bundle
+OWNER_RETRY_S = 30.0                     # an owner that just could not be reached is skipped
 
 
 class FetchError(Exception):
@@ -116,7 +117,15 @@ class Retriever:
         if ref.owner is None or (ref.bundle_id is None and not identified):
             ref = await self._resolve(ref)
         problems: list[str] = []
-        if ref.owner is not None:
+        client = self.node.client
+        assert client is not None
+        # An owner that just could not be reached is tried after the replicas, not before.
+        owner_later = (ref.owner is not None and not identified and ref.bundle_id is not None
+                       and client.unreachable_within(ref.owner, OWNER_RETRY_S))
+        if owner_later:
+            problems.append(f"owner: could not be reached less than {OWNER_RETRY_S:.0f} s ago; "
+                            "replicas first")
+        elif ref.owner is not None:
             try:
                 result = await self._from_owner(ref, assertion, make_sink, identified, progress)
                 self._audit(assertion, result)
@@ -129,7 +138,15 @@ class Retriever:
         if ref.bundle_id is None or ref.owner is None:
             raise FetchError("the series is not in the federation index (no bundle record found)"
                              + ("; " + "; ".join(problems) if problems else ""))
-        result = await self._from_replicas(ref, assertion, make_sink, progress, problems)
+        try:
+            result = await self._from_replicas(ref, assertion, make_sink, progress, problems)
+        except FetchError as failed:
+            if not owner_later:
+                raise
+            try:                             # it may be back by now
+                result = await self._from_owner(ref, assertion, make_sink, identified, progress)
+            except _Attempt as exc:
+                raise FetchError(f"{failed}; owner, tried again: {exc}") from None
         self._audit(assertion, result)
         return result
 
@@ -303,10 +320,10 @@ async def decode_into(stream: AsyncIterator[bytes], key: "bytes | asyncio.Future
                       source: str, identified: bool) -> FetchResult:
     """Decrypt + decompress as bytes arrive (node/sharing/pipeline.py: receive, decode and
     write overlap); commit the sink only once the bundle verified. A key still on its way
-    (a future) lets the download start meanwhile (``read_ahead``)."""
+    (a future) lets the download start meanwhile (``read_until_ready``)."""
     try:
         if not isinstance(key, (bytes, bytearray)):
-            stream, key = await _key_then_stream(stream, key)
+            stream, key = await read_until_ready(stream, key)
         decoder = BundleDecoder(bytes(key), expected_id=bundle_id)
         await decode_stream(stream, decoder, sink.add, progress)
     except BaseException:
@@ -316,28 +333,6 @@ async def decode_into(stream: AsyncIterator[bytes], key: "bytes | asyncio.Future
     info = decoder.info
     return FetchResult(info.bundle_id, info.instances, info.stored_bytes, info.plain_bytes, source,
                        identified, outputs)
-
-
-async def _key_then_stream(stream: AsyncIterator[bytes], key: "asyncio.Future[bytes]"
-                           ) -> tuple[AsyncIterator[bytes], bytes]:
-    if key.done():                          # known (or failed) already: nothing to overlap
-        return stream, key.result()
-    ahead = read_ahead(stream, key)
-    try:
-        first = await anext(ahead, None)    # pulls while the key is on its way
-        secret = await key
-    except BaseException:
-        await ahead.aclose()
-        raise
-
-    async def rest() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(ahead):
-            if first is not None:
-                yield first
-            async for chunk in ahead:
-                yield chunk
-
-    return rest(), secret
 
 
 def local_assertion(node: "Node", user: "User", purpose: str) -> UserAssertion:

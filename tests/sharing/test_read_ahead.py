@@ -1,22 +1,13 @@
-"""read_ahead (node/sharing/pipeline.py): a download that starts before its key is known."""
+"""read_until_ready (node/sharing/pipeline.py): a download that starts before its key is known."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from node.sharing.pipeline import read_ahead
-
-
-async def _until(check: Callable[[], bool], turns: int = 10_000) -> None:
-    """Let the loop run until ``check`` holds (a bounded number of turns, no clock)."""
-    for _ in range(turns):
-        if check():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
+from node.sharing.pipeline import read_until_ready
 
 
 class Source:
@@ -39,45 +30,46 @@ class Source:
             self.closed = True
 
 
-async def test_bytes_are_pulled_while_the_key_is_pending_and_come_out_unchanged() -> None:
+def _pending() -> asyncio.Future[bytes]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def test_bytes_are_read_while_the_key_is_pending_up_to_the_budget() -> None:
     source = Source([bytes([i]) * 100 for i in range(50)])
-    key: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    ahead = read_ahead(source.__aiter__(), key, budget=1000)
-    first = asyncio.ensure_future(anext(ahead))
-    await _until(lambda: source.pulled >= 10)   # the download runs although nobody has the key
-    for _ in range(100):
+    key = _pending()
+    task = asyncio.ensure_future(read_until_ready(source.__aiter__(), key, budget=1000))
+    for _ in range(1000):
         await asyncio.sleep(0)
-    assert source.pulled == 10            # the budget (1000 bytes) stops the pull ...
-    assert first.done()                   # ... and hands out what it holds
+    assert source.pulled == 10 and not task.done()   # the budget stops the reading; waits
     key.set_result(b"k" * 32)
-    out = [await first] + [c async for c in ahead]
-    assert out == source.chunks and source.closed
+    stream, secret = await task
+    assert secret == b"k" * 32
+    assert [c async for c in stream] == source.chunks and source.closed
 
 
 async def test_a_key_that_arrives_first_loses_nothing() -> None:
     source = Source([b"a" * 10, b"b" * 10, b"c" * 10])
-    key: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    key = _pending()
     key.set_result(b"k" * 32)
-    assert [c async for c in read_ahead(source.__aiter__(), key)] == source.chunks
+    stream, _ = await read_until_ready(source.__aiter__(), key)
+    assert source.pulled == 0                        # nothing to overlap: read later
+    assert [c async for c in stream] == source.chunks
 
 
 async def test_a_failing_download_fails_early_and_is_closed() -> None:
     source = Source([b"x" * 10] * 5, fail_at=2)
-    key: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     with pytest.raises(ConnectionResetError):
-        async for _ in read_ahead(source.__aiter__(), key):
-            pass
-    assert source.closed and not key.done()
+        await read_until_ready(source.__aiter__(), _pending())
+    assert source.closed
 
 
-async def test_closing_early_closes_the_download() -> None:
+async def test_a_failed_key_closes_the_download() -> None:
     source = Source([b"y" * 10] * 20)
-    key: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    ahead = read_ahead(source.__aiter__(), key, budget=30)
-    pending = asyncio.ensure_future(anext(ahead))
-    await _until(lambda: source.pulled >= 3)
-    pending.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await pending
-    await ahead.aclose()
+    key = _pending()
+    task = asyncio.ensure_future(read_until_ready(source.__aiter__(), key, budget=30))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    key.set_exception(LookupError("too few shares"))
+    with pytest.raises(LookupError):
+        await task
     assert source.closed and source.pulled == 3
