@@ -70,14 +70,6 @@ class PeerClient:
         self.link = link
         self.observers = observers if observers is not None else []
         self._session: aiohttp.ClientSession | None = None
-        self._unreachable_at: dict[str, float] = {}   # node id -> loop time of a failed connect
-
-    def unreachable_within(self, node_id: str, seconds: float) -> bool:
-        """True when the last connection attempt to ``node_id`` failed (could not connect)
-        less than ``seconds`` ago and no call has reached it since — so a fetch of several
-        series from a site that is down does not wait for the same failure each time."""
-        failed = self._unreachable_at.get(node_id)
-        return failed is not None and asyncio.get_running_loop().time() - failed < seconds
 
     async def __aenter__(self) -> "PeerClient":
         return self
@@ -86,8 +78,6 @@ class PeerClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the pool; what it remembered of unreachable peers goes with it."""
-        self._unreachable_at.clear()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -166,7 +156,6 @@ class PeerClient:
             async with self._get_session().request(
                     method.upper(), url, data=body or None, headers=headers, timeout=limits,
                     server_hostname=node_dns_name(node), allow_redirects=False) as resp:
-                self._unreachable_at.pop(node, None)
                 if resp.status >= 400:
                     raise await self._refusal(member, resp)
                 yield resp, sinks
@@ -177,7 +166,6 @@ class PeerClient:
             if tls_failure is not None:
                 raise PeerRefused(node, 0, "tls_refused", f"TLS failed: {tls_failure}") from exc
             if isinstance(exc, aiohttp.ClientConnectorError):
-                self._unreachable_at[node] = asyncio.get_running_loop().time()
                 raise PeerUnreachable(node, f"cannot connect to {member.peer_address} "
                                             f"({exc.__class__.__name__})") from exc
             raise PeerUnreachable(node, f"connection to {member.peer_address} dropped "

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 REPLICA_SLOTS = 8                        # DHT replica records looked up per bundle
-OWNER_RETRY_S = 30.0                     # an owner that just could not be reached is skipped
 
 
 class FetchError(Exception):
@@ -117,15 +116,7 @@ class Retriever:
         if ref.owner is None or (ref.bundle_id is None and not identified):
             ref = await self._resolve(ref)
         problems: list[str] = []
-        client = self.node.client
-        assert client is not None
-        # An owner that just could not be reached is tried after the replicas, not before.
-        owner_later = (ref.owner is not None and not identified and ref.bundle_id is not None
-                       and client.unreachable_within(ref.owner, OWNER_RETRY_S))
-        if owner_later:
-            problems.append(f"owner: could not be reached less than {OWNER_RETRY_S:.0f} s ago; "
-                            "replicas first")
-        elif ref.owner is not None:
+        if ref.owner is not None:
             try:
                 result = await self._from_owner(ref, assertion, make_sink, identified, progress)
                 self._audit(assertion, result)
@@ -138,15 +129,7 @@ class Retriever:
         if ref.bundle_id is None or ref.owner is None:
             raise FetchError("the series is not in the federation index (no bundle record found)"
                              + ("; " + "; ".join(problems) if problems else ""))
-        try:
-            result = await self._from_replicas(ref, assertion, make_sink, progress, problems)
-        except FetchError as failed:
-            if not owner_later:
-                raise
-            try:                             # it may be back by now
-                result = await self._from_owner(ref, assertion, make_sink, identified, progress)
-            except _Attempt as exc:
-                raise FetchError(f"{failed}; owner, tried again: {exc}") from None
+        result = await self._from_replicas(ref, assertion, make_sink, progress, problems)
         self._audit(assertion, result)
         return result
 
