@@ -12,6 +12,8 @@ from aiohttp import web
 
 from .context import DicomwebContext
 from .memory_cache import DEFAULT_MAX_BYTES, SeriesCache
+from .metadata import MetadataCache, stored_docs
+from .metadata_store import MetadataFile, MetadataSweeper
 from .requester import Authenticate
 from .routes import dicomweb_routes
 
@@ -37,7 +39,21 @@ def add_dicomweb(app: web.Application, node: Any, authenticate: Authenticate, *,
         url = web_service_url(node)
     else:
         url = public_url if callable(public_url) else (lambda: public_url)  # type: ignore[misc]
+    file = MetadataFile.for_node(node)
     ctx = DicomwebContext(node, authenticate, prefix.rstrip("/"), url,
-                          series_cache=SeriesCache(cache_bytes))
+                          series_cache=SeriesCache(cache_bytes),
+                          metadata=MetadataCache(file=file))
     app.add_routes(dicomweb_routes(ctx))
+    if file is not None:
+        sweeper = MetadataSweeper(node, file, stored_docs)
+
+        async def start(_app: web.Application) -> None:
+            sweeper.start()
+
+        async def stop(_app: web.Application) -> None:
+            await sweeper.stop()
+            file.close()
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)
+        ctx.sweeper = sweeper
     return ctx

@@ -28,6 +28,7 @@ class DicomwebContext:
     index: RemoteIndex = field(default_factory=RemoteIndex)
     searches: SearchBook = field(default_factory=SearchBook)
     queries: PlannedQueries = field(default_factory=PlannedQueries)
+    sweeper: Any = None                          # MetadataSweeper, when kept on disk
 
     def __post_init__(self) -> None:
         self.remote = RemoteSeriesSource(self.node, self.series_cache, self.index)

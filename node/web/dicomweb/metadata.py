@@ -5,9 +5,9 @@ BulkDataURI under the instance's own URL; nested ones stay inline. URIs start wi
 configured public base URL, or are absolute paths when none is configured — never
 built from the request's Host header (some clients send it without the port).
 
-Metadata of a series is cached per instance as JSON text (bounded, least recently used
-first out), so asking again for a series costs a store query and a join; an instance
-added later is converted on its own.
+Metadata is made per instance when it is stored (``metadata_store``), kept on disk and
+cached in memory as JSON text (bounded, least recently used first out), so asking for a
+series costs a store query and a join; an instance added later is converted on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import struct
 import warnings
 from collections import OrderedDict
@@ -26,7 +27,9 @@ from pydicom.uid import UID
 
 from .fast_json import NotFast, header_json
 from .instances import InstanceView
+from .metadata_store import MetadataFile, view_size, with_base
 
+log = logging.getLogger("medfed.dicomweb")
 BULK_THRESHOLD = 1024
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 DEFAULT_CACHE_BYTES = 64 << 20
@@ -116,15 +119,31 @@ def metadata_json(view: InstanceView, base: str) -> str:
     return json.dumps(metadata_doc(view, base), separators=(",", ":"))
 
 
-class MetadataCache:
-    """Instance metadata JSON by SOP Instance UID, bounded by total size."""
+def stored_docs(views: list[InstanceView]) -> list[tuple[InstanceView, int, str]]:
+    """(view, file size, document with root-relative URIs) for each view that converts
+    (blocking); one that cannot be read is left out: it is converted when asked for."""
+    out = []
+    for view in views:
+        try:
+            out.append((view, view_size(view), metadata_json(view, "")))
+        except Exception as exc:   # a broken file must not stop the others
+            log.info("instance metadata not made ahead: %s", type(exc).__name__)
+    return out
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+
+class MetadataCache:
+    """Instance metadata JSON by SOP Instance UID, bounded by total size, in front of
+    the on-disk documents (``MetadataFile``) when the node has a data directory.
+    Documents hold root-relative BulkDataURIs; the base goes in front when served."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES,
+                 file: MetadataFile | None = None) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.file = file
+        self._items: OrderedDict[str, str] = OrderedDict()
         self._size = 0
 
-    def _put(self, key: tuple[str, str], text: str) -> None:
+    def _put(self, key: str, text: str) -> None:
         if key in self._items:
             return
         self._items[key] = text
@@ -133,25 +152,58 @@ class MetadataCache:
             _k, old = self._items.popitem(last=False)
             self._size -= len(old)
 
+    def _from_file(self, views: list[InstanceView], missing: list[int],
+                   texts: dict[int, str]) -> list[int]:
+        """Fill ``texts`` from the file where the stored size still matches (blocking)."""
+        if self.file is None:
+            return missing
+        stored = self.file.series(views[i].series_uid for i in missing)
+        left = []
+        for i in missing:
+            hit = stored.get(views[i].sop_uid)
+            if hit is not None and hit[0] == view_size(views[i]):
+                texts[i] = hit[1]
+            else:
+                left.append(i)
+        return left
+
+    def _build(self, views: list[InstanceView], missing: list[int],
+               texts: dict[int, str]) -> None:
+        """Look in the file, convert the rest and keep them there (blocking)."""
+        left = self._from_file(views, missing, texts)
+        made = []
+        for i in left:
+            texts[i] = metadata_json(views[i], "")
+            made.append((views[i], view_size(views[i]), texts[i]))
+        if self.file is not None and made:
+            self.file.put(made)
+
     async def series_json(self, views: list[InstanceView], base: str, *,
                           cache: bool = True) -> bytes:
-        """``[meta, meta, ...]`` for ``views``; missing entries are built in one thread hop.
-        Remote instances are not cached here (their cache is the series cache)."""
+        """``[meta, meta, ...]`` for ``views``; missing entries are read from the file or
+        built in one thread hop. Remote instances are not kept here (their cache is the
+        series cache)."""
         texts: dict[int, str] = {}
         missing: list[int] = []
+        remote: list[int] = []
         for i, view in enumerate(views):
-            key = (base, view.sop_uid)
-            text = self._items.get(key) if cache and not view.remote else None
+            if view.remote or not cache:
+                remote.append(i)
+                continue
+            text = self._items.get(view.sop_uid)
             if text is None:
                 missing.append(i)
             else:
-                self._items.move_to_end(key)
+                self._items.move_to_end(view.sop_uid)
                 texts[i] = text
-        if missing:
-            built = await asyncio.to_thread(lambda: [metadata_json(views[i], base)
-                                                     for i in missing])
-            for i, text in zip(missing, built):
-                texts[i] = text
-                if cache and not views[i].remote:
-                    self._put((base, views[i].sop_uid), text)
-        return ("[" + ",".join(texts[i] for i in range(len(views))) + "]").encode()
+
+        def work() -> None:
+            for i in remote:
+                texts[i] = metadata_json(views[i], "")
+            self._build(views, missing, texts)
+        if missing or remote:
+            await asyncio.to_thread(work)
+            for i in missing:
+                self._put(views[i].sop_uid, texts[i])
+        joined = "[" + ",".join(texts[i] for i in range(len(views))) + "]"
+        return with_base(joined, base).encode()

@@ -25,6 +25,9 @@ from node.pacs.ingest import Ingestor
 
 from .context import DicomwebContext
 from .dicom_json import DICOM_JSON
+from .instances import InstanceView
+from .metadata import stored_docs
+from .metadata_store import MetadataFile
 from .multipart import MultipartError, read_parts
 from .requester import Requester
 from .uids import checked_uid
@@ -60,9 +63,11 @@ def part10(data: bytes) -> bytes:
     return data
 
 
-def store_one(ingestor: Ingestor, data: bytes, study_uid: str | None,
-              base: str) -> tuple[bool, dict[str, Any], str]:
-    """Ingest one Part-10 instance: (stored, response item, PHI-free reason)."""
+def store_one(ingestor: Ingestor, data: bytes, study_uid: str | None, base: str,
+              keep: MetadataFile | None = None) -> tuple[bool, dict[str, Any], str]:
+    """Ingest one Part-10 instance: (stored, response item, PHI-free reason). A newly
+    stored instance's metadata document goes into ``keep`` at once (WADO-RS metadata
+    is then ready before the first request)."""
     data = part10(data)
     try:
         with warnings.catch_warnings():   # pydicom warnings can quote values (PHI)
@@ -84,6 +89,9 @@ def store_one(ingestor: Ingestor, data: bytes, study_uid: str | None,
         return False, _failed(sop_class, sop_uid, outcome.status), outcome.reason
     series = str(ds.get("SeriesInstanceUID", ""))
     study = str(ds.get("StudyInstanceUID", ""))
+    if keep is not None and not outcome.duplicate:
+        keep.put(stored_docs([InstanceView(study, series, sop_uid, sop_class, transfer_syntax,
+                                           data=data)]))
     return True, {
         "00081150": {"vr": "UI", "Value": [sop_class]},
         "00081155": {"vr": "UI", "Value": [sop_uid]},
@@ -119,7 +127,8 @@ async def store(ctx: DicomwebContext, request: web.Request, who: Requester,
 
     async def ingest(data: bytes) -> tuple[bool, dict[str, Any], str]:
         try:
-            return await asyncio.to_thread(store_one, ingestor, data, study_uid, base)
+            return await asyncio.to_thread(store_one, ingestor, data, study_uid, base,
+                                           ctx.metadata.file)
         finally:
             gate.release()
 

@@ -1,7 +1,7 @@
 """WADO-RS (PS3.18 10.4): instances as stored, metadata, frames, bulk data, rendered.
 
-A series goes out as a stream of the stored Part-10 bytes (read ahead one batch while
-the previous one is written), never decoded and re-encoded. Frames and bulk data are cut
+A series goes out as a stream of the stored Part-10 bytes (each file handed to the
+kernel with sendfile, the body's length known up front), never decoded and re-encoded. Frames and bulk data are cut
 from the stored pixel data; rendering decodes one frame. The same handlers serve local
 instances and other sites' instances held in the memory cache.
 """
@@ -23,7 +23,6 @@ from .rendered import render_frame, render_options
 from .requester import Requester
 from .uids import BadUid, checked_uid
 
-BATCH_BYTES = 8 << 20
 DICOM = "application/dicom"
 
 
@@ -35,44 +34,41 @@ def path_uids(request: web.Request) -> tuple[str, str | None, str | None]:
     return study, series, sop
 
 
-def _batches(views: list[InstanceView]) -> list[list[InstanceView]]:
-    """Local files in groups of about BATCH_BYTES (one thread hop per group)."""
-    out: list[list[InstanceView]] = [[]]
-    size = 0
-    for view in views:
-        out[-1].append(view)
-        size += (view.path.stat().st_size if view.path is not None else len(view.data or b""))
-        if size >= BATCH_BYTES:
-            out.append([])
-            size = 0
-    return [b for b in out if b]
+def _sizes(views: list[InstanceView]) -> list[int]:
+    return [v.path.stat().st_size if v.path is not None else len(v.data or b"") for v in views]
 
 
-def _read_batch(batch: list[InstanceView]) -> list[bytes]:
-    return [v.read_sync() for v in batch]
+async def _send_file(request: web.Request, response: web.StreamResponse, view: InstanceView,
+                     size: int) -> None:
+    """One stored file onto the connection with sendfile(2) (no copy through Python);
+    asyncio reads it in a worker thread where the transport cannot (TLS)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went away")
+    assert view.path is not None
+    with open(view.path, "rb") as fh:
+        if fh.seek(0, 2) != size:
+            raise ConnectionResetError("a stored file changed while it was sent")
+        await asyncio.get_running_loop().sendfile(transport, fh, 0, size)
 
 
 async def stream_instances(request: web.Request, views: list[InstanceView]) -> web.StreamResponse:
+    """The instances as one multipart/related body of known length: part heads written,
+    local files sent by the kernel, remote ones from memory."""
     boundary = new_boundary()
+    sizes = await asyncio.to_thread(_sizes, views)
+    heads = [part_head(boundary, DICOM, first=i == 0) for i in range(len(views))]
+    tail = closing(boundary)
     response = web.StreamResponse(headers={"Content-Type": content_type(DICOM, boundary)})
+    response.content_length = sum(sizes) + sum(map(len, heads)) + len(tail)
     await response.prepare(request)
-    batches = await asyncio.to_thread(_batches, views)
-    first = True
-    pending = asyncio.ensure_future(asyncio.to_thread(_read_batch, batches[0])) if batches else None
-    try:
-        for i in range(len(batches)):
-            assert pending is not None
-            datas = await pending
-            pending = (asyncio.ensure_future(asyncio.to_thread(_read_batch, batches[i + 1]))
-                       if i + 1 < len(batches) else None)
-            for data in datas:
-                await response.write(part_head(boundary, DICOM, first=first))
-                await response.write(data)
-                first = False
-        await response.write(closing(boundary))
-    finally:
-        if pending is not None:
-            pending.cancel()
+    for view, head, size in zip(views, heads, sizes):
+        await response.write(head)
+        if view.data is not None:
+            await response.write(view.data)
+        else:
+            await _send_file(request, response, view, size)
+    await response.write(tail)
     await response.write_eof()
     return response
 

@@ -1,0 +1,194 @@
+"""Instance metadata JSON kept on disk, made when an instance arrives, not when asked for.
+
+WADO-RS series metadata is one DICOM JSON document per instance. Converting 300 headers
+takes about half a second, so the documents are made at ingest (STOW-RS converts the
+bytes it has just stored; instances that came by C-STORE, upstream sync or a retrieve
+are picked up by ``MetadataSweeper`` from the store's instance ids) and kept in a
+SQLite file of the node's data directory, private to the node user like the DICOM
+files it describes. The first metadata request of a series is then as fast as later
+ones, also after a restart.
+
+Documents are stored with BulkDataURIs relative to the DICOMweb root
+(``/studies/…/bulk/7FE00010``); ``with_base`` puts the configured base in front when
+serving, so a changed port or public URL never leaves stale URIs. A document is keyed by
+SOP Instance UID and the stored file's size: an instance deleted and stored again with
+different bytes is converted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from .instances import InstanceView
+
+log = logging.getLogger("medfed.dicomweb")
+
+FILE = "dicomweb-metadata.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instance_metadata (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instance_metadata_series ON instance_metadata(series_uid);
+CREATE TABLE IF NOT EXISTS sweep (
+    name TEXT PRIMARY KEY,
+    after_id INTEGER NOT NULL
+);
+"""
+_URI_KEY = '"BulkDataURI":"'
+
+
+def with_base(text: str, base: str) -> str:
+    """A stored document (relative URIs) with ``base`` in front of every BulkDataURI.
+    The key followed by a quote can only be a key: a quote inside a value is escaped."""
+    if not base:
+        return text
+    escaped = base.replace("\\", "\\\\").replace('"', '\\"')
+    return text.replace(_URI_KEY, _URI_KEY + escaped)
+
+
+def view_size(view: InstanceView) -> int:
+    if view.data is not None:
+        return len(view.data)
+    assert view.path is not None
+    try:
+        return view.path.stat().st_size
+    except OSError:
+        return -1
+
+
+class MetadataFile:
+    """The SQLite file of instance documents (blocking calls; safe from any thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)   # private before SQLite opens it
+        os.close(fd)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    @classmethod
+    def for_node(cls, node: Any) -> "MetadataFile | None":
+        data_dir = getattr(getattr(node, "cfg", None), "data_dir", None)
+        if data_dir is None:
+            return None
+        try:
+            return cls(Path(data_dir) / "web" / FILE)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("series metadata is not kept on disk (%s); it is made when asked for",
+                        type(exc).__name__)
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def series(self, series_uids: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """sop_uid -> (size, document) for every stored instance of these series."""
+        out: dict[str, tuple[int, str]] = {}
+        with self._lock:
+            for uid in set(series_uids):
+                for sop, size, doc in self._conn.execute(
+                        "SELECT sop_uid, size, doc FROM instance_metadata WHERE series_uid = ?",
+                        (uid,)):
+                    out[sop] = (int(size), str(doc))
+        return out
+
+    def put(self, items: Iterable[tuple[InstanceView, int, str]]) -> None:
+        rows = [(v.sop_uid, v.series_uid, size, doc) for v, size, doc in items]
+        if not rows:
+            return
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):   # a full disk: made again when asked
+                self._conn.execute("BEGIN")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO instance_metadata(sop_uid, series_uid, size, doc) "
+                    "VALUES (?,?,?,?)", rows)
+                self._conn.execute("COMMIT")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
+    def known(self, sop_uids: list[str]) -> set[str]:
+        with self._lock:
+            marks = ",".join("?" * len(sop_uids))
+            return {str(r[0]) for r in self._conn.execute(
+                f"SELECT sop_uid FROM instance_metadata WHERE sop_uid IN ({marks})", sop_uids)}
+
+    def after_id(self, name: str) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT after_id FROM sweep WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_after_id(self, name: str, after: int) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO sweep(name, after_id) VALUES (?,?)",
+                               (name, after))
+
+
+_NEW_INSTANCES = """
+SELECT i.id, st.study_uid, se.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.path
+FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+WHERE i.id > ? AND i.path IS NOT NULL ORDER BY i.id LIMIT ?"""
+
+
+class MetadataSweeper:
+    """Converts instances the store gained by any path other than STOW-RS (C-STORE,
+    upstream sync, retrieves), in id order from where the last pass stopped."""
+
+    def __init__(self, node: Any, file: MetadataFile, build: Any, *, batch: int = 200,
+                 poll_s: float = 2.0) -> None:
+        self.node, self.file, self.build = node, file, build
+        self.batch, self.poll_s = batch, poll_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """One batch; returns how many instances were looked at."""
+        after = await asyncio.to_thread(self.file.after_id, "instances")
+        rows = await self.node.store.fetchall(_NEW_INSTANCES, (after, self.batch))
+        if not rows:
+            return 0
+        views = [InstanceView(str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]),
+                              path=self.node.files.path(str(r[6]))) for r in rows]
+
+        def work() -> None:
+            have = self.file.known([v.sop_uid for v in views])
+            todo = [v for v in views if v.sop_uid not in have]
+            self.file.put(self.build(todo))
+            self.file.set_after_id("instances", int(rows[-1][0]))
+        await asyncio.to_thread(work)
+        return len(rows)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                while await self.run_once() >= self.batch:
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # keep sweeping; the next pass retries
+                log.warning("series metadata pass failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.poll_s)
+
+    def start(self) -> None:
+        if self._task is None and getattr(self.node, "store", None) is not None:
+            self._task = asyncio.create_task(self._loop(), name="medfed-dicomweb-metadata")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
