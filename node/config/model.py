@@ -64,6 +64,9 @@ class DicomConfig:
     # is made for (role, department, purposes come from that user's record)
     users: tuple[tuple[str, str], ...] = ()
     federation_ae_title: str = "FEDERATION"
+    # the hospital PACS the web app's "fetch to home PACS" moves series to: an AE title
+    # of ``destinations`` ("" = the action is not offered)
+    home_pacs: str = ""
     max_pdu: int = 0  # 0 = unlimited
     network_timeout_s: float = 30.0
     acse_timeout_s: float = 30.0
@@ -312,7 +315,12 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         if not isinstance(user, str) or not user:
             raise ConfigError(f"dicom.users.{ae} must be the name of a local user "
                               "(see 'medfed user add')")
+    home_pacs = _get(dicom, "home_pacs", str, "", "dicom").strip()
+    if home_pacs and home_pacs not in {d.ae_title for d in destinations}:
+        raise ConfigError(f"dicom.home_pacs = {home_pacs!r} names no AE title of "
+                          "[dicom.destinations]; add it there as AE = \"HOST:PORT\"")
     dicom_cfg = DicomConfig(
+        home_pacs=home_pacs,
         ae_title=_ae(_get(dicom, "ae_title", str, "MEDFED", "dicom"), "dicom.ae_title"),
         host=_host(_get(dicom, "host", str, "127.0.0.1", "dicom"), "dicom.host"),
         port=_port(dicom, "port", 11112, "dicom"),

@@ -27,6 +27,9 @@ port = {dicom_port}
 allow = {allow}
 # Called AE title a viewer uses to query the whole federation (C-FIND).
 federation_ae_title = "FEDERATION"
+# The hospital PACS the web app's "fetch to home PACS" moves series to (C-MOVE
+# sub-operations from this node's AE title): an AE title of [dicom.destinations].
+# home_pacs = "PACS"
 # Seconds before an idle or stuck association is dropped.
 network_timeout_s = 30
 acse_timeout_s = 30

@@ -74,6 +74,7 @@ async def start_web_federation(directory: Path, names: Sequence[str], *,
                                peer_ports: Sequence[int] | None = None,
                                policies: Mapping[str, dict[str, Any]] | None = None,
                                destinations: Mapping[str, tuple[str, int]] | None = None,
+                               home_pacs: str = "",
                                web: WebService | None = None) -> LocalFederation:
     """Start, load, publish and index every site; the first one serves the web app."""
     policies = policies or {}
@@ -85,7 +86,8 @@ async def start_web_federation(directory: Path, names: Sequence[str], *,
             cfg = dataclasses.replace(cfg, policy=policies[cfg.name])
         if cfg.name == names[0]:
             dicom = dataclasses.replace(cfg.dicom, destinations=tuple(
-                Destination(ae, host, port) for ae, (host, port) in (destinations or {}).items()))
+                Destination(ae, host, port) for ae, (host, port) in (destinations or {}).items()),
+                home_pacs=home_pacs)
             cfg = dataclasses.replace(cfg, http_port=web_port, dicom=dicom)
         return cfg
 

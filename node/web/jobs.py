@@ -1,5 +1,5 @@
-"""Fetch jobs a user starts from a search result: download (DICOM zip or NIfTI) or send to
-the hospital PACS. Each job runs as a task of the web app; its owner (and only its owner)
+"""Fetch jobs a user starts from a search result: download (DICOM zip or NIfTI) or move to
+the hospital PACS (``[dicom] home_pacs``, C-MOVE sub-operations from this node's AE). Each job runs as a task of the web app; its owner (and only its owner)
 follows its progress and takes its file. Temporary files live under the node's cache
 folder and go when the file is taken, when the job expires, or when the node stops.
 """
@@ -22,7 +22,7 @@ from node.sharing.sinks import SinkError, sink_for
 from node.sharing.volume import VolumeError
 from node.users import UserRefused
 
-from .dicom_send import SendError, send_files
+from .dicom_send import SendError, move_files
 from .principal import Principal
 
 if TYPE_CHECKING:
@@ -103,10 +103,16 @@ class JobRunner:
             raise JobRefused(400, f"format must be one of {', '.join(FORMATS)}")
         if not user.may_state(purpose):
             raise JobRefused(403, "your role does not allow that purpose of use")
-        dest = self.node.cfg.dicom.destination(destination) if action == "send" else None
-        if action == "send" and dest is None:
-            raise JobRefused(400, "that destination is not configured at this node "
-                                  "([dicom.destinations])")
+        dest = None
+        if action == "send":
+            home = self.node.cfg.dicom.home_pacs
+            if not home:
+                raise JobRefused(400, "this node has no home PACS to move series to "
+                                      "([dicom] home_pacs names one of [dicom.destinations])")
+            destination = destination or home
+            if destination != home:
+                raise JobRefused(400, f"series are moved to the home PACS {home} only")
+            dest = self.node.cfg.dicom.destination(home)
         try:
             ref = parse_series_ref(str(body.get("ref", ""))[:200])
             total = int(body.get("total") or 0)
@@ -135,11 +141,9 @@ class JobRunner:
                 progress=job.progress)
             job.bundle_id = result.bundle_id
             if job.action == "send":
-                files = list(result.outputs)
-                sent = await asyncio.to_thread(send_files, files, dest, self.node.cfg.dicom.ae_title,
-                                               timeout_s=self.node.cfg.dicom.dimse_timeout_s)
+                sent = await self._move(job, list(result.outputs), dest)
                 shutil.rmtree(folder, ignore_errors=True)
-                job.message = f"sent {sent} images to {dest.ae_title}"
+                job.message = f"moved {sent} images to {dest.ae_title}"
             elif job.fmt == "dicom":
                 job.file = await asyncio.to_thread(_zip, list(result.outputs), folder / "series.zip")
                 job.filename = f"series-{result.bundle_id[:12]}.zip"
@@ -165,6 +169,23 @@ class JobRunner:
                 shutil.rmtree(folder, ignore_errors=True)
             job.finished_at = time.monotonic()
             job.changed.set()
+
+    async def _move(self, job: Job, files: list[Path], dest: Any) -> int:
+        """C-MOVE sub-operations to the home PACS, audited as the SCP audits a C-MOVE."""
+        cfg = self.node.cfg.dicom
+        audit = getattr(self.node, "audit", None)
+        try:
+            sent = await asyncio.to_thread(move_files, files, dest, cfg.ae_title, cfg.ae_title,
+                                           timeout_s=cfg.dimse_timeout_s)
+        except SendError as exc:
+            if audit is not None:
+                audit.append("dicom.move", job.owner[:64], "failed", job.bundle_id,
+                             destination=dest.ae_title, reason=str(exc)[:160], via="web")
+            raise
+        if audit is not None:
+            audit.append("dicom.move", job.owner[:64], "ok", job.bundle_id,
+                         destination=dest.ae_title, instances=sent, via="web")
+        return sent
 
     async def events(self, job: Job) -> AsyncIterator[Job]:
         """The job each time it changes (at most every 0.2 s), until it ends."""

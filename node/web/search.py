@@ -39,7 +39,9 @@ async def _principal(request: web.Request) -> Principal:
 
 
 def _destinations(request: web.Request) -> list[str]:
-    return [d.ae_title for d in request.config_dict[NODE_KEY].cfg.dicom.destinations]
+    """The home PACS "fetch to home PACS" moves series to (none when not configured)."""
+    home = request.config_dict[NODE_KEY].cfg.dicom.home_pacs
+    return [home] if home else []
 
 
 async def search_page(request: web.Request) -> web.StreamResponse:

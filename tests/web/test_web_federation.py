@@ -4,6 +4,8 @@ policies that release identities, counts or nothing, transfers, the audit trail.
 from __future__ import annotations
 
 import html
+import re
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -63,17 +65,21 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
     pacs_port = free_port()
     pacs_dir = root / "pacs"
     pacs_dir.mkdir()
-    pacs = subprocess.Popen(["/usr/bin/storescp", "-aet", "HOMEPACS", "-od", str(pacs_dir),
-                             str(pacs_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pacs_log = (root / "storescp.log").open("wb")
+    pacs = subprocess.Popen(["/usr/bin/storescp", "-d", "-aet", "HOMEPACS", "-od", str(pacs_dir),
+                             str(pacs_port)], stdout=pacs_log, stderr=subprocess.STDOUT)
     web = WebService()
     fed = await start_web_federation(root / "fed", NAMES, users=USERS, policies=POLICIES,
-                                     destinations={"HOMEPACS": ("127.0.0.1", pacs_port)}, web=web)
+                                     destinations={"HOMEPACS": ("127.0.0.1", pacs_port),
+                                                   "OTHERPACS": ("127.0.0.1", free_port())},
+                                     home_pacs="HOMEPACS", web=web)
     try:
         yield Setup(fed, web, pacs_dir)
     finally:
         await fed.stop()
         pacs.terminate()
         pacs.wait(10)
+        pacs_log.close()
 
 
 async def _search(setup: Setup, user: str, query: str) -> list[tuple[str, dict]]:
@@ -162,13 +168,24 @@ async def test_download_nifti_and_send_to_the_home_pacs(setup: Setup) -> None:
             await login(other, base, "rob")
             assert (await other.get(base + f"api/jobs/{job['id']}/events")).status == 404
 
-        job, progress = await _job(client, base, {"action": "send", "destination": "HOMEPACS",
-                                                  "ref": ref, "purpose": "treatment"})
-        assert progress[-1] == ("done", {**progress[-1][1], "message": "sent 12 images to HOMEPACS"})
+        job, progress = await _job(client, base, {"action": "send", "ref": ref,
+                                                  "purpose": "treatment"})
+        assert progress[-1] == ("done", {**progress[-1][1], "message": "moved 12 images to HOMEPACS"})
         assert len(list(setup.pacs_dir.iterdir())) == 12
+        # C-MOVE sub-operations: from this node's AE title, naming the move originator
+        node = setup.fed.nodes[0]
+        log = (setup.pacs_dir.parent / "storescp.log").read_text(errors="replace")
+        ae = node.cfg.dicom.ae_title
+        assert len(re.findall(rf"Move Originator AE Title\s*: {ae}\b", log)) == 12
+        assert re.search(rf"Calling Application Name:\s*{ae}\b", log)
+        moves = [e for e in map(json.loads, node.cfg.audit_path.read_text().splitlines())
+                 if e["action"] == "dicom.move" and e["detail"].get("via") == "web"]
+        assert moves[-1]["outcome"] == "ok" and moves[-1]["detail"]["destination"] == "HOMEPACS"
+        assert moves[-1]["detail"]["instances"] == 12
 
         csrf = await page_csrf(client, base, "search")
         for body, status in (({"action": "send", "destination": "NOWHERE", "ref": ref}, 400),
+                             ({"action": "send", "destination": "OTHERPACS", "ref": ref}, 400),
                              ({"action": "download", "format": "exe", "ref": ref}, 400),
                              ({"action": "download", "ref": "../../etc/passwd"}, 400)):
             resp = await client.post(base + "api/jobs", json=body, headers={"X-CSRF-Token": csrf})
