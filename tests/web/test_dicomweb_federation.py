@@ -104,6 +104,14 @@ def test_federated_qido_tags_each_site(federation) -> None:  # type: ignore[no-u
     assert [_value(s, "0020000D") for s in local_only] == [local[0].StudyInstanceUID]
     ct = served.client().search_for_studies(search_filters={"ModalitiesInStudy": "MR"})
     assert ct == []
+    # the pseudonym a de-identified row shows finds that patient's studies (OHIF's Studies
+    # panel asks with the tag number, as here)
+    psn = _value(by_uid[keyed], "00100020")
+    assert psn.startswith("PSN-")
+    same = requests.get(served.url + "/studies", params={"00100020": psn}, headers=auth,
+                        timeout=60).json()
+    assert keyed in {_value(s, "0020000D") for s in same}
+    assert {_value(s, "00100020") for s in same} == {psn}
 
 
 def test_remote_series_byte_identical_and_memory_only(federation) -> None:  # type: ignore[no-untyped-def]

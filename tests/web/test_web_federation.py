@@ -281,6 +281,12 @@ async def test_browser_search_download_and_no_phi_for_the_denied(
     await viewer.screenshot(path=str(shots / "ohif-remote-study.png"))
     print(f"OHIF first image after {time.monotonic() - started:.1f} s (lit {lit:.2f})")
     assert lit > 0.05, "OHIF drew no image (see ohif-remote-study.png)"
+    # the left Studies panel lists the study: OHIF asks /studies?00100020=<the pseudonym
+    # the row showed>, which the federation matches as the pseudonym at every site
+    thumbs = viewer.locator('[data-cy="studyBrowser-panel"] [data-cy="study-browser-thumbnail"]')
+    await thumbs.first.wait_for(timeout=60_000)
+    assert await thumbs.count() >= 1
+    await viewer.screenshot(path=str(shots / "ohif-remote-study-panel.png"))
     await page.context.close()
 
     page = await _browser_login(chromium, base, "rob")

@@ -6,7 +6,9 @@ part, dates, description, sex), each site answering under its own policy, and it
 are shown with what that policy released — keyed UIDs and the study month when
 de-identified. Study/series UIDs in the request are matched here, on the home side (sites
 only know keyed UIDs as a function of their stored ones). A filter the federation cannot
-evaluate makes the answer local-only, and the search record says so.
+evaluate makes the answer local-only, and the search record says so. A PatientID that
+is a federation pseudonym is matched as one (OHIF's "studies of this patient" panel asks
+with the PatientID a de-identified row showed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from node.pacs.qr_attributes import QueryLevel
 from node.query.dicom_federation import answers_as_studies
 from node.query.dicom_retrieve import SeriesTarget
 from node.query.fanout import SiteAnswer
-from node.query.model import FederatedQuery, QueryError
+from node.query.model import _PSEUDONYM as PSEUDONYM, FederatedQuery, QueryError
 from node.query.service import FederatedQueryError, FederatedQueryService, SiteStatus
 
 from .dicom_json import flat_json
@@ -96,6 +98,15 @@ def rows_as_json(answers: list[SiteAnswer], level: QueryLevel, filters: dict[str
     return out
 
 
+def by_pseudonym(fq: FederatedQuery) -> FederatedQuery:
+    """A PatientID that is a federation pseudonym (what a de-identified row shows, and
+    what OHIF asks for to list "other studies of this patient") is matched as the
+    pseudonym at every site, not taken for a home patient ID and pseudonymised again."""
+    if fq.patient_id is not None and fq.issuer is None and PSEUDONYM.fullmatch(fq.patient_id):
+        return replace(fq, patient_pseudonym=fq.patient_id, patient_id=None)
+    return fq
+
+
 async def federated_qido(node: Any, q: QidoRequest, who: Requester,
                          index: RemoteIndex) -> tuple[list[dict[str, Any]], SearchRecord | None]:
     """Other sites' matches and the search's per-site record (None: not a federation member)."""
@@ -113,8 +124,8 @@ async def federated_qido(node: Any, q: QidoRequest, who: Requester,
                                 note="other sites not asked: the federation cannot filter on "
                                      + ", ".join(unsupported))
     try:
-        fq = replace(FederatedQuery.from_cfind(q.identifier), level=LEVELS[q.level],
-                     limit=min(10000, q.offset + q.limit))
+        fq = by_pseudonym(replace(FederatedQuery.from_cfind(q.identifier), level=LEVELS[q.level],
+                                  limit=min(10000, q.offset + q.limit)))
         answer = await service.query(fq, user=who.user, purpose=who.purpose)
     except (QueryError, FederatedQueryError) as exc:
         return [], SearchRecord(who.handle, LEVELS[q.level], [], True, 0.0,
