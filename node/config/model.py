@@ -145,6 +145,7 @@ class NodeConfig:
     http_cert: Path | None = None     # the hospital's TLS certificate for the web port (PEM)
     http_key: Path | None = None      # its private key (PEM)
     http_session_idle_s: float = 900.0
+    http_persist_sessions: bool = True  # sessions survive a restart (hashed ids on disk)
     peer_host: str = "127.0.0.1"
     peer_port: int = 8443
     dht_host: str = ""               # bind address of the DHT (UDP); "" = peer_host
@@ -401,6 +402,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         http_cert=http_cert,
         http_key=http_key,
         http_session_idle_s=_get(http, "session_idle_s", float, 900.0, "http"),
+        http_persist_sessions=_get(http, "persist_sessions", bool, True, "http"),
         peer_host=_host(_get(peer, "host", str, "127.0.0.1", "peer"), "peer.host"),
         peer_port=_port(peer, "port", 8443, "peer"),
         dht_host=_host(_get(dht, "host", str, "", "dht"), "dht.host") if dht.get("host") else "",

@@ -58,6 +58,9 @@ port = {http_port}
 # key = "tls/web.key"
 # A web session ends after this many seconds without a request.
 session_idle_s = 900
+# Keep sessions across a restart of the node (a private SQLite file holding hashed
+# session ids); false: a restart logs everybody out.
+persist_sessions = true
 
 [peer]
 # Peer API for other federation members (mutual TLS): open this TCP port to them.

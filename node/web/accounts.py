@@ -24,6 +24,15 @@ def principal_of(user: User, via: Via) -> Principal:
                      via, record=user)
 
 
+def restored_principal(accounts: "Accounts", name: str) -> Principal | None:
+    """The session principal of a user a stored session names, if they may still log in
+    (blocking)."""
+    try:
+        return principal_of(resolve_user(accounts.users, name, via="web"), "session")
+    except UserRefused:
+        return None
+
+
 class Accounts:
     def __init__(self, users: UserStore, tokens: TokenStore, *,
                  token_lookup: TokenLookup | None = None) -> None:

@@ -7,12 +7,14 @@ the peer port). Parts add their routes: login, pages, the viewer, and DICOMweb t
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .accounts import Accounts
+from .accounts import Accounts, restored_principal
 from .dicomweb import add_dicomweb
 from .guard import errors, gate, security_headers
 from .home import add_home_routes
@@ -23,6 +25,7 @@ from .login import Lockout, add_login_routes
 from .pages import Pages
 from .search import add_search_routes
 from .principal import authenticate
+from .session_book import SessionBook
 from .sessions import SessionStore
 from .settings import WebSettings
 from .trail import add_trail_routes
@@ -39,9 +42,18 @@ def build_app(node: "Node", accounts: Accounts, settings: WebSettings) -> web.Ap
     app[NODE_KEY] = node
     app[SETTINGS_KEY] = settings
     app[ACCOUNTS_KEY] = accounts
-    app[SESSIONS_KEY] = SessionStore(idle_s=settings.session_idle_s,
-                                     absolute_s=settings.session_absolute_s,
-                                     secure=settings.secure)
+    book = SessionBook.in_dir(node.cfg.data_dir) if settings.persist_sessions else None
+    sessions = app[SESSIONS_KEY] = SessionStore(idle_s=settings.session_idle_s,
+                                                absolute_s=settings.session_absolute_s,
+                                                secure=settings.secure, book=book)
+    if book is not None:
+        async def restore(_app: web.Application) -> None:
+            await asyncio.to_thread(sessions.restore, partial(restored_principal, accounts))
+
+        async def close(_app: web.Application) -> None:
+            book.close()
+        app.on_startup.append(restore)
+        app.on_cleanup.append(close)
     app[THROTTLE_KEY] = Lockout.of(settings.max_login_failures, settings.lockout_s)
     app[PAGES_KEY] = Pages(node.cfg.name)
     app[LOGIN_SECRET_KEY] = secrets.token_bytes(32)

@@ -41,6 +41,7 @@ class WebService:
         ssl_context = web_ssl_context(cfg)
         settings = self._settings or WebSettings(secure=ssl_context is not None,
                                                  session_idle_s=cfg.http_session_idle_s,
+                                                 persist_sessions=cfg.http_persist_sessions,
                                                  ohif_dir=default_ohif_dir())
         users = await asyncio.to_thread(lambda: node.users)   # opening hashes a dummy password
         accounts = Accounts(users, node.tokens, token_lookup=self._token_lookup)
