@@ -2,10 +2,10 @@
 
 WADO-RS series metadata is one DICOM JSON document per instance. Converting 300 headers
 takes about half a second, so the documents are made at ingest (STOW-RS converts the
-bytes it has just stored; instances that came by C-STORE, upstream sync or a retrieve
-are picked up by ``MetadataSweeper`` from the store's instance ids) and kept in a
-SQLite file of the node's data directory, private to the node user like the DICOM
-files it describes. The first metadata request of a series is then as fast as later
+bytes it has just stored; instances that came by C-STORE are picked up by
+``MetadataSweeper`` from the store's instance ids; a fronted PACS's instances are
+converted when first asked for) and kept in a SQLite file of the node's data
+directory, private to the node user like the DICOM files it describes. The first metadata request of a series is then as fast as later
 ones, also after a restart.
 
 Documents are stored with BulkDataURIs relative to the DICOMweb root
@@ -141,12 +141,13 @@ class MetadataFile:
 _NEW_INSTANCES = """
 SELECT i.id, st.study_uid, se.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.path
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
-WHERE i.id > ? AND i.path IS NOT NULL ORDER BY i.id LIMIT ?"""
+WHERE i.id > ? AND i.path IS NOT NULL AND i.path NOT LIKE 'cache/%' ORDER BY i.id LIMIT ?"""
 
 
 class MetadataSweeper:
     """Converts instances the store gained by any path other than STOW-RS (C-STORE,
-    upstream sync, retrieves), in id order from where the last pass stopped."""
+    retrieves), in id order from where the last pass stopped. Files of a fronted PACS
+    held in the scratch cache come and go: they are converted when asked for."""
 
     def __init__(self, node: Any, file: MetadataFile, build: Any, *, batch: int = 200,
                  poll_s: float = 2.0) -> None:

@@ -17,6 +17,7 @@ from node.pacs.qr_attributes import QueryLevel
 from . import qido, stow, wado
 from .context import DicomwebContext
 from .errors import DicomwebError
+from .local_instances import hold_pins
 from .multipart import MultipartError
 from .qido_query import QidoError
 from .requester import Requester, requester_for
@@ -35,7 +36,8 @@ def _wrap(ctx: DicomwebContext, action: str, handler: Handler,
     async def handle(request: web.Request) -> web.StreamResponse:
         who = await requester_for(request, ctx.authenticate, ctx.node)
         try:
-            return await handler(ctx, request, who, federated)
+            with hold_pins():     # the fronted PACS's cached files stay while they are sent
+                return await handler(ctx, request, who, federated)
         except (BadUid, QidoError, MultipartError) as exc:
             ctx.audit(f"dicomweb.{action}", who, "refused", reason=str(exc)[:160])
             raise web.HTTPBadRequest(text=str(exc)) from None
