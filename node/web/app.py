@@ -24,6 +24,7 @@ from .keys import (ACCOUNTS_KEY, LOGIN_SECRET_KEY, NODE_KEY, PAGES_KEY, SESSIONS
 from .login import Lockout, add_login_routes
 from .pages import Pages
 from .search import add_search_routes
+from .similar_page import add_similar_routes
 from .principal import authenticate
 from .session_book import SessionBook
 from .sessions import SessionStore
@@ -61,6 +62,7 @@ def build_app(node: "Node", accounts: Accounts, settings: WebSettings) -> web.Ap
     add_login_routes(app)
     add_home_routes(app)
     add_search_routes(app)
+    add_similar_routes(app)
     add_job_routes(app)
     add_trail_routes(app)
     add_dicomweb(app, node, authenticate)

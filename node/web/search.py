@@ -68,7 +68,8 @@ def _fragments(request: web.Request, view: SearchView) -> dict[str, Any]:
     return {"strip": pages.html(request, "_strip.html", chips=view.chips()),
             "results": pages.html(request, "_results.html", view=view,
                                   patients=view.patients(), counts=view.counts(),
-                                  destinations=_destinations(request)),
+                                  destinations=_destinations(request),
+                                  home_id=request.config_dict[NODE_KEY].node_id),
             "finished": view.finished}
 
 

@@ -6,7 +6,8 @@ folder; this module serves it. OHIF keeps its root paths (``/viewer``, ``/assets
 pages own the few paths OHIF would show a study list at (``/`` is the search page).
 The shipped app-config.js (a public demo server) is never served: ours points OHIF's
 DICOMweb data source at this node's ``/dicomweb/`` on the same origin, turns off the
-first-visit tour and the investigational-use dialog. SPA routes (no file extension)
+first-visit tour and the investigational-use dialog. index.html gets one script of the
+node's (``/static/ohif-link.js``): a "Find similar cases" link for the study on screen. SPA routes (no file extension)
 fall back to index.html; a missing asset is a 404; nothing outside the folder is served.
 """
 
@@ -33,6 +34,7 @@ OHIF_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'
 NO_SERVICE_WORKER = ("navigator.serviceWorker && navigator.serviceWorker.getRegistrations()"
                      ".then(function (rs) { rs.forEach(function (r) { r.unregister(); }); });\n")
 TOURS_SHOWN = ("basicViewerTour",)
+SIMILAR_LINK_JS = "/static/ohif-link.js"   # a "Find similar cases" link on the viewer page
 
 
 def installed_ohif_dir() -> Path | None:
@@ -115,8 +117,14 @@ async def ohif(request: web.Request) -> web.StreamResponse:
     if ("." in tail.rsplit("/", 1)[-1] or ".." in tail.split("/")
             or tail.startswith(("assets/", "api/", "dicomweb", "static/"))):
         raise web.HTTPNotFound()
-    return web.FileResponse(root / "index.html",
-                            headers={**headers, "Cache-Control": "no-store"})
+    return web.Response(text=index_html(root), content_type="text/html",
+                        headers={**headers, "Cache-Control": "no-store"})
+
+
+def index_html(root: Path) -> str:
+    """OHIF's index.html with the node's link to "find similar cases" (issue 14) added."""
+    text = (root / "index.html").read_text(encoding="utf-8")
+    return text.replace("</head>", f'<script src="{SIMILAR_LINK_JS}" defer></script></head>', 1)
 
 
 def add_viewer_routes(app: web.Application) -> None:
