@@ -120,6 +120,21 @@ CHROMIUM = "/usr/bin/chromium"   # Debian's package, installed by scripts/bootst
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts" / "web"
 
 
+@asynccontextmanager
+async def launch_chromium() -> AsyncIterator[Any]:
+    """Debian's headless chromium driven by Playwright (SwiftShader for OHIF's WebGL)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as driver:
+        browser_ = await driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
+        try:
+            yield browser_
+        finally:
+            await browser_.close()
+
+
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS

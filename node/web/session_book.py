@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from .private_sqlite import open_private_sqlite
 
 log = logging.getLogger("medfed.web")
 
@@ -52,14 +53,8 @@ class SessionBook:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(path, 0o600)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_private_sqlite(path, SCHEMA)
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> "SessionBook | None":

@@ -21,7 +21,7 @@ from node.testing.nodes import free_port
 from node.testing.web_federation import start_web_federation
 from node.web.service import WebService
 
-from web_support import (CHROMIUM, artifacts_dir, bright_fraction, PASSWORD, browser, chip_statuses, login, page_csrf,
+from web_support import (artifacts_dir, launch_chromium, bright_fraction, PASSWORD, browser, chip_statuses, login, page_csrf,
                          sse_events)
 
 NAMES = ["st-mary", "city-general", "north-clinic"]
@@ -215,16 +215,8 @@ async def test_audit_trail_is_the_users_own_and_admin_status(setup: Setup) -> No
 # -- a real browser (Debian's chromium, driven by Playwright) --------------------------
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def chromium() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as driver:
-        browser_ = await driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
-        try:
-            yield browser_
-        finally:
-            await browser_.close()
+    async with launch_chromium() as browser_:
+        yield browser_
 
 
 async def _browser_login(chromium: Any, base: str, user: str) -> Any:

@@ -32,7 +32,7 @@ from node.testing.federation import LocalFederation
 from node.testing.web_federation import publish_all, start_web_federation
 from node.web.service import WebService
 
-from web_support import CHROMIUM, PASSWORD, artifacts_dir, bright_fraction
+from web_support import PASSWORD, artifacts_dir, bright_fraction, launch_chromium
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 NAMES = ["st-mary", "city-general", "north-clinic"]
@@ -99,16 +99,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def chromium() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as driver:
-        browser_ = await driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
-        try:
-            yield browser_
-        finally:
-            await browser_.close()
+    async with launch_chromium() as browser_:
+        yield browser_
 
 
 async def _login(chromium: Any, base: str, path: str) -> Any:

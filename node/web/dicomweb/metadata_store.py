@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..private_sqlite import open_private_sqlite
 from .instances import InstanceView
 
 log = logging.getLogger("medfed.dicomweb")
@@ -71,14 +71,8 @@ class MetadataFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)   # private before SQLite opens it
-        os.close(fd)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_private_sqlite(path, SCHEMA)
 
     @classmethod
     def for_node(cls, node: Any) -> "MetadataFile | None":
