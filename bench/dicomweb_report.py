@@ -15,7 +15,7 @@ MEASURES: tuple[tuple[str, str, str, str, float | None], ...] = (
     ("qido_studies_p50", "QIDO-RS studies, p50", "ms", "lower", 1.0),
     ("qido_instances", "QIDO-RS instances of the series, median", "ms", "lower", None),
     ("wado_series", "WADO-RS series as a byte stream", "MB/s", "higher", 1.0),
-    ("metadata_cold", "series metadata, first request", "ms", "lower", None),
+    ("metadata_cold", "series metadata, first request", "ms", "lower", 0.5),
     ("metadata", "series metadata, repeated", "ms", "lower", 0.5),
     ("rendered_p50", "rendered JPEG frame, p50", "ms", "lower", 1.0),
     ("stow", "STOW-RS of the series", "inst/s", "higher", None),

@@ -98,6 +98,10 @@ async def test_search_streams_site_statuses_and_merges_patients(setup: Setup) ->
     results = html.unescape(last["results"])
     assert "seen at 3 sites: city-general, north-clinic, st-mary" in results  # one patient, once
     assert results.count('class="patient"') == 8 and results.count('class="series-row"') == 12
+    # "find similar cases" is offered on the home site's own series only (the query image
+    # never leaves its site)
+    home_rows = results.count(f'class="series-row" data-ref="{setup.fed.nodes[0].node_id}:')
+    assert home_rows and results.count('data-action="similar"') == home_rows
     # city-general's policy releases identities to alice; the others do not
     names = [n for n in setup.phi() if n in results]
     assert names, "city-general's identified answer shows names"
