@@ -39,6 +39,7 @@ from node.node import Node
 from node.service import NodeService
 from node.testing.federation import LocalFederation, start_federation
 from node.testing.nodes import loopback_config
+from sim.dbtemplate import DbTemplate
 from sim.link import LinkSpec, SimLink
 from sim.network import HostTransport, SimNetwork
 
@@ -97,6 +98,7 @@ async def start_virtual_federation(directory: Path, n: int, network: SimNetwork,
         directory, names, identity_for=lambda i: seeded_identity(seed, i),
         address_for=lambda i: f"{virtual_host(i)}:{PEER_PORT}", secrets=seeded_secrets(seed))
     nodes: list[Node] = []
+    template = DbTemplate(directory / "templates")
     if progress is not None:
         progress.phase("starting nodes", n)
     for i, (name, member) in enumerate(zip(names, members)):
@@ -106,6 +108,8 @@ async def start_virtual_federation(directory: Path, n: int, network: SimNetwork,
         cfg = configure(loopback_config(directory / name / "data", name=name,
                                         ae_title=f"NODE{i}"[:16]))
         cfg = replace(cfg, peer_host=virtual_host(i), peer_port=PEER_PORT)
+        if cfg.store_url is None:
+            template.install(cfg.db_path)   # schema made once, copied (sim.dbtemplate)
         node = Node(cfg, member.identity, membership=member.membership,
                     services=services(i, name), dht_config=dht_config, with_dicom=False,
                     transport=host_transport(network, i, member.identity.node_id_hex))

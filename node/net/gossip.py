@@ -9,8 +9,10 @@ roster but never forge or roll one back):
   a revoked node learns it). Every member that adopts pushes on in turn: the roster
   floods the federation in a few hops.
 - **Anti-entropy.** Every ``pull_interval_s`` (jittered ±50 %) and once at start, the
-  node offers its roster to ``pull_peers`` random members and fetches theirs when the
-  answer names a newer version. A node that was offline, or missed every push, catches
+  node tells ``pull_peers`` random members which roster version it holds (a few bytes,
+  not the roster: a roster of N members is O(N) to send and to check, and N members
+  doing this every round made gossip O(N²) per round), fetches theirs when the answer
+  names a newer version and sends its own when the answer names an older one. A node that was offline, or missed every push, catches
   up at its next round; a node whose roster does not yet list the peer is handled by
   the offer itself (the peer adopts the newer roster that lists us).
 
@@ -145,7 +147,7 @@ class RosterGossip:
         """One anti-entropy round with ``pull_peers`` random members."""
         if self.revoked:
             return   # nothing left to learn; peers refuse us anyway
-        await self._exchange_all(self._sample(self.settings.pull_peers))
+        await self._exchange_all(self._sample(self.settings.pull_peers), full=False)
 
     def _sample(self, count: int) -> list[Member]:
         others = [m for m in self.book.current.active() if m.node_id != self.node_id]
@@ -153,19 +155,24 @@ class RosterGossip:
             return others
         return self._rng.sample(others, max(0, count))
 
-    async def _exchange_all(self, members: list[Member]) -> None:
-        await asyncio.gather(*(self._exchange(m) for m in members))
+    async def _exchange_all(self, members: list[Member], *, full: bool = True) -> None:
+        await asyncio.gather(*(self._exchange(m, full=full) for m in members))
 
-    async def _exchange(self, member: Member) -> None:
-        """Offer our roster; fetch theirs when they hold a newer one. Never raises."""
+    async def _exchange(self, member: Member, *, full: bool = True) -> None:
+        """Offer our roster (``full=False``: first only its version, and the whole roster
+        only if theirs is older or they do not know us); fetch theirs when they hold a
+        newer one. Never raises."""
         contact = self.state.contacts.setdefault(member.node_id, PeerContact())
         timeout = self.settings.call_timeout_s
         try:
             try:
-                answer = await self.client.call(member, "POST", ROSTER_PATH,
-                                                self.book.signed.to_dict(), timeout=timeout,
-                                                allow_revoked=True)
-                version = answer.get("version")
+                version = None if full else await self._offer_version(member, timeout)
+                if version is None or (isinstance(version, int)
+                                       and version < self.book.current.version):
+                    answer = await self.client.call(member, "POST", ROSTER_PATH,
+                                                    self.book.signed.to_dict(), timeout=timeout,
+                                                    allow_revoked=True)
+                    version = answer.get("version")
             except PeerRefused as exc:
                 if exc.code != "revoked":
                     raise
@@ -181,6 +188,20 @@ class RosterGossip:
             log.debug("roster exchange with %s failed: %s", member.name, contact.last_error)
         except ValueError as exc:   # a member's address in the roster is unusable
             contact.last_error = f"bad address: {exc}"[:200]
+
+    async def _offer_version(self, member: Member, timeout: float) -> int | None:
+        """Tell ``member`` only which roster version we hold; its answer names its own.
+        None: it wants the whole roster (it does not list us yet, or predates digests)."""
+        try:
+            answer = await self.client.call(member, "POST", ROSTER_PATH,
+                                            {"version": self.book.current.version},
+                                            timeout=timeout, allow_revoked=True)
+        except PeerRefused as exc:
+            if exc.code in ("not_member", "bad_roster"):
+                return None
+            raise
+        version = answer.get("version")
+        return version if isinstance(version, int) else None
 
     def _adopt(self, member: Member, doc: Mapping[str, Any]) -> None:
         try:

@@ -8,6 +8,7 @@ revoked node, whoever delivers it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -185,6 +186,20 @@ def sign_roster(roster: Roster, ca_key: ec.EllipticCurvePrivateKey) -> SignedRos
                                                                   roster.to_dict())))
 
 
+# Rosters already verified in this process, by (CA, signature, digest of the signed bytes):
+# the same CA-signed bytes parse to the same immutable Roster, so it is checked once and
+# shared, not once per member that holds it (a simulator runs a thousand members in one
+# process; a roster of N members costs O(N) to validate and to keep).
+_VERIFIED: dict[tuple[str, bytes, bytes], "Roster"] = {}
+_VERIFIED_MAX = 16
+
+
+def _remember(key: tuple[str, bytes, bytes], roster: "Roster") -> None:
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        del _VERIFIED[next(iter(_VERIFIED))]
+    _VERIFIED[key] = roster
+
+
 def verify_roster(data: bytes | Mapping[str, Any], ca_cert: x509.Certificate) -> SignedRoster:
     """Parse and check a roster document; raises RosterError unless the CA signed it."""
     try:
@@ -196,9 +211,14 @@ def verify_roster(data: bytes | Mapping[str, Any], ca_cert: x509.Certificate) ->
         if not isinstance(body, dict):
             raise EncodingError("roster document has no 'roster' object")
         signature = unb64(data.get("signature"), "roster signature")
-        if not verify_with_ca(ca_cert, signature, signed_bytes(ROSTER_DOMAIN, body)):
-            raise RosterError("roster is not signed by this federation's CA; refused")
-        roster = Roster.from_dict(body)
+        covered = signed_bytes(ROSTER_DOMAIN, body)
+        key = (fingerprint(ca_cert), signature, hashlib.sha256(covered).digest())
+        roster = _VERIFIED.get(key)
+        if roster is None:
+            if not verify_with_ca(ca_cert, signature, covered):
+                raise RosterError("roster is not signed by this federation's CA; refused")
+            roster = Roster.from_dict(body)
+            _remember(key, roster)
     except EncodingError as exc:
         raise RosterError(f"malformed roster: {exc}") from exc
     if roster.federation_id != fingerprint(ca_cert):

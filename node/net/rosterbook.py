@@ -13,7 +13,8 @@ from typing import Any
 from cryptography import x509
 
 from node.net.files import write_atomic
-from node.net.roster import Member, Roster, RosterError, SignedRoster, Status, verify_roster
+from node.net.encoding import EncodingError, load_json_object
+from node.net.roster import MAX_ROSTER_BYTES, Member, Roster, RosterError, SignedRoster, Status, verify_roster
 
 
 class RosterBook:
@@ -56,8 +57,17 @@ class RosterBook:
             self._listeners.remove(listener)
 
     def offer(self, data: bytes | Mapping[str, Any] | SignedRoster) -> bool:
-        """Adopt ``data`` if it is CA-signed and strictly newer; raises RosterError if forged."""
-        doc = data.to_dict() if isinstance(data, SignedRoster) else data
+        """Adopt ``data`` if it is CA-signed and strictly newer; raises RosterError if forged.
+        A document that claims a version not newer than ours is ignored unchecked."""
+        if isinstance(data, SignedRoster):
+            if data.roster.version <= self.current.version:
+                return False
+            doc: bytes | Mapping[str, Any] = data.to_dict()
+        else:
+            doc = _parsed(data)
+        claimed = _version_of(doc)
+        if claimed is not None and claimed <= self.current.version:
+            return False   # not newer: nothing to check (a roster is O(members) to verify)
         candidate = verify_roster(doc, self.ca_cert)
         if candidate.roster.version <= self.current.version:
             return False
@@ -67,3 +77,21 @@ class RosterBook:
         for listener in self._listeners:
             listener(candidate.roster)
         return True
+
+
+def _version_of(doc: bytes | Mapping[str, Any]) -> int | None:
+    """The version a well-formed roster document claims (None: let verification say why not)."""
+    body = doc.get("roster") if isinstance(doc, Mapping) else None
+    version = body.get("version") if isinstance(body, Mapping) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _parsed(data: bytes | Mapping[str, Any]) -> bytes | Mapping[str, Any]:
+    """Bytes parsed once (verification then works on the object); malformed bytes are
+    left for ``verify_roster`` to refuse with its reason."""
+    if isinstance(data, Mapping) or len(data) > MAX_ROSTER_BYTES:
+        return data
+    try:
+        return load_json_object(data, "roster document")
+    except EncodingError:
+        return data
