@@ -73,3 +73,11 @@ def test_churn_keeps_recall_of_live_sites_over_simulated_hours(tmp_path: Path) -
     assert report["dht"]["lookup_success"] == 1.0
     assert [p[0] for p in report["series"]["recall_over_time"]] == sorted(
         p[0] for p in report["series"]["recall_over_time"])
+
+
+def test_revocation_reaches_every_member_and_the_site_is_refused(tmp_path: Path) -> None:
+    report = _run(tmp_path, "revocation", nodes=10, seed=19)
+    assert report["members"] == 9 and report["members_refusing"] == 9
+    assert report["all_refuse"] is True and 0 < report["all_refuse_s"] < 60   # README bound
+    assert report["refused"] == report["refusal_checks"] == 3 and report["accepted"] == 0
+    assert report["revoked_site_knows"] is True
