@@ -54,10 +54,15 @@ def site_name(i: int) -> str:
     return f"site{i:03d}"
 
 
+SIM_STORE_READERS = 2   # of 4: inline (virtual-time) readers never run at once, and each
+                        # connection costs ~240 kB (its own schema and cache): 1 MB a node
+
+
 def sim_config(cfg: NodeConfig) -> NodeConfig:
     """Simulator defaults: SQLite without fsync per commit (a crash of the simulator
-    loses nothing that matters), everything else as a hospital would run it."""
-    return replace(cfg, durability="normal")
+    loses nothing that matters), two pooled readers, everything else as a hospital
+    would run it."""
+    return replace(cfg, durability="normal", store_readers=SIM_STORE_READERS)
 
 
 PEER_PORT = 4433

@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Literal
 
 from cryptography import x509
@@ -116,15 +117,24 @@ class Roster:
 
     def member(self, node_id: str) -> Member | None:
         """The active (not revoked) member with this id."""
-        if node_id in self.revoked:
-            return None
-        return next((m for m in self.members if m.node_id == node_id), None)
+        return self._active_by_id.get(node_id)
 
     def member_at(self, peer_address: str) -> Member | None:
         return next((m for m in self.active() if m.peer_address == peer_address), None)
 
     def active(self) -> tuple[Member, ...]:
-        return tuple(m for m in self.members if m.node_id not in self.revoked)
+        return self._active
+
+    # Every peer request and DHT datagram asks ``member``: an index, not a scan of N
+    # members (the roster is immutable, so both are computed once, on first use).
+    @cached_property
+    def _active(self) -> tuple[Member, ...]:
+        revoked = set(self.revoked)
+        return tuple(m for m in self.members if m.node_id not in revoked)
+
+    @cached_property
+    def _active_by_id(self) -> dict[str, Member]:
+        return {m.node_id: m for m in self._active}
 
     def with_member(self, member: Member, issued_at: int) -> "Roster":
         """Next version with ``member`` added or updated; a revoked id stays revoked."""
