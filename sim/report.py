@@ -138,28 +138,3 @@ def write_report(out: Path, doc: dict[str, Any], host: dict[str, Any],
     (out / "report.md").write_text(render_markdown(doc, host, [p.name for p in plots]),
                                    encoding="utf-8")
     return [out / "report.json", out / "host.json", out / "report.md", *plots]
-
-
-@dataclass
-class SimReport:
-    """The older flat report some scenarios still return (``similarity``, real time)."""
-
-    scenario: str
-    nodes: int
-    nodes_down: int
-    seed: int
-    queries: int = 0
-    recall: float = 1.0
-    latency_ms: dict[str, float] = field(default_factory=lambda: latency_summary([]))
-    refused: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = {"scenario": self.scenario, "nodes": self.nodes, "nodes_down": self.nodes_down,
-               "seed": self.seed, "queries": self.queries, "recall": round(self.recall, 4),
-               "latency_ms": self.latency_ms, "refused": self.refused}
-        doc.update(self.extra)
-        return doc
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

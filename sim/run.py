@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.context import NoProgress, Progress, SimContext
-from sim.options import SimOptions, SimOptionsError
-from sim.report import SimReport
+from sim.options import SimOptions
 from sim.report import build_report
 from sim.scenarios import load
 from sim.vclock import run_virtual
@@ -40,9 +39,6 @@ def peak_rss_mb() -> float:
 async def _scenario(opts: SimOptions, directory: Path, progress: Progress
                     ) -> tuple[str, dict[str, Any], SimContext]:
     module = load(opts.scenario)
-    if not hasattr(module, "run"):
-        raise SimOptionsError(f"scenario {opts.scenario!r} runs only through "
-                              "sim.run.run_scenario (real time)")
     ctx = SimContext.create(opts, directory, progress)
     figures = await module.run(ctx)
     return str(module.SUMMARY), figures, ctx
@@ -73,12 +69,3 @@ def quiet_logs() -> None:
     the report says what happened, so only errors reach the terminal."""
     for name in ("medfed", "node", "aiohttp", "sim"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-async def run_scenario(opts: SimOptions, directory: Path) -> SimReport:
-    """Scenarios written against the real-time grid (``similarity``): run in this loop."""
-    from sim.scenarios.similarity import run_similarity
-    if opts.scenario != "similarity":
-        raise SimOptionsError("run_scenario runs the similarity scenario only")
-    directory.mkdir(parents=True, exist_ok=True)
-    return await run_similarity(directory, opts)
