@@ -55,8 +55,10 @@ class Node:
     def __init__(self, cfg: NodeConfig, identity: NodeIdentity | None = None, *,
                  membership: Membership | None = None, peer_sock: socket.socket | None = None,
                  services: Sequence[NodeService] = (), dht_config: DHTConfig | None = None,
-                 with_dicom: bool = True, transport: Transport = SOCKETS) -> None:
-        """``transport``: real sockets (default) or the simulator's in-memory network."""
+                 with_dicom: bool = True, transport: Transport = SOCKETS,
+                 audit_sync_s: float = 1.0) -> None:
+        """``transport``: real sockets (default) or the simulator's in-memory network;
+        ``audit_sync_s``: how often the audit log fsyncs and signs its head (real seconds)."""
         self.cfg = cfg
         self.identity = identity or NodeIdentity.load_or_create(cfg.key_dir)
         self.store = MetadataStore.for_config(cfg)
@@ -78,6 +80,7 @@ class Node:
         self._dht_config = dht_config
         self._with_dicom = with_dicom
         self.transport = transport
+        self._audit_sync_s = audit_sync_s
         self._stopping = asyncio.Event()
         self._started: list[NodeService] = []
         self._folder_lock: DataFolderLock | None = None
@@ -124,7 +127,8 @@ class Node:
         if swept:
             log.info("removed %d partial files left by an earlier crash", swept)
         await self.store.open()
-        self.audit = AuditLog(self.cfg.audit_path, self.identity)
+        self.audit = AuditLog(self.cfg.audit_path, self.identity,
+                              fsync_interval_s=self._audit_sync_s)
         if self.cfg.upstream is not None:
             from .pacs.upstream import UpstreamService
             self.upstream = UpstreamService(self.cfg.upstream, store=self.store,

@@ -54,6 +54,10 @@ def site_name(i: int) -> str:
     return f"site{i:03d}"
 
 
+# Each node's audit log signs its head this often (real seconds) and at stop: a thousand
+# nodes signing once a real second cost a core's quarter and fight for the GIL, and
+# model nothing (virtual time does not follow the wall clock).
+SIM_AUDIT_SYNC_S = 3600.0
 SIM_STORE_READERS = 2   # of 4: inline (virtual-time) readers never run at once, and each
                         # connection costs ~240 kB (its own schema and cache): 1 MB a node
 
@@ -117,7 +121,8 @@ async def start_virtual_federation(directory: Path, n: int, network: SimNetwork,
             template.install(cfg.db_path)   # schema made once, copied (sim.dbtemplate)
         node = Node(cfg, member.identity, membership=member.membership,
                     services=services(i, name), dht_config=dht_config, with_dicom=False,
-                    transport=host_transport(network, i, member.identity.node_id_hex))
+                    transport=host_transport(network, i, member.identity.node_id_hex),
+                    audit_sync_s=SIM_AUDIT_SYNC_S)
         await node.start()
         nodes.append(node)
     return LocalFederation(operator, nodes, members)
@@ -298,7 +303,8 @@ class SimGrid:
             sock = _rebind(port)
         node = Node(old.cfg, member.identity, membership=membership, peer_sock=sock,
                     services=self._services(i, name), dht_config=self._dht_config,
-                    with_dicom=False, transport=transport)
+                    with_dicom=False, transport=transport,
+                    audit_sync_s=SIM_AUDIT_SYNC_S if self.network is not None else 1.0)
         await node.start()
         self.nodes[i] = node
         self.fed.down.discard(i)
