@@ -142,7 +142,7 @@ class PeerServer:
         return self.roster.signed.to_dict()
 
     async def _post_roster(self, call: PeerRequest) -> Reply:
-        if len(call.body) <= 64 and _is_version_digest(call.body):
+        if _is_version_digest(call.body):
             # anti-entropy digest (node.net.gossip): only say which version we hold
             return {"adopted": False, "version": self.roster.current.version}
         try:
@@ -244,7 +244,9 @@ class PeerServer:
             status = self.roster.status(peer)
             if status == "unknown" and _is_roster_offer(request):
                 body = await _read_bounded(request, limit)
-                adopted = self._adopt_offered_roster(peer, body)
+                # a version digest from a node we do not list: refused below as a
+                # non-member, and its gossip then offers the whole roster
+                adopted = None if _is_version_digest(body) else self._adopt_offered_roster(peer, body)
                 if adopted is not None and self.roster.status(peer) == "unknown":
                     # the operator (a CA-signed certificate, never a member) hands over a
                     # roster: only the CA signature on the roster counts, so answer now
@@ -313,6 +315,9 @@ def _route_path(request: web.Request) -> str:
 
 
 def _is_version_digest(body: bytes) -> bool:
+    """``{"version": N}``: anti-entropy's offer of a version, not of a roster."""
+    if len(body) > 64:
+        return False
     try:
         doc = json.loads(body)
     except ValueError:
