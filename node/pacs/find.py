@@ -17,6 +17,7 @@ from typing import AsyncIterator
 from pydicom.dataset import Dataset
 
 from ..store.db import MetadataStore
+from .identifier import Identifier
 from .matching import DEFAULT_LIMIT, InfoModel, build_query, build_retrieve_query
 from .response_wire import ResponseRow
 
@@ -71,7 +72,7 @@ async def find_rows(store: MetadataStore, identifier: Dataset, model: InfoModel 
         await rows.aclose()  # give the reader back now, not when the generator is collected
 
 
-def find_sync(store: MetadataStore, identifier: Dataset, model: InfoModel | str, *,
+def find_sync(store: MetadataStore, identifier: Identifier, model: InfoModel | str, *,
               retrieve_ae: str, limit: int = DEFAULT_LIMIT) -> list[ResponseRow] | None:
     """:func:`find_rows` for a blocking thread (the DICOM association's own): the same
     statement and matches, read through ``store.read_sync``; None when the store

@@ -18,6 +18,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from .fast_identifier import FastIdentifier
+
 QR_LEVEL = 0x00080052
 CHARSET = 0x00080005
 RETRIEVE_AE = 0x00080054
@@ -29,9 +31,18 @@ _CHARSET_VRS = {"SH", "LO", "ST", "LT", "UT", "UC"}
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 
 
-def key_tags(identifier: Dataset) -> Iterator[int]:
+Identifier = Dataset | FastIdentifier
+
+
+def key_tags(identifier: Identifier) -> Iterator[int]:
     """Tags of the keys to match/return: not the level, character set, retrieve AE,
     group lengths, file meta or private elements."""
+    if isinstance(identifier, FastIdentifier):  # holds only standard, non-meta keys
+        return (t for t in identifier.keys() if t not in _NOT_KEYS)
+    return _dataset_key_tags(identifier)
+
+
+def _dataset_key_tags(identifier: Dataset) -> Iterator[int]:
     for tag in identifier.keys():
         tag = Tag(tag)
         if tag in _NOT_KEYS or tag.element == 0 or tag.is_private or tag.group == 0x0002:
@@ -39,9 +50,11 @@ def key_tags(identifier: Dataset) -> Iterator[int]:
         yield int(tag)
 
 
-def element_vr(identifier: Dataset, tag: int) -> str:
+def element_vr(identifier: Identifier, tag: int) -> str:
     """The dictionary VR; for unknown tags and ambiguous ones ("US or SS") the VR the
     request carried, else the first choice."""
+    if isinstance(identifier, FastIdentifier):
+        return identifier.vr(tag)
     sent = getattr(identifier.get_item(tag), "VR", None)
     try:
         vr = dictionary_VR(tag)
@@ -52,20 +65,22 @@ def element_vr(identifier: Dataset, tag: int) -> str:
     return vr
 
 
-def charset_of(identifier: Dataset) -> str | list[str] | None:
+def charset_of(identifier: Identifier) -> str | list[str] | None:
     value = element_terms(identifier, CHARSET)
     if not value or not any(value):
         return None
     return value[0] if len(value) == 1 else value
 
 
-def level_text(identifier: Dataset) -> str:
+def level_text(identifier: Identifier) -> str:
     terms = element_terms(identifier, QR_LEVEL)
     return terms[0].upper() if terms else ""
 
 
-def element_terms(identifier: Dataset, tag: int) -> list[str]:
+def element_terms(identifier: Identifier, tag: int) -> list[str]:
     """The key's value(s), backslash-separated in DICOM, as stripped strings."""
+    if isinstance(identifier, FastIdentifier):
+        return identifier.terms(tag)
     item = identifier.get_item(tag)
     if item is None:
         return []

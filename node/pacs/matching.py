@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 
 from .qr_attributes import (ANY_LEVEL, ATTR_BY_TAG, FROM, ORDER_BY, UNIQUE_KEY, Attr,
                             InfoModel, Kind, QueryLevel)
-from .identifier import (QR_LEVEL, charset_of, element_terms, element_vr, key_tags,
-                         level_text)
+from .identifier import (QR_LEVEL, Identifier, charset_of, element_terms, element_vr,
+                         key_tags, level_text)
 from ..store.dialect import SQLITE, Dialect
 from .value_match import IDENTIFIER_MISMATCH, Clause, Key, MatchError, key_clause
 
@@ -54,7 +54,7 @@ def model_of(model: InfoModel | str) -> InfoModel:
                          IDENTIFIER_MISMATCH) from None
 
 
-def level_of(identifier: Dataset, model: InfoModel) -> QueryLevel:
+def level_of(identifier: Identifier, model: InfoModel) -> QueryLevel:
     text = level_text(identifier)
     if not text:
         raise MatchError("QueryRetrieveLevel (0008,0052) is missing", IDENTIFIER_MISMATCH,
@@ -117,7 +117,7 @@ class _Builder:
         return sql, (*self.params, limit + 1)
 
 
-def build_query(identifier: Dataset, model: InfoModel | str, *,
+def build_query(identifier: Identifier, model: InfoModel | str, *,
                 limit: int = DEFAULT_LIMIT, dialect: Dialect = SQLITE) -> SqlQuery:
     """Translate a C-FIND identifier. Raises MatchError for a malformed identifier.
     The SQL fetches ``limit + 1`` rows so the caller can tell that it truncated."""

@@ -34,7 +34,10 @@ from ..config.model import DicomConfig
 from . import codec, dimse, status
 from .association import (Aborted, Association, BytesSink, Message, Rejection, Released,
                           accept, read_request, reject, request_association)
+from .fast_identifier import FastIdentifier
+from .fast_identifier import parse as fast_parse
 from .backend import Auditor, QueryBackend, QueryRefused, RetrieveItem
+from .identifier import QR_LEVEL
 from .ingest import Ingestor
 from .retrieve_scp import (Outgoing, Progress, Sender, SubOperationFailed, count,
                            move_contexts)
@@ -97,6 +100,14 @@ def supported_contexts() -> list[PresentationContext]:
     for sop in MODEL_BY_SOP_CLASS:
         contexts.append(build_context(sop, QUERY_SYNTAXES))
     return contexts
+
+
+def _level(identifier: Dataset | FastIdentifier) -> str:
+    """QueryRetrieveLevel as sent (for the audit entry)."""
+    if isinstance(identifier, FastIdentifier):
+        terms = identifier.terms(QR_LEVEL)
+        return "\\".join(terms)
+    return str(identifier.get("QueryRetrieveLevel", ""))
 
 
 def _failure_command(request: dimse.Command, field_: int, code: int, text: str,
@@ -265,6 +276,12 @@ class DicomService:
                 from None
         return ds
 
+    @staticmethod
+    def _fast_identifier(msg: Message, ts: str) -> FastIdentifier | None:
+        """The common simple identifier read straight from its bytes (None: pydicom)."""
+        sink = msg.dataset
+        return fast_parse(sink.value(), ts) if isinstance(sink, BytesSink) else None
+
     # -- C-FIND -----------------------------------------------------------------
     def _find(self, assoc: Association, msg: Message) -> None:
         cmd, cx_id = msg.command, int(msg.context.context_id)
@@ -272,12 +289,16 @@ class DicomService:
         calling, called = assoc.calling_ae, assoc.called_ae
         model = FIND_CLASSES[str(msg.context.abstract_syntax)]
         try:
-            identifier = self._identifier(msg)
             find_sync = getattr(self.backend, "find_sync", None)
             results = None
+            fast = self._fast_identifier(msg, ts) if find_sync is not None else None
+            identifier: Dataset | FastIdentifier = (fast if fast is not None
+                                                    else self._identifier(msg))
             if find_sync is not None:  # answered right here, in the association's thread
                 results = find_sync(identifier, model, called_ae=called, calling_ae=calling)
             if results is None:
+                if fast is not None:  # the async path (federation) takes a Dataset
+                    identifier = self._identifier(msg)
                 results = self._call(self.backend.find(identifier, model, called_ae=called,
                                                         calling_ae=calling))
         except QueryRefused as exc:
@@ -290,7 +311,7 @@ class DicomService:
             assoc.send(cx_id, _failure_command(cmd, dimse.C_FIND_RSP, status.UNABLE_TO_PROCESS,
                                                "query failed on this node"))
             return
-        level = str(identifier.get("QueryRetrieveLevel", ""))
+        level = _level(identifier)
         pending = dimse.response(cmd, dimse.C_FIND_RSP, status.PENDING,
                                  dataset_type=dimse.HAS_DATASET)
         sent = 0

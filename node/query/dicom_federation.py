@@ -26,6 +26,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from ..pacs.fast_identifier import FastIdentifier
+
 from node.pacs.scp import QueryRefused, RetrieveItem
 from node.pacs import status
 from node.pacs.response_wire import ResponseRow
@@ -123,7 +125,7 @@ class FederationDicomBackend:
                                status.UNABLE_TO_PROCESS)
         return service
 
-    def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
+    def find_sync(self, identifier: "Dataset | FastIdentifier", model: str, *, called_ae: str,
                   calling_ae: str) -> list[ResponseRow] | None:
         """This node's own C-FIND answered in the association's thread; None for the
         federation AE title (the SCP then awaits :meth:`find`)."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from pydicom.dataset import Dataset
 
+from ..pacs.fast_identifier import FastIdentifier
+
 from ..pacs.find import find_rows, find_sync, select_instances
 from ..pacs.matching import MatchError
 from ..pacs.response_wire import ResponseRow
@@ -56,7 +58,7 @@ class LocalBackend:
         finally:
             await results.aclose()
 
-    def find_sync(self, identifier: Dataset, model: str, *, called_ae: str,
+    def find_sync(self, identifier: "Dataset | FastIdentifier", model: str, *, called_ae: str,
                   calling_ae: str) -> list[ResponseRow] | None:
         """The same answer as :meth:`find`, from the calling (DICOM) thread (None: the
         store cannot read blocking, await :meth:`find`)."""

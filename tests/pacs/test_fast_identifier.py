@@ -1,0 +1,141 @@
+"""The fast C-FIND identifier reader gives exactly what pydicom gives (the SCP's
+decoding: read, then every element converted) for what it accepts, and hands
+everything else back (None) so pydicom reads it as before."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from node.pacs import codec
+from node.pacs.fast_identifier import EXPLICIT_LE, IMPLICIT_LE, parse
+from node.pacs.identifier import (charset_of, element_terms, element_vr, key_tags,
+                                  level_text)
+from node.pacs.matching import InfoModel, build_query
+from node.pacs.value_match import MatchError
+
+TEXT_KEYS = ["QueryRetrieveLevel", "PatientID", "PatientName",
+             "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate",
+             "StudyTime", "AccessionNumber", "ModalitiesInStudy", "Modality",
+             "StudyDescription", "ReferringPhysicianName", "PatientBirthDate",
+             "StudyID", "PatientSex", "RetrieveAETitle", "InstanceAvailability"]
+_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+_values = st.lists(_value, min_size=0, max_size=3).map(lambda vs: "\\".join(vs))
+TS = [IMPLICIT_LE, EXPLICIT_LE]
+CHARSETS = [None, "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO_IR 13", "GB18030",
+            "ISO_IR 100\\ISO 2022 IR 87"]
+
+
+def _pydicom(raw: bytes, ts: str) -> Dataset:
+    """What DicomService._identifier does."""
+    ds = codec.decode(raw, ts)
+    _ = [ds[t] for t in ds.keys()]
+    return ds
+
+
+def _view(ident) -> tuple:  # type: ignore[no-untyped-def]
+    tags = list(key_tags(ident))
+    return (tags, [element_vr(ident, t) for t in tags], [element_terms(ident, t) for t in tags],
+            charset_of(ident), level_text(ident))
+
+
+def _query(ident) -> tuple:  # type: ignore[no-untyped-def]
+    try:
+        q = build_query(ident, InfoModel.STUDY_ROOT)
+    except MatchError as exc:
+        return ("refused", exc.reason, exc.status)
+    return (q.level, q.sql, q.params, q.keys, q.charset)
+
+
+def _encode(ds: Dataset, ts: str) -> bytes:
+    return codec.encode(ds, ts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.dictionaries(st.sampled_from(TEXT_KEYS), _values, max_size=8),
+       charset=st.sampled_from(CHARSETS), ts=st.sampled_from(TS))
+def test_accepted_identifiers_read_as_pydicom_reads_them(keys: dict[str, str],
+                                                         charset: str | None, ts: str) -> None:
+    ds = Dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+    for kw, value in keys.items():
+        setattr(ds, kw, value)
+    raw = _encode(ds, ts)
+    fast = parse(raw, ts)
+    reference = _pydicom(raw, ts)
+    if fast is None:  # only an unusual character set is handed back among these
+        assert charset is not None and charset.strip() not in ("", "ISO_IR 6", "ISO_IR 100",
+                                                               "ISO_IR 192")
+        return
+    assert _view(fast) == _view(reference)
+    assert _query(fast) == _query(reference)
+
+
+def test_typical_findscu_identifier_is_read_fast() -> None:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "PAT 1"
+    ds.StudyInstanceUID = ""
+    for ts in TS:
+        fast = parse(_encode(ds, ts), ts)
+        assert fast is not None
+        assert _query(fast) == _query(_pydicom(_encode(ds, ts), ts))
+
+
+def _unusual() -> list[tuple[str, Dataset]]:
+    cases = []
+    seq = Dataset()
+    seq.QueryRetrieveLevel = "STUDY"
+    seq.ReferencedStudySequence = Sequence([Dataset()])
+    cases.append(("sequence", seq))
+    num = Dataset()
+    num.QueryRetrieveLevel = "SERIES"
+    num.SeriesNumber = "3"
+    cases.append(("IS number", num))
+    priv = Dataset()
+    priv.QueryRetrieveLevel = "STUDY"
+    priv.add_new(0x00091010, "LO", "x")
+    cases.append(("private", priv))
+    latin = Dataset()
+    latin.SpecificCharacterSet = "ISO_IR 100"
+    latin.QueryRetrieveLevel = "STUDY"
+    latin.PatientName = "M\u00fcller"
+    cases.append(("non-ASCII value", latin))
+    jis = Dataset()
+    jis.SpecificCharacterSet = "ISO_IR 13"
+    jis.QueryRetrieveLevel = "STUDY"
+    cases.append(("other character set", jis))
+    return cases
+
+
+@pytest.mark.parametrize("ts", TS)
+@pytest.mark.parametrize("case", _unusual(), ids=lambda c: c[0])
+def test_unusual_identifiers_fall_back_to_pydicom(case: tuple[str, Dataset], ts: str) -> None:
+    assert parse(_encode(case[1], ts), ts) is None
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x08\x00\x52\x00\x10\x00\x00\x00STUDY ",                 # length past the end
+    b"\x10\x00\x20\x00\x02\x00\x00\x00P1\x08\x00\x52\x00\x06\x00\x00\x00STUDY ",  # order
+    b"\x08\x00\x52\x00\x06\x00",                                 # truncated header
+    b"\x08\x00\x52\x00\xff\xff\xff\xffSTUDY ",                  # undefined length
+])
+def test_malformed_bytes_fall_back(raw: bytes) -> None:
+    assert parse(raw, IMPLICIT_LE) is None
+
+
+def test_explicit_vr_that_differs_from_the_dictionary_falls_back() -> None:
+    raw = struct.pack("<HH2sH", 0x0010, 0x0020, b"SH", 2) + b"P1"
+    assert parse(raw, EXPLICIT_LE) is None
+    assert parse(raw.replace(b"SH", b"LO"), EXPLICIT_LE) is not None
+
+
+def test_other_transfer_syntaxes_fall_back() -> None:
+    assert parse(b"", "1.2.840.10008.1.2.1.99") is None
+    assert parse(b"", "1.2.840.10008.1.2.2") is None
