@@ -117,6 +117,37 @@ class _Builder:
         return sql, (*self.params, limit + 1)
 
 
+# Prepared statements by identifier shape: the same keys, each empty or one plain
+# text/name value (no wildcard, range or list), give the same SQL with those values as
+# its parameters. Other identifiers are translated each time.
+_PLAIN_KINDS = (Kind.TEXT, Kind.PN)
+_SHAPES: dict[tuple[Any, ...], SqlQuery] = {}
+_SHAPES_MAX = 512
+
+
+def _shape(identifier: Identifier, model: InfoModel, level: QueryLevel, limit: int,
+           dialect: Dialect) -> tuple[tuple[Any, ...], list[str]] | None:
+    """(shape key, plain values in key order), or None when not cacheable."""
+    shape: list[Any] = [model, level, limit, dialect]
+    values: list[str] = []
+    for tag in key_tags(identifier):
+        attr = ATTR_BY_TAG.get(tag)
+        vr = element_vr(identifier, tag)
+        terms = [t for t in element_terms(identifier, tag) if t] if attr is not None else []
+        if not terms or vr == "SQ":
+            shape.append((tag, vr, 0))
+            continue
+        kind = attr.set_match.kind if attr and attr.set_match else attr.kind if attr else None
+        term = terms[0]
+        if len(terms) > 1 or kind not in _PLAIN_KINDS or "*" in term or "?" in term:
+            return None
+        shape.append((tag, vr, 1))
+        values.append(term)
+    charset = charset_of(identifier)
+    shape.append(tuple(charset) if isinstance(charset, list) else charset)
+    return tuple(shape), values
+
+
 def build_query(identifier: Identifier, model: InfoModel | str, *,
                 limit: int = DEFAULT_LIMIT, dialect: Dialect = SQLITE) -> SqlQuery:
     """Translate a C-FIND identifier. Raises MatchError for a malformed identifier.
@@ -125,6 +156,28 @@ def build_query(identifier: Identifier, model: InfoModel | str, *,
         raise ValueError("the C-FIND result limit must be at least 1")
     model = model_of(model)
     level = level_of(identifier, model)
+    found = _shape(identifier, model, level, limit, dialect)
+    try:
+        if found is not None:
+            hash(found[0])
+    except TypeError:  # an unhashable dialect: no cache
+        found = None
+    if found is None:
+        return translate(identifier, model, level, limit, dialect)
+    key, values = found
+    cached = _SHAPES.get(key)
+    if cached is not None:
+        return SqlQuery(level, cached.sql, (*values, limit + 1), cached.keys, cached.charset,
+                        limit)
+    query = translate(identifier, model, level, limit, dialect)
+    if query.params == (*values, limit + 1) and len(_SHAPES) < _SHAPES_MAX:
+        _SHAPES[key] = query
+    return query
+
+
+def translate(identifier: Identifier, model: InfoModel, level: QueryLevel, limit: int,
+              dialect: Dialect = SQLITE) -> SqlQuery:
+    """:func:`build_query` without the statement cache."""
     b = _Builder(level)
     for tag in key_tags(identifier):
         attr = ATTR_BY_TAG.get(tag)

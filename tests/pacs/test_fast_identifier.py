@@ -88,6 +88,20 @@ def test_typical_findscu_identifier_is_read_fast() -> None:
         assert _query(fast) == _query(_pydicom(_encode(ds, ts), ts))
 
 
+def test_a_query_of_a_known_shape_takes_the_prepared_statement() -> None:
+    from node.pacs import matching
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "SHAPE-1"
+    ds.StudyInstanceUID = ""
+    first = build_query(parse(_encode(ds, IMPLICIT_LE), IMPLICIT_LE), InfoModel.STUDY_ROOT)
+    ds.PatientID = "SHAPE-2"
+    second = build_query(parse(_encode(ds, IMPLICIT_LE), IMPLICIT_LE), InfoModel.STUDY_ROOT)
+    assert second.sql is first.sql  # the same statement object, from the cache
+    assert second.params == ("SHAPE-2", 10001)
+    assert any(q.sql is first.sql for q in matching._SHAPES.values())
+
+
 def _unusual() -> list[tuple[str, Dataset]]:
     cases = []
     seq = Dataset()
@@ -139,3 +153,35 @@ def test_explicit_vr_that_differs_from_the_dictionary_falls_back() -> None:
 def test_other_transfer_syntaxes_fall_back() -> None:
     assert parse(b"", "1.2.840.10008.1.2.1.99") is None
     assert parse(b"", "1.2.840.10008.1.2.2") is None
+
+
+_shape_values = st.sampled_from(["", "A", "B*", "*", "x\\y", "Doe^J", "CT", "1.2.3",
+                                 "20200101", "20200101-", "3", "a?c"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.dictionaries(st.sampled_from(TEXT_KEYS + ["SeriesNumber"]),
+                                     _shape_values, max_size=6), min_size=1, max_size=4),
+       level=st.sampled_from(["STUDY", "SERIES", "IMAGE", "PATIENT"]))
+def test_the_statement_cache_gives_what_a_fresh_translation_gives(
+        keys: list[dict[str, str]], level: str) -> None:
+    from node.pacs.matching import level_of, translate
+    for one in keys:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        for kw, value in one.items():
+            if kw == "SeriesNumber" and not value.isdigit():
+                continue  # pydicom cannot hold it (the matcher's own tests cover that)
+            if kw != "QueryRetrieveLevel":
+                setattr(ds, kw, value)
+        ident = _pydicom(_encode(ds, IMPLICIT_LE), IMPLICIT_LE)
+        try:
+            fresh = translate(ident, InfoModel.STUDY_ROOT,
+                              level_of(ident, InfoModel.STUDY_ROOT), 10000)
+        except MatchError as exc:
+            with pytest.raises(MatchError) as raised:
+                build_query(ident, InfoModel.STUDY_ROOT)
+            assert raised.value.reason == exc.reason
+            continue
+        for _ in range(2):  # the second one comes from the cache
+            assert build_query(ident, InfoModel.STUDY_ROOT) == fresh
