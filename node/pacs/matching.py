@@ -170,7 +170,9 @@ def build_query(identifier: Identifier, model: InfoModel | str, *,
         return SqlQuery(level, cached.sql, (*values, limit + 1), cached.keys, cached.charset,
                         limit)
     query = translate(identifier, model, level, limit, dialect)
-    if query.params == (*values, limit + 1) and len(_SHAPES) < _SHAPES_MAX:
+    if query.params == (*values, limit + 1):
+        if len(_SHAPES) >= _SHAPES_MAX:  # many shapes seen: start over (bounded memory)
+            _SHAPES.clear()
         _SHAPES[key] = query
     return query
 

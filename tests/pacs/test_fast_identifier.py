@@ -88,8 +88,10 @@ def test_typical_findscu_identifier_is_read_fast() -> None:
         assert _query(fast) == _query(_pydicom(_encode(ds, ts), ts))
 
 
-def test_a_query_of_a_known_shape_takes_the_prepared_statement() -> None:
+def test_a_query_of_a_known_shape_takes_the_prepared_statement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from node.pacs import matching
+    monkeypatch.setattr(matching, "_SHAPES", {})
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     ds.PatientID = "SHAPE-1"
