@@ -11,7 +11,6 @@ accesses they serve; this layer audits refusals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -35,6 +34,7 @@ from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError
 from node.net.refusal_summary import RefusalSummary
 from node.net.rosterbook import RosterBook
 from node.net.transport import SOCKETS, Transport
+from node.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ class PeerServer:
 
         task = asyncio.get_running_loop().create_task(purge())
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         nonces.clear()
 
     # -- request path ------------------------------------------------------

@@ -28,6 +28,7 @@ from node.net.roster import Member
 from node.query.fanout import FanOutSettings, SiteAnswer, fan_out
 from node.query.model import FederatedQuery, QueryError
 from node.query.planner import BroadcastPlanner, Plan, Planner
+from node.tasks import cancel_and_wait
 
 from . import features as feature_table
 from . import records as record_table
@@ -128,10 +129,7 @@ class SimilarityService:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._node = None
 
     @property

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
+from node.tasks import cancel_and_wait
+
 from ..private_sqlite import open_private_sqlite
 from .instances import InstanceView
 
@@ -183,7 +185,4 @@ class MetadataSweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
