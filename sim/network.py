@@ -21,7 +21,7 @@ import asyncio
 import errno
 import random
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +230,7 @@ class SimStreamTransport(asyncio.Transport):
         self._arrival = 0.0        # when the last byte sent this way arrives (ordering)
         self._paused = False
         self._held: list[bytes] = []
+        self._in_flight: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
 
     # asyncio.Transport API used by aiohttp
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -285,7 +286,15 @@ class SimStreamTransport(asyncio.Transport):
             delay = self.network.model.retransmit_s + (
                 self.network.one_way(self.local[0], self.remote[0], size) or 0.0)
         self._arrival = max(self._arrival, loop.time() + delay)
-        loop.call_at(self._arrival, fn, *args)
+        # Timers due at the same moment may run in any order (asyncio's heap is not
+        # stable), and later sends often share the arrival time of an earlier one: each
+        # timer delivers the OLDEST pending send, so bytes and the FIN keep their order.
+        self._in_flight.append((fn, args))
+        loop.call_at(self._arrival, self._deliver_next)
+
+    def _deliver_next(self) -> None:
+        fn, args = self._in_flight.popleft()
+        fn(*args)
 
     def _deliver_to_other(self, chunk: bytes) -> None:
         other = self.other
