@@ -32,7 +32,7 @@ def write_atomically(path: Path, chunks: Iterator[bytes]) -> None:
     fsync_dir(path.parent)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

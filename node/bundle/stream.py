@@ -90,8 +90,8 @@ from node.bundle.format import (
     BundleTamperedError,
     order_instances,
     pixel_region,
+    Unshuffler,
     shuffle16,
-    unshuffle16_into,
 )
 
 __all__ = [
@@ -244,7 +244,8 @@ class _RecordParser:
         self._filled = 0
         self._want = 0
         self._region = (0, 0)
-        self.done: list[bytes] = []
+        self._unshuffle = Unshuffler()
+        self.done: list[bytearray] = []
         self.count = 0
         self.plain = 0
         self.end: tuple[int, int] | None = None
@@ -302,14 +303,13 @@ class _RecordParser:
         assert body is not None
         if region:
             with memoryview(body) as view:
-                unshuffle16_into(view[offset : offset + region])
-        raw = bytes(body)
+                self._unshuffle(view[offset : offset + region])
         self._body = None
-        self.done.append(raw)
+        self.done.append(body)          # handed out as is: no copy of the whole instance
         self.count += 1
-        self.plain += len(raw)
+        self.plain += len(body)
 
-    def take(self) -> list[bytes]:
+    def take(self) -> list[bytearray]:
         done, self.done = self.done, []
         return done
 
@@ -341,11 +341,12 @@ class BundleDecoder:
         self._failed = False
         self._info: BundleInfo | None = None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Consume stored bytes; return the instances completed by them."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytearray]:
+        """Consume stored bytes; return the instances completed by them (each a buffer of
+        its own that the caller now owns: not copied into ``bytes`` first)."""
         return self._guard(self._feed, data)
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[bytearray]:
         """End of input: verify the final chunk, END record and bundle id; return the last instances."""
         return self._guard(self._finish)
 
@@ -355,7 +356,7 @@ class BundleDecoder:
             raise BundleError("bundle info is known only after finish() succeeded")
         return self._info
 
-    def _guard(self, step: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
+    def _guard(self, step: Callable[..., list[bytearray]], *args: Any) -> list[bytearray]:
         if self._failed or self._info is not None:
             raise BundleError("this bundle decoder has already finished or failed; start a new one")
         try:
@@ -367,7 +368,7 @@ class BundleDecoder:
             self._failed = True
             raise BundleFormatError(f"bundle compressed data is corrupt ({exc})") from None
 
-    def _feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[bytearray]:
         self._hash.update(data)
         self._stored += len(data)
         self._buffer += data
@@ -411,7 +412,7 @@ class BundleDecoder:
         self._zstd.write(plain)
         return tag
 
-    def _finish(self) -> list[bytes]:
+    def _finish(self) -> list[bytearray]:
         if self._header is None:
             raise BundleFormatError(f"bundle is {self._stored} bytes, shorter than its {HEADER_SIZE}-byte header")
         if len(self._buffer) <= ABYTES:
@@ -473,7 +474,7 @@ def read_bundle(
     *,
     read_size: int = 1 << 20,
     max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-) -> Iterator[bytes]:
+) -> Iterator[bytearray]:
     """Yield each instance in order; raises at the end if the bundle is not intact."""
     decoder = BundleDecoder(key, expected_id=expected_id, max_instance_bytes=max_instance_bytes)
     while data := inp.read(read_size):

@@ -25,8 +25,13 @@ from node.bundle.stream import BundleDecoder
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]   # (bytes received, instances decoded)
-DECODE_DEPTH = 32                        # received chunks waiting to be decoded
-WRITE_DEPTH = 8                          # decoded batches waiting to be written
+# Received chunks waiting to be decoded (at most 128 x 256 KiB = 32 MiB) and decoded
+# batches waiting to be written (a batch: what one chunk completed, ~0.7 MB of CT).
+# Deep enough to ride out a worker that the scheduler holds back for a while on a busy
+# machine: what the network delivers meanwhile is queued instead of stalling the TCP
+# stream (link time lost for good); the workers then catch up.
+DECODE_DEPTH = 128
+WRITE_DEPTH = 32
 
 
 class _Stage:
@@ -72,7 +77,8 @@ class _Stage:
 
 
 async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
-                        add: Callable[[bytes], None], progress: Progress | None) -> int:
+                        add: Callable[[bytearray], None], progress: Progress | None, *,
+                        decode_depth: int = DECODE_DEPTH, write_depth: int = WRITE_DEPTH) -> int:
     """Feed ``stream`` through ``decoder`` and every instance, in order, to ``add``.
 
     Returns the number of instances. On any error (or cancellation) the worker threads
@@ -80,22 +86,22 @@ async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
     """
     received = count = 0
 
-    def add_all(instances: list[bytes]) -> None:
+    def add_all(instances: list[bytearray]) -> None:
         for instance in instances:
             add(instance)
 
     async def written(_: None) -> None:
         return None
 
-    write = _Stage("bundle-write", WRITE_DEPTH, written)
+    write = _Stage("bundle-write", write_depth, written)
 
-    async def to_writer(batch: list[bytes]) -> None:
+    async def to_writer(batch: list[bytearray]) -> None:
         nonlocal count
         if batch:
             count += len(batch)
             await write.submit(add_all, batch)
 
-    decode = _Stage("bundle-decode", DECODE_DEPTH, to_writer)
+    decode = _Stage("bundle-decode", decode_depth, to_writer)
     try:
         async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:

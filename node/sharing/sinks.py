@@ -18,6 +18,7 @@ from typing import Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
+from node.audit.files import write_all
 from node.sharing.volume import assemble, write_nifti, write_nrrd
 
 FORMATS = ("dicom", "nifti", "nrrd")
@@ -33,6 +34,21 @@ class InstanceSink(Protocol):
     def commit(self) -> list[Path]: ...
 
 
+def write_new_file(path: str, data: bytes | bytearray) -> None:
+    """Create ``path`` (it must not exist) holding ``data``; no fsync.
+
+    Why no fsync: a fetched series is a copy (the owner and the replicas keep theirs)
+    and the folder appears only at ``commit()``; a crash before the page cache reaches
+    the disk costs a re-fetch, never a wrong image. ``os`` calls instead of
+    ``Path.write_bytes``: 12 us instead of 23 us of the write thread per file (measured
+    on tmpfs), small but on the receiver that is CPU-bound at 1 Gbit/s."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
 class DicomFolderSink:
     """``target/IM00001.dcm`` … in bundle (slice) order; ``target`` appears only at commit."""
 
@@ -41,14 +57,16 @@ class DicomFolderSink:
             raise SinkError(f"{target} already exists and is not an empty folder")
         self.target = target
         self._stage: Path | None = None
+        self._prefix = ""
         self._count = 0
 
-    def add(self, instance: bytes) -> None:
+    def add(self, instance: bytes | bytearray) -> None:
         if self._stage is None:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._stage = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=".fetch-"))
+            self._prefix = os.path.join(self._stage, "IM")
         self._count += 1
-        (self._stage / f"IM{self._count:05d}.dcm").write_bytes(instance)
+        write_new_file(f"{self._prefix}{self._count:05d}.dcm", instance)
 
     def discard(self) -> None:
         if self._stage is not None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from node.bundle.stream import BundleDecoder, BundleEncoder, BundleTamperedError, new_bundle_key
-from node.sharing.pipeline import DECODE_DEPTH, WRITE_DEPTH, decode_stream
+from node.sharing.pipeline import decode_stream
 
 
 def _bundle(count: int, size: int = 3000) -> tuple[bytes, str, bytes, list[bytes]]:
@@ -96,7 +96,8 @@ async def test_a_slow_writer_holds_back_the_network() -> None:
     key, bundle_id, stored, instances = _bundle(8000, size=600)
     release = threading.Event()
     chunk = 1041                       # one secretstream message of the 1024-byte chunks
-    bound = (DECODE_DEPTH + 2) * chunk + (WRITE_DEPTH + 2) * ((128 << 10) + 2 * chunk)
+    depths = {"decode_depth": 8, "write_depth": 4}
+    bound = (8 + 2) * chunk + (4 + 2) * ((128 << 10) + 2 * chunk)
     pulled_while_stuck = 0
     writes = 0
 
@@ -115,7 +116,8 @@ async def test_a_slow_writer_holds_back_the_network() -> None:
             yield stored[i:i + chunk]
 
     asyncio.get_running_loop().call_later(0.3, release.set)  # how long it is stuck: any
-    count = await decode_stream(counted(), BundleDecoder(key, expected_id=bundle_id), slow_add, None)
+    count = await decode_stream(counted(), BundleDecoder(key, expected_id=bundle_id), slow_add, None,
+                                **depths)
     assert count == writes == len(instances)
     assert len(stored) > 3 * bound
     assert pulled_while_stuck <= bound
