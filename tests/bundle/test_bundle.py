@@ -30,6 +30,7 @@ from node.bundle.format import (
     HEADER_SIZE,
     MAGIC,
     BundleHeader,
+    Unshuffler,
     order_instances,
     pixel_region,
     shuffle16,
@@ -364,6 +365,41 @@ def test_shuffle_is_reversible_and_groups_byte_planes() -> None:
     assert shuffle16(words) == bytes([2, 4, 6, 1, 3, 5])
     region = np.random.default_rng(5).integers(0, 65536, 999).astype("<u2").tobytes()
     assert unshuffle16(shuffle16(region)) == region
+
+
+def test_in_place_unshuffle_reuses_its_scratch_across_sizes() -> None:
+    """One Unshuffler for a whole bundle: regions grow and shrink (a CT slice, a smaller
+    localizer, another slice); a stale scratch length or content would show up here."""
+    unshuffle = Unshuffler()
+    rng = np.random.default_rng(7)
+    for words in (1000, 10, 4000, 1, 4000):
+        region = rng.integers(0, 65536, words).astype("<u2").tobytes()
+        buffer = bytearray(b"head" + shuffle16(region) + b"tail")
+        unshuffle(memoryview(buffer)[4 : 4 + len(region)])
+        assert buffer == b"head" + region + b"tail"
+
+
+def test_decoded_instances_are_independent_buffers(key: bytes) -> None:
+    """The decoder hands out each instance's own buffer (no copy into bytes): what the
+    caller does with one must not touch another or the decoder's state."""
+    instances = [ct_instance(i) for i in range(5)]
+    stored = b"".join(iter_bundle_chunks(instances, encoder := BundleEncoder(key, chunk_size=SMALL_CHUNK)))
+    decoder = BundleDecoder(key, expected_id=encoder.info.bundle_id)
+    marker = b"overwritten by the caller"
+    handed: list[bytearray] = []
+    seen: list[bytes] = []
+
+    def take(batch: list[bytearray]) -> None:
+        for instance in batch:
+            seen.append(bytes(instance))
+            instance[:] = marker               # the caller owns it now
+            handed.append(instance)
+
+    for i in range(0, len(stored), 700):
+        take(decoder.feed(stored[i : i + 700]))
+    take(decoder.finish())
+    assert seen == instances                   # each was whole when handed out
+    assert all(x == marker for x in handed)    # and the decoder never wrote to it again
 
 
 def test_order_follows_position_along_the_normal() -> None:

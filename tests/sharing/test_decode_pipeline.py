@@ -17,6 +17,8 @@ import pytest
 
 from node.bundle.stream import BundleDecoder, BundleEncoder, BundleTamperedError, new_bundle_key
 from node.sharing.pipeline import decode_stream
+from node.sharing.retrieve import decode_into
+from node.sharing.sinks import DicomFolderSink, write_new_file
 
 
 def _bundle(count: int, size: int = 3000) -> tuple[bytes, str, bytes, list[bytes]]:
@@ -121,3 +123,47 @@ async def test_a_slow_writer_holds_back_the_network() -> None:
     assert count == writes == len(instances)
     assert len(stored) > 3 * bound
     assert pulled_while_stuck <= bound
+
+
+async def test_a_stream_cut_mid_way_leaves_no_file_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Into the real DICOM folder sink: the instances written before the cut are staged
+    in a hidden folder, which the failure removes; the target never appears."""
+    key, bundle_id, stored, _ = _bundle(80)
+    with pytest.raises(BundleTamperedError):
+        await decode_into(_chunks(stored[: len(stored) * 2 // 3], 900), key, bundle_id,
+                          DicomFolderSink(tmp_path / "series"), None, source="test", identified=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_cancelled_fetch_leaves_no_file_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key, bundle_id, stored, _ = _bundle(200)
+    loop = asyncio.get_running_loop()
+    staged = asyncio.Event()
+
+    class Watched(DicomFolderSink):
+        def add(self, instance: bytes | bytearray) -> None:
+            super().add(instance)
+            loop.call_soon_threadsafe(staged.set)     # a file is in the stage now
+
+    async def half_then_hang() -> AsyncIterator[bytes]:
+        yield stored[: len(stored) // 2]
+        await asyncio.Event().wait()     # the network stops: only cancellation ends this
+        yield b""
+
+    task = asyncio.ensure_future(decode_into(half_then_hang(), key, bundle_id, Watched(tmp_path / "series"),
+                                             None, source="test", identified=False))
+    await staged.wait()
+    assert any(tmp_path.glob(".fetch-*/IM*.dcm"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(tmp_path.iterdir()) == []
+    assert not _workers()
+
+
+def test_a_fetched_file_is_never_written_over(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "IM00001.dcm"
+    write_new_file(str(path), bytearray(b"first"))
+    with pytest.raises(FileExistsError):
+        write_new_file(str(path), b"second")
+    assert path.read_bytes() == b"first"
