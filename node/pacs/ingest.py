@@ -27,10 +27,10 @@ from pydicom.uid import UID
 
 from ..store.db import MetadataStore, StoredFile, StoreError
 from ..store.files import FileStoreError, ObjectFiles, PartialFile
-from ..store.records import record_from_dataset
+from ..store.records import RecordMemo, record_from_dataset
 from . import status
 from .journal import Checkpointer, Journal, JournalError, Record
-from .validate import InvalidInstance, validate_instance
+from .validate import InvalidInstance, ValidationMemo, validate_instance
 
 log = logging.getLogger("medfed.ingest")
 _JOURNAL_KEY = "ingest_journal_seq"
@@ -62,6 +62,8 @@ class Ingestor:
         self.journal = journal
         self._checkpointer: Checkpointer | None = None
         self._stripes = [threading.Lock() for _ in range(64)]
+        self._validation_memo = ValidationMemo()
+        self._record_memo = RecordMemo()
 
     # -- the ingest journal -------------------------------------------------------
     def open_journal(self) -> int:
@@ -151,8 +153,9 @@ class Ingestor:
         try:
             _cls, sop_uid, study_uid, series_uid = validate_instance(
                 ds, context_sop_class=context_sop_class,
-                affected_sop_instance=affected_sop_instance, transfer_syntax=ts)
-            record = record_from_dataset(ds, str(ts))
+                affected_sop_instance=affected_sop_instance, transfer_syntax=ts,
+                memo=self._validation_memo)
+            record = record_from_dataset(ds, str(ts), self._record_memo)
             rel = self.files.relpath(study_uid, series_uid, sop_uid)
         except InvalidInstance as exc:
             return IngestOutcome(exc.status, exc.reason)

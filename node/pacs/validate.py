@@ -6,11 +6,13 @@ the response's ErrorComment, at most 64 characters, and never quotes PHI values)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from ..store.dataset_memo import DatasetMemo
 from . import status
 
 
@@ -34,6 +36,16 @@ def _uid(ds: Dataset, keyword: str) -> str:
     if not UID(text).is_valid:
         raise InvalidInstance(status.DATASET_MISMATCH, f"{keyword} is not a valid UID")
     return text
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return int(tag)
+
+
+def _uid_memo(keyword: str) -> DatasetMemo[str]:
+    return DatasetMemo([_tag(keyword)], lambda ds: _uid(ds, keyword))
 
 
 def _positive_int(ds: Dataset, keyword: str) -> int:
@@ -104,13 +116,30 @@ def expected_pixel_bytes(ds: Dataset) -> int:
     return (total_bits + 7) // 8
 
 
+_GEOMETRY = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel",
+             "PhotometricInterpretation", "NumberOfFrames")
+
+
+@dataclass
+class ValidationMemo:
+    """The checks whose inputs every instance of a series repeats (its SOP class, study
+    and series UIDs, its pixel geometry), remembered by those elements' raw bytes
+    (dataset_memo.py). One per ingestor."""
+
+    uids: dict[str, DatasetMemo[str]] = field(default_factory=lambda: {
+        k: _uid_memo(k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")})
+    pixel_bytes: DatasetMemo[int] = field(default_factory=lambda: DatasetMemo(
+        [_tag(k) for k in _GEOMETRY], expected_pixel_bytes))
+
+
 def _check_length(length: int, expected: int, what: str) -> None:
     if length < expected or length > expected + 1:
         raise InvalidInstance(status.PIXEL_DATA_INVALID,
                               f"{what} {length} bytes, expected {expected}"[:64])
 
 
-def check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
+def check_pixel_data(ds: Dataset, transfer_syntax: UID,
+                     memo: ValidationMemo | None = None) -> None:
     for keyword, bits in FLOAT_PIXELS.items():
         if keyword in ds:
             value = ds[keyword].value
@@ -128,19 +157,26 @@ def check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
             raise InvalidInstance(status.PIXEL_DATA_INVALID,
                                   "compressed Pixel Data is not encapsulated")
         return
-    _check_length(length, expected_pixel_bytes(ds), "Pixel Data")
+    expected = memo.pixel_bytes(ds) if memo is not None else expected_pixel_bytes(ds)
+    _check_length(length, expected, "Pixel Data")
 
 
 def validate_instance(ds: Dataset, *, context_sop_class: str, affected_sop_instance: str,
-                      transfer_syntax: UID) -> tuple[str, str, str, str]:
-    """Return (sop_class, sop_instance, study_uid, series_uid) or raise InvalidInstance."""
+                      transfer_syntax: UID, memo: ValidationMemo | None = None
+                      ) -> tuple[str, str, str, str]:
+    """Return (sop_class, sop_instance, study_uid, series_uid) or raise InvalidInstance.
+    ``memo``: remembered results for the elements a series repeats (same outcome)."""
+
+    def uid(keyword: str) -> str:
+        return memo.uids[keyword](ds) if memo is not None else _uid(ds, keyword)
+
     if any(tag >> 16 in (0x0000, 0x0002) for tag in ds.keys()):
         raise InvalidInstance(status.DATASET_MISMATCH,
                               "dataset holds command or file meta elements")
-    sop_class = _uid(ds, "SOPClassUID")
+    sop_class = uid("SOPClassUID")
     sop_instance = _uid(ds, "SOPInstanceUID")
-    study = _uid(ds, "StudyInstanceUID")
-    series = _uid(ds, "SeriesInstanceUID")
+    study = uid("StudyInstanceUID")
+    series = uid("SeriesInstanceUID")
     if sop_class != context_sop_class:
         raise InvalidInstance(status.DATASET_MISMATCH,
                               "SOP Class UID differs from the negotiated context")
@@ -148,7 +184,7 @@ def validate_instance(ds: Dataset, *, context_sop_class: str, affected_sop_insta
         raise InvalidInstance(status.DATASET_MISMATCH,
                               "SOP Instance UID differs from the C-STORE request")
     try:
-        check_pixel_data(ds, transfer_syntax)
+        check_pixel_data(ds, transfer_syntax, memo)
     except InvalidInstance:
         raise
     except Exception as exc:  # a malformed element deep in the dataset
