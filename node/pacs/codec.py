@@ -28,12 +28,15 @@ def _flags(ts: str) -> tuple[bool, bool]:
     return False, uid != ExplicitVRBigEndian
 
 
-def decode(data: bytes, ts: str) -> Dataset:
-    """A data set (no file meta) from its encoded bytes. Raises on garbage."""
+def decode(data: bytes | bytearray | memoryview, ts: str, offset: int = 0) -> Dataset:
+    """A data set (no file meta) from its encoded bytes, from ``offset`` on. Raises on
+    garbage. ``bytes`` are read in place; other buffers are copied once first."""
     if ts == DeflatedExplicitVRLittleEndian:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)
+        data, offset = zlib.decompress(memoryview(data)[offset:], -zlib.MAX_WBITS), 0
     implicit, little = _flags(ts)
-    return read_dataset(BytesIO(data), implicit, little)
+    fp = BytesIO(data)
+    fp.seek(offset)
+    return read_dataset(fp, implicit, little)
 
 
 def encode(ds: Dataset, ts: str) -> bytes:

@@ -4,10 +4,12 @@ journals, places and commits it.
 
 pynetdicom collects the whole data set in memory, decodes it, and its default logging
 copies it once more with ``getvalue()`` (103.6 -> 114 inst/s without that copy, issue
-15). Here the fragments (16 KiB each from storescu by default) are joined in one
-buffer that is parsed, written to the file with one call and journalled as it is: the
-file used to be written fragment by fragment and read back whole to parse it, so the
-memory held is the same and a write per fragment and the read-back are gone.
+15). Here the fragments (128 KiB PDUs from storescu, as the node announces no limit)
+are kept as they arrive and joined once into the bytes that are parsed in place,
+written to the file with one call and journalled as they are: the file used to be
+written fragment by fragment and read back whole to parse it, and each fragment used
+to be copied four more times on its way (receive 0.31 -> 0.20-0.25 ms of CPU per
+525 KB instance, measured on a socket pair).
 """
 
 from __future__ import annotations
@@ -27,19 +29,25 @@ log = logging.getLogger("medfed.dicom")
 
 
 class StoreSink:
-    """The data set of one C-STORE-RQ on its way in: the Part-10 bytes so far."""
+    """The data set of one C-STORE-RQ on its way in: the Part-10 header and the
+    fragments so far, joined once at the end (``take``)."""
 
     def __init__(self, header: bytes | None) -> None:
         self.header_size = len(header or b"")
-        self.data = bytearray(header or b"")
+        self.parts: list[bytes | bytearray] = [header] if header else []
         self.unusable = header is None  # command set values pydicom cannot write
 
     def write(self, chunk: bytes | bytearray) -> None:
         if not self.unusable:
-            self.data += chunk
+            self.parts.append(chunk)
+
+    def take(self) -> bytes:
+        """The whole Part-10 file (bytes: decoded in place, not copied again)."""
+        raw, self.parts = b"".join(self.parts), []
+        return raw
 
     def abandon(self) -> None:
-        self.data = bytearray()
+        self.parts = []
 
 
 @dataclass
@@ -84,9 +92,9 @@ class StoreHandler:
         if sink.unusable:
             return IngestOutcome(status.CANNOT_PARSE, "command set values unusable")
         ts = str(context.transfer_syntax[0])
-        raw, sink.data = sink.data, bytearray()
+        raw = sink.take()
         try:
-            ds = codec.decode(memoryview(raw)[sink.header_size:], ts)
+            ds = codec.decode(raw, ts, sink.header_size)
         except Exception as exc:
             log.info("C-STORE: undecodable dataset (%s)", type(exc).__name__)
             return IngestOutcome(status.CANNOT_PARSE, "dataset cannot be parsed")
