@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -63,6 +64,7 @@ class Ingestor:
         self._checkpointer: Checkpointer | None = None
         self._stripes = [threading.Lock() for _ in range(64)]
         self._validation_memo = ValidationMemo()
+        self.last_received = 0.0   # time.monotonic() of the latest instance offered
         self._record_memo = RecordMemo()
 
     # -- the ingest journal -------------------------------------------------------
@@ -149,6 +151,7 @@ class Ingestor:
                 place: Callable[[str, bool], tuple[int, str]], drop: Callable[[], None], *,
                 context_sop_class: str, affected_sop_instance: str,
                 transfer_syntax: str, raw: bytes | bytearray | None = None) -> IngestOutcome:
+        self.last_received = time.monotonic()
         ts = UID(transfer_syntax)
         try:
             _cls, sop_uid, study_uid, series_uid = validate_instance(

@@ -8,6 +8,7 @@ is made to fail, and the answer is still the one made before.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ from node.store.ingest_local import ingest_dataset
 from node.synth.generate import iter_datasets
 from node.testing.nodes import loopback_config
 from node.web.dicomweb import metadata as metadata_module
-from node.web.dicomweb.metadata_store import FILE
+from node.web.dicomweb.metadata_store import FILE, pause_before_sweep
 from tests.dicomweb_support import LoopThread, Served, serve
 
 
@@ -95,3 +96,11 @@ def test_stow_and_c_store_make_metadata_ahead_and_it_survives_a_restart(
             assert pixels == [want[answer[0]["00080018"]["Value"][0]].PixelData]
     finally:
         loop.call(again.stop())
+
+
+def test_a_pass_waits_for_a_burst_of_instances_to_end_but_not_forever() -> None:
+    wait = functools.partial(pause_before_sweep, idle_s=1.0, max_defer_s=30.0)
+    assert wait(100.0, 0.0, 0.0) == 0.0          # nothing received lately: sweep now
+    assert wait(100.0, 99.75, 0.0) == 0.75       # one came 0.25 s ago: until 1 s of quiet
+    assert wait(100.0, 100.0, 29.5) == 0.5       # a steady stream: 30 s behind at most
+    assert wait(100.0, 100.0, 30.0) == 0.0
