@@ -44,6 +44,19 @@ class StoredFile:
     sha256: str
 
 
+@dataclass
+class _Pending:
+    """One instance's rows waiting to be committed with others (``_ingest_grouped``)."""
+
+    rec: InstanceRecord
+    stored: StoredFile | None
+    source: str
+    jobs: list[tuple[str, str, float]]
+    result: "IngestResult | None" = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 @dataclass(frozen=True)
 class IngestResult:
     instance_id: int
@@ -63,6 +76,8 @@ class MetadataWriter:
         # (synced) commit makes it durable too
         self._relax = relax
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []      # relaxed ingests waiting for the lock
         self._patient_key = patient_key
         self.pseudonym: Callable[[str, str], str] | None = None  # set once the key is known
         # within one transaction: the last patient/study/series written, so a batch of
@@ -75,22 +90,26 @@ class MetadataWriter:
 
     @contextmanager
     def transaction(self, *, relaxed: bool = False) -> Iterator[SqlConnection]:
+        with self._lock, self._locked_transaction(relaxed) as conn:
+            yield conn
+
+    @contextmanager
+    def _locked_transaction(self, relaxed: bool) -> Iterator[SqlConnection]:
         relax = self._relax if relaxed else None
-        with self._lock:
-            if relax is not None:
-                self._conn.execute(relax[0])
-            self._conn.execute(self._begin)
+        if relax is not None:
+            self._conn.execute(relax[0])
+        self._conn.execute(self._begin)
+        self._memo.clear()
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        finally:
             self._memo.clear()
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._memo.clear()
-                if relax is not None:
-                    self._conn.execute(relax[1])
+            if relax is not None:
+                self._conn.execute(relax[1])
 
     def run(self, work: Callable[[SqlConnection], T]) -> T:
         """Run ``work`` inside one write transaction."""
@@ -106,14 +125,62 @@ class MetadataWriter:
                jobs: Iterable[tuple[str, str, float]] = (), *,
                relaxed: bool = False) -> IngestResult:
         """One instance's rows, and the durable jobs it causes, in one transaction
-        (``relaxed``: not flushed, see ``relax``)."""
+        (``relaxed``: not flushed, see ``relax``). Relaxed ones that wait for the lock
+        at the same time share the transaction of whoever gets it (group commit)."""
+        if relaxed:
+            return self._ingest_grouped(_Pending(rec, stored, source, list(jobs)))
         now = time.time()
-        with self.transaction(relaxed=relaxed) as conn:
-            result = self.ingest_rows(conn, rec, stored, source, now)
-            if not result.duplicate:
-                for kind, ref, delay in jobs:
-                    enqueue(conn, kind, ref, now, delay)
+        with self.transaction() as conn:
+            return self._ingest_one(conn, rec, stored, source, list(jobs), now)
+
+    def _ingest_one(self, conn: SqlConnection, rec: InstanceRecord, stored: StoredFile | None,
+                    source: str, jobs: list[tuple[str, str, float]], now: float
+                    ) -> IngestResult:
+        result = self.ingest_rows(conn, rec, stored, source, now)
+        if not result.duplicate:
+            for kind, ref, delay in jobs:
+                enqueue(conn, kind, ref, now, delay)
         return result
+
+    def _ingest_grouped(self, item: "_Pending") -> IngestResult:
+        """C-STORE associations commit concurrently: one SQLite transaction costs about
+        12 statements for one instance; in a shared one each further instance of the
+        same series costs 5 (its patient, study and series rows are written once per
+        transaction, see ``_memoized``), and a savepoint keeps each one's failure its own."""
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._lock:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_group(batch)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _commit_group(self, batch: list["_Pending"]) -> None:
+        """Every item's rows in one relaxed transaction (lock held); sets each item's
+        result or error, also when the transaction as a whole fails."""
+        now = time.time()
+        try:
+            with self._locked_transaction(True) as conn:
+                for item in batch:
+                    conn.execute("SAVEPOINT one_instance")
+                    try:
+                        item.result = self._ingest_one(conn, item.rec, item.stored,
+                                                       item.source, item.jobs, now)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO one_instance")
+                        self._memo.clear()  # it may name rows that were just undone
+                        item.error = exc
+                    conn.execute("RELEASE one_instance")
+        except BaseException as exc:
+            for item in batch:
+                item.result, item.error = None, item.error or exc
+        finally:
+            for item in batch:
+                item.done = True
 
     def ingest_rows(self, conn: SqlConnection, rec: InstanceRecord,
                     stored: StoredFile | None, source: str, now: float) -> IngestResult:
