@@ -117,7 +117,17 @@ def series_from(ds: Dataset) -> SeriesRec:
         station=_text(ds, "StationName"))
 
 
-def instance_from(ds: Dataset, transfer_syntax: str) -> InstanceRec:
+Shape = tuple[str, int | None, int | None, int | None]
+
+
+def shape_from(ds: Dataset) -> Shape:
+    """SOP class, rows, columns, frames: the same in every instance of a series."""
+    return (_text(ds, "SOPClassUID"), _int(ds, "Rows"), _int(ds, "Columns"),
+            _int(ds, "NumberOfFrames"))
+
+
+def instance_from(ds: Dataset, transfer_syntax: str,
+                  shape: Callable[[Dataset], Shape] = shape_from) -> InstanceRec:
     z = None
     ipp = ds.get("ImagePositionPatient")
     try:
@@ -125,11 +135,11 @@ def instance_from(ds: Dataset, transfer_syntax: str) -> InstanceRec:
             z = float(ipp[2])
     except (TypeError, ValueError):
         z = None
+    sop_class, rows, columns, frames = shape(ds)
     return InstanceRec(
-        sop_uid=_text(ds, "SOPInstanceUID"), sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"), sop_class_uid=sop_class,
         transfer_syntax=transfer_syntax, number=_int(ds, "InstanceNumber"),
-        rows=_int(ds, "Rows"), columns=_int(ds, "Columns"),
-        frames=_int(ds, "NumberOfFrames"), position_z=z)
+        rows=rows, columns=columns, frames=frames, position_z=z)
 
 
 def _memo(compute: Callable[[Dataset], T], keywords: str) -> DatasetMemo[T]:
@@ -138,8 +148,8 @@ def _memo(compute: Callable[[Dataset], T], keywords: str) -> DatasetMemo[T]:
 
 @dataclass
 class RecordMemo:
-    """The patient, study and series records, remembered by the raw bytes of the
-    elements each is made of: every instance of a series repeats them (about 0.4 ms
+    """The patient, study and series records and the instance's shape, remembered by
+    the raw bytes of the elements each is made of: every instance of a series repeats them (about 0.4 ms
     of pydicom conversions per instance otherwise, dataset_memo.py). One per ingestor."""
 
     patient: DatasetMemo[PatientRec] = field(default_factory=lambda: _memo(
@@ -150,6 +160,8 @@ class RecordMemo:
     series: DatasetMemo[SeriesRec] = field(default_factory=lambda: _memo(
         series_from, "SeriesInstanceUID Modality BodyPartExamined SeriesNumber SeriesDate "
                      "SeriesTime SeriesDescription OperatorsName StationName"))
+    shape: DatasetMemo[Shape] = field(default_factory=lambda: _memo(
+        shape_from, "SOPClassUID Rows Columns NumberOfFrames"))
 
 
 def record_from_dataset(ds: Dataset, transfer_syntax: str,
@@ -158,4 +170,4 @@ def record_from_dataset(ds: Dataset, transfer_syntax: str,
         return InstanceRecord(patient_from(ds), study_from(ds), series_from(ds),
                               instance_from(ds, transfer_syntax))
     return InstanceRecord(memo.patient(ds), memo.study(ds), memo.series(ds),
-                          instance_from(ds, transfer_syntax))
+                          instance_from(ds, transfer_syntax, memo.shape))
