@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Awaitable
 
 from pydicom.dataset import Dataset
@@ -126,6 +127,7 @@ class DicomService:
         self.supported = supported_contexts()
         self.store = StoreHandler(ingestor.files, ingestor, audit)
         self._server: AssociationServer | None = None
+        self.last_request = 0.0   # time.monotonic() of the latest DIMSE request
         self.port: int | None = None
         self.tls_port: int | None = None
 
@@ -240,6 +242,7 @@ class DicomService:
         return BytesSink()
 
     def _dispatch(self, assoc: Association, msg: Message) -> None:
+        self.last_request = time.monotonic()
         cmd, ctx = msg.command, msg.context
         cx_id = int(ctx.context_id)
         sop = str(ctx.abstract_syntax)

@@ -141,22 +141,23 @@ FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id 
 WHERE i.id > ? AND i.path IS NOT NULL AND i.path NOT LIKE 'cache/%' ORDER BY i.id LIMIT ?"""
 
 
-def pause_before_sweep(now: float, last_received: float, waited: float, *,
+def pause_before_sweep(now: float, last_request: float, waited: float, *,
                        idle_s: float, max_defer_s: float) -> float:
     """Seconds to wait before a pass (0: sweep now). A pass converts about 0.55 ms of
-    headers per instance holding the GIL that the C-STORE associations need (a third of
-    their own Python time per instance, issue 15): while instances are arriving it waits
-    until none came for ``idle_s``, but never more than ``max_defer_s`` in all, so the
-    documents stay at most that far behind a steady stream."""
+    headers per instance holding the GIL that the DICOM associations need (a third of
+    a C-STORE's own Python time per instance, issue 15): while DICOM requests or
+    STOW-RS instances are arriving it waits until none came for ``idle_s``, but never
+    more than ``max_defer_s`` in all, so the documents stay at most that far behind a
+    steady stream."""
     if waited >= max_defer_s:
         return 0.0
-    return max(0.0, min(idle_s - (now - last_received), max_defer_s - waited))
+    return max(0.0, min(idle_s - (now - last_request), max_defer_s - waited))
 
 
 class MetadataSweeper:
     """Converts instances the store gained by any path other than STOW-RS (C-STORE,
-    retrieves), in id order from where the last pass stopped, once a burst of
-    C-STOREs is over (``pause_before_sweep``). Files of a fronted PACS held in the
+    retrieves), in id order from where the last pass stopped, once a burst of DICOM
+    traffic is over (``pause_before_sweep``). Files of a fronted PACS held in the
     scratch cache come and go: they are converted when asked for."""
 
     def __init__(self, node: Any, file: MetadataFile, build: Any, *, batch: int = 200,
@@ -166,12 +167,14 @@ class MetadataSweeper:
         self.idle_s, self.max_defer_s = idle_s, max_defer_s
         self._task: asyncio.Task[None] | None = None
 
-    async def _after_ingest_burst(self) -> None:
-        ingestor = getattr(self.node, "ingestor", None)
-        if ingestor is None:
-            return
+    def _last_request(self) -> float:
+        """When the node last received an instance or a DICOM request (monotonic)."""
+        ingestor, dicom = getattr(self.node, "ingestor", None), getattr(self.node, "dicom", None)
+        return max(getattr(ingestor, "last_received", 0.0), getattr(dicom, "last_request", 0.0))
+
+    async def _after_dicom_burst(self) -> None:
         waited = 0.0
-        while (pause := pause_before_sweep(time.monotonic(), ingestor.last_received, waited,
+        while (pause := pause_before_sweep(time.monotonic(), self._last_request(), waited,
                                            idle_s=self.idle_s,
                                            max_defer_s=self.max_defer_s)) > 0:
             await asyncio.sleep(pause)
@@ -197,7 +200,7 @@ class MetadataSweeper:
     async def _loop(self) -> None:
         while True:
             try:
-                await self._after_ingest_burst()
+                await self._after_dicom_burst()
                 while await self.run_once() >= self.batch:
                     await asyncio.sleep(0)
             except asyncio.CancelledError:
