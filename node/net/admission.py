@@ -16,7 +16,7 @@ from node.identity import NodeIdentity, node_id_for, verify_signature
 from node.net.encoding import (EncodingError, b64, canonical, field, load_json_object,
                                signed_bytes, unb64, unhex)
 from node.net.pki import PKIError, csr_from_pem
-from node.net.roster import Member, RosterError
+from node.net.roster import Member, RosterError, SignedRoster
 
 REQUEST_KIND = "medfed-admission-request-v1"
 BUNDLE_KIND = "medfed-member-bundle-v1"
@@ -105,13 +105,17 @@ class MemberBundle:
     node_id: str
     node_cert_pem: str
     ca_cert_pem: str
-    roster: dict[str, Any]       # signed roster document
+    # the signed roster: a document (as read from a bundle file), or the operator's
+    # object itself when the bundle does not leave the process (one shared roster for
+    # every bundle of ``admit_many``, not a copy of O(members) each)
+    roster: dict[str, Any] | SignedRoster
     sealed_secrets: bytes
 
     def to_json(self) -> bytes:
+        roster = self.roster.to_dict() if isinstance(self.roster, SignedRoster) else self.roster
         return canonical({"kind": BUNDLE_KIND, "federation": self.federation,
                           "node_id": self.node_id, "node_cert_pem": self.node_cert_pem,
-                          "ca_cert_pem": self.ca_cert_pem, "roster": self.roster,
+                          "ca_cert_pem": self.ca_cert_pem, "roster": roster,
                           "sealed_secrets": b64(self.sealed_secrets)})
 
     @classmethod

@@ -141,7 +141,7 @@ def admit_many(directory: Path, requests: Sequence[tuple[bytes, str | None]], *,
         published = _publish(directory, ca, roster)
     ca_pem = cert_to_pem(ca.cert).decode("ascii")
     return [MemberBundle(roster.federation, m.node_id, cert_to_pem(cert).decode("ascii"), ca_pem,
-                         published.to_dict(), seal_secrets(secrets, m.box_key))
+                         published, seal_secrets(secrets, m.box_key))
             for m, cert in zip(members, certs)]
 
 

@@ -7,6 +7,7 @@ tampered bundle leaves the node exactly as it was.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -82,10 +83,18 @@ def _public_der(holder: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def install_bundle(bundle_json: bytes, identity: NodeIdentity, paths: MembershipPaths, *,
-                   expected_ca_fingerprint: str | None = None) -> Membership:
-    """Verify a member bundle completely, then write it; raises AdmissionError if unfit."""
-    bundle = MemberBundle.from_json(bundle_json)
+def install_bundle(bundle_json: bytes | MemberBundle, identity: NodeIdentity,
+                   paths: MembershipPaths, *, expected_ca_fingerprint: str | None = None,
+                   roster_file: Path | None = None) -> Membership:
+    """Verify a member bundle completely, then write it; raises AdmissionError if unfit.
+
+    ``roster_file``: a file on this machine that holds exactly the bundle's signed roster
+    (the testbed: the operator's published one). The node's roster is then a hard link
+    to it, not a new copy: N members on one machine write the O(N) roster once, not N
+    times. Adopting a newer roster later replaces the link (``write_atomic``), so the
+    file each node reads stays its own."""
+    bundle = bundle_json if isinstance(bundle_json, MemberBundle) \
+        else MemberBundle.from_json(bundle_json)
     try:
         ca_cert = cert_from_pem(bundle.ca_cert_pem.encode("ascii"))
         node_cert = cert_from_pem(bundle.node_cert_pem.encode("ascii"))
@@ -110,11 +119,12 @@ def install_bundle(bundle_json: bytes, identity: NodeIdentity, paths: Membership
     write_atomic(paths.ca_cert, bundle.ca_cert_pem.encode("ascii"))
     write_atomic(paths.node_cert, bundle.node_cert_pem.encode("ascii"))
     write_atomic(paths.sealed_secrets, bundle.sealed_secrets, private=True)
-    book = _install_roster(paths.roster, ca_cert, signed)
+    book = _install_roster(paths.roster, ca_cert, signed, roster_file)
     return Membership(ca_cert, node_cert, book, secrets, paths)
 
 
-def _install_roster(path: Path, ca_cert: x509.Certificate, signed: SignedRoster) -> RosterBook:
+def _install_roster(path: Path, ca_cert: x509.Certificate, signed: SignedRoster,
+                    shared: Path | None = None) -> RosterBook:
     """Keep an already-installed newer roster (re-joining must not roll back revocations)."""
     if path.exists():
         try:
@@ -123,8 +133,19 @@ def _install_roster(path: Path, ca_cert: x509.Certificate, signed: SignedRoster)
             return book
         except RosterError:
             pass  # a roster from another CA or a damaged file: replace it
-    write_atomic(path, signed.to_json())
+    if shared is None or not _link(shared, path):
+        write_atomic(path, signed.to_json())
     return RosterBook(ca_cert, signed, path=path)
+
+
+def _link(shared: Path, path: Path) -> bool:
+    """Hard-link ``path`` to ``shared``; False (write a copy instead) if impossible."""
+    path.unlink(missing_ok=True)
+    try:
+        os.link(shared, path)
+    except OSError:
+        return False
+    return True
 
 
 def load_membership(identity: NodeIdentity, paths: MembershipPaths) -> Membership:

@@ -151,6 +151,15 @@ class Roster:
         return replace(self, version=self.version + 1, issued_at=issued_at,
                        revoked=tuple(sorted(set(self.revoked) | {node_id})))
 
+    @cached_property
+    def signed_body(self) -> bytes:
+        """What the CA's signature covers (encoded once per roster: O(members))."""
+        return signed_bytes(ROSTER_DOMAIN, self.to_dict())
+
+    @cached_property
+    def signed_digest(self) -> bytes:
+        return hashlib.sha256(self.signed_body).digest()
+
     def to_dict(self) -> dict[str, Any]:
         return {"federation": self.federation, "federation_id": self.federation_id,
                 "version": self.version, "issued_at": self.issued_at,
@@ -184,6 +193,12 @@ class SignedRoster:
         return {"roster": self.roster.to_dict(), "signature": b64(self.signature)}
 
     def to_json(self) -> bytes:
+        return self._json
+
+    # A roster is immutable and O(members) to encode: every holder of this object (a
+    # simulator runs a thousand members in one process) shares one encoding.
+    @cached_property
+    def _json(self) -> bytes:
         return canonical(self.to_dict())
 
 
@@ -192,8 +207,7 @@ def first_roster(federation: str, ca_cert: x509.Certificate, issued_at: int) -> 
 
 
 def sign_roster(roster: Roster, ca_key: ec.EllipticCurvePrivateKey) -> SignedRoster:
-    return SignedRoster(roster, sign_with_ca(ca_key, signed_bytes(ROSTER_DOMAIN,
-                                                                  roster.to_dict())))
+    return SignedRoster(roster, sign_with_ca(ca_key, roster.signed_body))
 
 
 # Rosters already verified in this process, by (CA, signature, digest of the signed bytes):
@@ -210,8 +224,13 @@ def _remember(key: tuple[str, bytes, bytes], roster: "Roster") -> None:
     _VERIFIED[key] = roster
 
 
-def verify_roster(data: bytes | Mapping[str, Any], ca_cert: x509.Certificate) -> SignedRoster:
-    """Parse and check a roster document; raises RosterError unless the CA signed it."""
+def verify_roster(data: "bytes | Mapping[str, Any] | SignedRoster",
+                  ca_cert: x509.Certificate) -> SignedRoster:
+    """Parse and check a roster document; raises RosterError unless the CA signed it.
+    A ``SignedRoster`` object (built in this process) is checked without re-encoding
+    it once it has been checked: O(1), not O(members)."""
+    if isinstance(data, SignedRoster):
+        return _verify_object(data, ca_cert)
     try:
         if isinstance(data, (bytes, str)):
             if len(data) > MAX_ROSTER_BYTES:
@@ -228,9 +247,27 @@ def verify_roster(data: bytes | Mapping[str, Any], ca_cert: x509.Certificate) ->
             if not verify_with_ca(ca_cert, signature, covered):
                 raise RosterError("roster is not signed by this federation's CA; refused")
             roster = Roster.from_dict(body)
+            # the bytes the CA signed, exactly (a document may carry fields this
+            # version does not model): what re-checking this object verifies
+            roster.__dict__["signed_body"] = covered
             _remember(key, roster)
     except EncodingError as exc:
         raise RosterError(f"malformed roster: {exc}") from exc
     if roster.federation_id != fingerprint(ca_cert):
         raise RosterError("roster belongs to a different federation (CA fingerprint differs)")
     return SignedRoster(roster, signature)
+
+
+def _verify_object(signed: SignedRoster, ca_cert: x509.Certificate) -> SignedRoster:
+    roster = signed.roster
+    key = (fingerprint(ca_cert), signed.signature, roster.signed_digest)
+    known = _VERIFIED.get(key)
+    if known is None:
+        if not verify_with_ca(ca_cert, signed.signature, roster.signed_body):
+            raise RosterError("roster is not signed by this federation's CA; refused")
+        _remember(key, roster)
+    elif known is not roster:
+        signed = SignedRoster(known, signed.signature)   # share the one already held
+    if signed.roster.federation_id != fingerprint(ca_cert):
+        raise RosterError("roster belongs to a different federation (CA fingerprint differs)")
+    return signed

@@ -21,7 +21,7 @@ class RosterBook:
     def __init__(self, ca_cert: x509.Certificate, signed: SignedRoster, *,
                  path: Path | None = None) -> None:
         self.ca_cert = ca_cert
-        self._signed = verify_roster(signed.to_dict(), ca_cert)
+        self._signed = verify_roster(signed, ca_cert)
         self._path = path
         self._listeners: list[Callable[[Roster], None]] = []
 
@@ -59,13 +59,12 @@ class RosterBook:
     def offer(self, data: bytes | Mapping[str, Any] | SignedRoster) -> bool:
         """Adopt ``data`` if it is CA-signed and strictly newer; raises RosterError if forged.
         A document that claims a version not newer than ours is ignored unchecked."""
+        doc: bytes | Mapping[str, Any] | SignedRoster
         if isinstance(data, SignedRoster):
-            if data.roster.version <= self.current.version:
-                return False
-            doc: bytes | Mapping[str, Any] = data.to_dict()
+            doc, claimed = data, data.roster.version
         else:
             doc = _parsed(data)
-        claimed = _version_of(doc)
+            claimed = _version_of(doc)
         if claimed is not None and claimed <= self.current.version:
             return False   # not newer: nothing to check (a roster is O(members) to verify)
         candidate = verify_roster(doc, self.ca_cert)

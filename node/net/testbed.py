@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.identity import NodeIdentity
-from node.net.federation import admit, admit_many, create_federation
+from node.net.federation import ROSTER, admit, admit_many, create_federation
 from node.net.fedsecrets import FederationSecrets
 from node.net.membership import Membership, MembershipPaths, create_request, install_bundle
 from node.net.roster import Member
@@ -70,7 +70,12 @@ def build_federation(directory: Path, names: Sequence[str], *,
         staged.append((name, identity, paths, sock))
         requests.append((request.to_json(), None))
     bundles = admit_many(operator, requests)
-    return operator, [LocalMember(name, identity, install_bundle(bundle.to_json(), identity, paths),
+    # every bundle shares the operator's roster object, and every member's roster file
+    # is a link to the operator's published one (the same signed bytes): a federation
+    # of N is not N encodings and N copies of an O(N) roster
+    published = operator / ROSTER
+    return operator, [LocalMember(name, identity,
+                                  install_bundle(bundle, identity, paths, roster_file=published),
                                   sock)
                       for (name, identity, paths, sock), bundle in zip(staged, bundles)]
 
