@@ -9,12 +9,11 @@ publishers never needs a datagram above the size bound.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
 from node.dht.codec import DecodeError, Reader, u8, u16
-from node.dht.ids import ID_BYTES, VERIFY_KEY_BYTES, Contact
+from node.dht.ids import ID_BYTES, VERIFY_KEY_BYTES, Contact, ip_text, packed_ip
 from node.dht.records import Record, encode_record, read_record
 from node.dht.wire import MAX_BODY
 
@@ -95,7 +94,7 @@ class FindValueRequest:
 
 
 def encode_contact(contact: Contact) -> bytes:
-    packed = ipaddress.ip_address(contact.ip).packed
+    packed = packed_ip(contact.ip)
     return contact.verify_key + u8(len(packed)) + packed + u16(contact.port)
 
 
@@ -104,7 +103,7 @@ def read_contact(reader: Reader) -> Contact:
     size = reader.u8("address length")
     if size not in (4, 16):
         raise DecodeError("contact address must be IPv4 or IPv6")
-    host = str(ipaddress.ip_address(reader.take(size, "address")))
+    host = ip_text(reader.take(size, "address"))
     port = reader.u16("port")
     try:
         return Contact(key, host, port)
