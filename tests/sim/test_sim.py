@@ -15,13 +15,27 @@ from node.net.errors import PeerUnreachable
 from node.store.ingest_local import LocalIngestError, ingest_dataset
 from node.synth.generate import iter_datasets
 from sim.data import ground_truth, plan_layout, plant
-from sim.grid import GridError, SimGrid
+from sim.grid import JOIN_WAVE_FRACTION, GridError, SimGrid, join_waves
 from sim.link import LinkSpec, LinkSpecError, SimLink
 from sim.options import SimOptions, SimOptionsError
 from sim.report import Recall, build_report, differences, percentile, to_json
 
 
 # -- pure parts -----------------------------------------------------------------------
+def test_nodes_join_in_logarithmically_many_waves_through_earlier_nodes() -> None:
+    """One join after another made building N nodes last O(N) virtual time, with every
+    started node's periodic work running meanwhile (O(N²)); waves grow with the DHT."""
+    for first, end in ((1, 1000), (5, 37), (300, 301)):
+        waves = join_waves(first, end)
+        assert [w[0] for w in waves][0] == first and waves[-1][1] == end
+        assert all(a[1] == b[0] for a, b in zip(waves, waves[1:]))          # contiguous
+        assert all(stop - start <= max(1, start // JOIN_WAVE_FRACTION) for start, stop in waves)
+    sizes = {n: len(join_waves(1, n)) for n in (1000, 8000)}
+    assert sizes[1000] < 50
+    assert sizes[8000] - sizes[1000] <= 3 * 4    # 3 doublings: a few waves each, not 7,000
+    assert join_waves(3, 3) == []
+
+
 def test_link_spec_refuses_impossible_networks() -> None:
     for bad in (dict(latency_ms=-1), dict(latency_ms=5, jitter_ms=10), dict(loss=1.0),
                 dict(loss=-0.1)):
