@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import resource
 import tempfile
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,8 @@ def run_simulation(opts: SimOptions, directory: Path | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     coro = _scenario(opts, directory, progress or NoProgress())
-    summary, figures, ctx = asyncio.run(coro) if opts.realtime else run_virtual(coro)
+    with fewer_gc_passes():
+        summary, figures, ctx = asyncio.run(coro) if opts.realtime else run_virtual(coro)
     wall = time.monotonic() - started
     rss = peak_rss_mb()
     host = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1),
@@ -62,6 +66,23 @@ def run_simulation(opts: SimOptions, directory: Path | None = None,
             "load_average": [round(x, 2) for x in os.getloadavg()]}
     return SimResult(build_report(opts.params(), summary, figures, ctx.samples, ctx.series),
                      host, ctx.samples)
+
+
+# Cyclic-GC thresholds while a simulation runs (defaults 700, 10, 10). Hundreds of nodes
+# allocate millions of short-lived objects (datagrams, futures, timers) beside a large
+# long-lived heap; at the defaults a 1,000-node lookup run spent 99 s of 854 in the
+# collector (62 full passes of ~0.8 s), at these 300 nodes spent 1.2 s instead of 3.4.
+SIM_GC_THRESHOLDS = (20_000, 20, 20)
+
+
+@contextlib.contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    saved = gc.get_threshold()
+    gc.set_threshold(*SIM_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 def quiet_logs() -> None:
