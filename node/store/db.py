@@ -239,9 +239,15 @@ class MetadataStore:
         return StoredFile(*row) if row else None
 
     def instance_file_sync(self, sop_uid: str) -> StoredFile | None:
-        """For DICOM threads: read on the writer connection (sees every commit)."""
-        row = self.writer.read_one(self._FILE_SQL, (sop_uid,))
-        return StoredFile(*row) if row else None
+        """For DICOM threads: read on the thread's own SQLite reader (``read_sync``;
+        WAL: it sees every commit made before), so that the check does not queue for
+        the writer behind other associations' commits (2.8 ms a C-STORE with 4 senders,
+        issue 15); PostgreSQL reads on the writer connection."""
+        rows = self.read_sync(self._FILE_SQL, (sop_uid,))
+        if rows is None:
+            row = self.writer.read_one(self._FILE_SQL, (sop_uid,))
+            return StoredFile(*row) if row else None
+        return StoredFile(*rows[0]) if rows else None
 
     # -- writing ----------------------------------------------------------------
     async def write(self, work: Callable[[SqlConnection], T]) -> T:
