@@ -25,13 +25,13 @@ from node.bundle.stream import BundleDecoder
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]   # (bytes received, instances decoded)
-# Received chunks waiting to be decoded (at most 128 x 256 KiB = 32 MiB) and decoded
-# batches waiting to be written (a batch: what one chunk completed, ~0.7 MB of CT).
-# Deep enough to ride out a worker that the scheduler holds back for a while on a busy
-# machine: what the network delivers meanwhile is queued instead of stalling the TCP
-# stream (link time lost for good); the workers then catch up.
-DECODE_DEPTH = 128
-WRITE_DEPTH = 32
+# Received chunks waiting to be decoded (at most 32 x 256 KiB) and decoded batches waiting
+# to be written (a batch: what one chunk completed, ~0.7 MB of CT). Not deeper: the
+# decode stage's bound counts chunks, and while the writer is the slower stage the decode
+# thread turns every queued chunk into a held batch. With 128 / 32 the requester peaked at
+# 358 MB fetching a 1 GB series (bench.wan, 2026-12-02 15:06; 184 MB with 32 / 8).
+DECODE_DEPTH = 32
+WRITE_DEPTH = 8
 
 
 class _Stage:
