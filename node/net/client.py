@@ -100,11 +100,9 @@ class PeerClient:
                    allow_revoked: bool = False) -> dict[str, Any]:
         """One request/response; returns the peer's JSON object. ``allow_revoked``: the
         roster gossip may tell a revoked member that it is revoked."""
-        async with self._open(member, method, path, json, timeout,
-                              allow_revoked=allow_revoked) as (resp, sinks):
-            data = await self._read_capped(member, resp, max_response_bytes)
-            for sink in sinks:
-                sink(data)
+        data = await self.call_bytes(member, method, path, json, timeout=timeout,
+                                     max_response_bytes=max_response_bytes,
+                                     allow_revoked=allow_revoked)
         try:
             doc = _json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -112,6 +110,19 @@ class PeerClient:
         if not isinstance(doc, dict):
             raise PeerProtocolError(member.node_id, "answer is not a JSON object")
         return doc
+
+    async def call_bytes(self, member: Member, method: str, path: str,
+                         json: Mapping[str, Any] | None = None, *, timeout: float,
+                         max_response_bytes: int = MAX_RESPONSE_BYTES,
+                         allow_revoked: bool = False) -> bytes:
+        """One request/response; returns the whole response body as it arrived (for a
+        caller that checks it before parsing, e.g. a streamed query answer)."""
+        async with self._open(member, method, path, json, timeout,
+                              allow_revoked=allow_revoked) as (resp, sinks):
+            data = await self._read_capped(member, resp, max_response_bytes)
+            for sink in sinks:
+                sink(data)
+        return data
 
     async def stream(self, member: Member, method: str, path: str,
                      json: Mapping[str, Any] | None = None, *, timeout: float,

@@ -12,14 +12,15 @@ Pure: no I/O. Choices where the standard leaves room (documented for PACS teams)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from .qr_attributes import (ANY_LEVEL, ATTR_BY_TAG, FROM, ORDER_BY, UNIQUE_KEY, Attr,
-                            InfoModel, Kind, QueryLevel)
+from .qr_attributes import (ANY_LEVEL, ATTR_BY_KEYWORD, ATTR_BY_TAG, FROM, ORDER_BY,
+                            UNIQUE_KEY, Attr, InfoModel, Kind, QueryLevel)
 from .identifier import (QR_LEVEL, Identifier, charset_of, element_terms, element_vr,
                          key_tags, level_text)
 from ..store.dialect import SQLITE, Dialect
@@ -71,8 +72,10 @@ def level_of(identifier: Identifier, model: InfoModel) -> QueryLevel:
 
 
 def attr_clause(attr: Attr, level: QueryLevel, terms: list[str],
-                dialect: Dialect = SQLITE) -> Clause | None:
-    """Match condition for one known key (None = universal)."""
+                dialect: Dialect = SQLITE,
+                terms_of: Callable[[str], list[str]] = lambda keyword: []) -> Clause | None:
+    """Match condition for one known key (None = universal). ``terms_of(keyword)``: the
+    identifier's values of another key (a set match repeats the ones its table copies)."""
     sm = attr.set_match
     if sm is None:
         return key_clause(Key(attr.expr_at(level), attr.kind, attr.keyword, attr.tag), terms,
@@ -80,7 +83,15 @@ def attr_clause(attr: Attr, level: QueryLevel, terms: list[str],
     inner = key_clause(Key(sm.member, sm.kind, attr.keyword, attr.tag), terms, dialect)
     if inner is None:
         return None
-    return sm.condition.format(inner[0]), inner[1]
+    sql, params = inner[0], list(inner[1])
+    for keyword, column in sm.copies:
+        other = ATTR_BY_KEYWORD[keyword]
+        copied = key_clause(Key(column, other.kind, other.keyword, other.tag),
+                            terms_of(keyword), dialect)
+        if copied is not None:
+            sql = f"({sql}) AND {copied[0]}"
+            params.extend(copied[1])
+    return sm.condition.format(sql), params
 
 
 class _Builder:
@@ -194,7 +205,8 @@ def translate(identifier: Identifier, model: InfoModel, level: QueryLevel, limit
                                  IDENTIFIER_MISMATCH, tag)
             b.add_key(None, tag, vr)
             continue
-        b.add_clause(attr_clause(attr, level, terms, dialect))
+        b.add_clause(attr_clause(attr, level, terms, dialect, lambda keyword: element_terms(
+            identifier, ATTR_BY_KEYWORD[keyword].tag)))
         b.add_key(attr, tag, vr)
     for lv in model.levels():
         if lv.depth <= level.depth:

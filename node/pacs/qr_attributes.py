@@ -61,11 +61,16 @@ class Kind(IntEnum):
 @dataclass(frozen=True)
 class SetMatch:
     """A set-valued attribute (e.g. ModalitiesInStudy) matches when any member
-    matches: ``condition`` is SQL with one ``{}`` for the member's match condition."""
+    matches: ``condition`` is SQL with one ``{}`` for the member's match condition.
+    ``copies``: attributes of the parent that the member table holds a copy of
+    (keyword, column); a condition on one of them is repeated inside the probe, so the
+    probe reads an index range rather than every member with that value (whatever
+    join order the planner picks, e.g. on PostgreSQL tables not yet analyzed)."""
 
     condition: str
     member: str
     kind: Kind
+    copies: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,9 +135,11 @@ ATTRS: tuple[Attr, ...] = (
     Attr("ModalitiesInStudy", _ST, Kind.TEXT,
          _distinct_list("sm.modality", "study_modalities sm WHERE sm.study_id = st.id"),
          # one primary-key probe of study_modalities (study_id, modality) per candidate
-         # study; with a date range only the dated studies are probed
+         # study; with a date range only the dated studies are probed, and the probe
+         # itself is bounded by (modality, study_date) (the triggers keep the copy)
          set_match=SetMatch("EXISTS (SELECT 1 FROM study_modalities sm "
-                            "WHERE sm.study_id = st.id AND ({}))", "sm.modality", Kind.TEXT)),
+                            "WHERE sm.study_id = st.id AND ({}))", "sm.modality", Kind.TEXT,
+                            copies=(("StudyDate", "sm.study_date"),))),
     Attr("SOPClassesInStudy", _ST, Kind.UID, _distinct_list("x.sop_class_uid", _STUDY_INSTANCES),
          set_match=SetMatch(f"EXISTS (SELECT 1 FROM {_STUDY_INSTANCES} AND ({{}}))",
                             "x.sop_class_uid", Kind.UID)),

@@ -11,6 +11,7 @@ in years; never names, IDs, accession numbers or descriptions.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,9 +204,48 @@ def shape_row(q: FederatedQuery, row: tuple[Any, ...], identified: bool,
 
 
 # -- the edge ----------------------------------------------------------------------
-async def run_query(store: MetadataStore, q: FederatedQuery, level: Level, *,
-                    linkage_key: bytes, uid_key: bytes, threshold: int) -> LocalResult:
-    """Run ``q`` (already pseudonymised) and answer at ``level`` (never DENY here)."""
+class AnswerRows:
+    """An answer's rows, read from the store and shaped as they are iterated (at most
+    ``q.limit``; raw rows are never collected). ``truncated`` is known once iteration
+    ended; ``aclose`` releases the store's reader early."""
+
+    def __init__(self, store: MetadataStore, q: FederatedQuery, identified: bool,
+                 uid_key: bytes) -> None:
+        sql, params = rows_sql(q, identified, store.dialect)
+        self._rows = store.stream(sql, params)
+        self._q, self._identified, self._uid_key = q, identified, uid_key
+        self.truncated = False
+        self.read = 0
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for r in self._rows:
+                if self.read == self._q.limit:
+                    self.truncated = True
+                    break
+                self.read += 1
+                yield shape_row(self._q, tuple(r), self._identified, self._uid_key)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._rows.aclose()
+
+
+@dataclass
+class OpenAnswer:
+    """A query answered up to its rows: the level, the counts, and the rows to read
+    (None for a count-only answer)."""
+
+    level: Level
+    counts: dict[str, int | str]
+    rows: AnswerRows | None
+
+
+async def open_query(store: MetadataStore, q: FederatedQuery, level: Level, *,
+                     linkage_key: bytes, uid_key: bytes, threshold: int) -> OpenAnswer:
+    """Run ``q`` (already pseudonymised) at ``level`` (never DENY here): the counts now,
+    the rows as the caller reads them."""
     if level is Level.DENY:
         raise ValueError("a denied query must not be run")
     await store.ensure_pseudonyms(linkage_key)
@@ -213,18 +253,18 @@ async def run_query(store: MetadataStore, q: FederatedQuery, level: Level, *,
     found = await store.fetchone(sql, params)
     exact = {k: int(v) for k, v in zip(("patients", "studies", "series"), found or (0, 0, 0))}
     if level is Level.COUNT:
-        return LocalResult(level, {k: suppress_count(v, threshold) for k, v in exact.items()})
-    identified = level is Level.IDENTIFIED
-    sql, params = rows_sql(q, identified, store.dialect)
-    shaped: list[dict[str, Any]] = []
-    truncated = False
-    rows = store.stream(sql, params)
-    try:
-        async for r in rows:  # shaped as read: raw rows are never collected
-            if len(shaped) == q.limit:
-                truncated = True
-                break
-            shaped.append(shape_row(q, tuple(r), identified, uid_key))
-    finally:
-        await rows.aclose()
-    return LocalResult(level, dict(exact), shaped, truncated=truncated)
+        return OpenAnswer(level, {k: suppress_count(v, threshold) for k, v in exact.items()},
+                          None)
+    return OpenAnswer(level, dict(exact),
+                      AnswerRows(store, q, level is Level.IDENTIFIED, uid_key))
+
+
+async def run_query(store: MetadataStore, q: FederatedQuery, level: Level, *,
+                    linkage_key: bytes, uid_key: bytes, threshold: int) -> LocalResult:
+    """``open_query`` with every row read (the home site's own answer)."""
+    answer = await open_query(store, q, level, linkage_key=linkage_key, uid_key=uid_key,
+                              threshold=threshold)
+    if answer.rows is None:
+        return LocalResult(answer.level, answer.counts)
+    rows = [r async for r in answer.rows]
+    return LocalResult(answer.level, answer.counts, rows, truncated=answer.rows.truncated)

@@ -20,6 +20,7 @@ from node.users import User, UserRefused, user_assertion
 from node.net.client import PeerClient
 from node.net.roster import Member
 
+from .answer_wire import read_answer
 from .fanout import FanOutSettings, SiteAnswer, fan_out
 from .merge import MergedCount, MergedPatient, merge_counts, merge_patients
 from .model import FederatedQuery
@@ -139,7 +140,9 @@ class FederatedQueryService:
         async def ask(member: Member, left: float) -> dict[str, Any]:
             if member.node_id == me.node_id and local:
                 return await answer_query(site, member, body)
-            return await client.call(member, "POST", QUERY_PATH, body, timeout=left)
+            # streamed by the site; accepted only whole (its closing digest checks out)
+            return read_answer(await client.call_bytes(member, "POST", QUERY_PATH, body,
+                                                       timeout=left))
 
         answers = fan_out(plan.sites, ask, settings,
                           hedge=lambda m: m.node_id != me.node_id or not local)

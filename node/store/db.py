@@ -12,6 +12,7 @@ placeholders on both backends. Nothing here touches image files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -149,8 +150,9 @@ class MetadataStore:
                      batch: int = 256) -> AsyncIterator[Any]:
         """Rows as they are read, ``batch`` at a time, on one pooled reader: a large
         answer is never held whole in memory."""
-        async for row in self._backend.stream(sql, params, batch):
-            yield row
+        async with contextlib.aclosing(self._backend.stream(sql, params, batch)) as rows:
+            async for row in rows:   # closed at once when the caller stops early
+                yield row
 
     def read_sync(self, sql: str, params: Sequence[Any] = ()) -> list[Any] | None:
         """A read from a blocking thread (a DICOM association) on that thread's own

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from node.net.assertion import issue_assertion
 from node.net.errors import PeerRefused
 from node.net.server import PeerRequest
 from node.node import Node
 from node.query.model import FederatedQuery
-from node.query.serve import QUERY_PATH, answer_query
+from node.query.serve import QUERY_PATH, stream_answer
 from node.query.service import FederatedQueryService
 from node.synth.generate import PhiOverrides
 from node.testing.users import local_user
@@ -208,11 +209,11 @@ class _StuckQueries:
     def register_routes(self, node: Node) -> None:
         self.node = node
 
-        async def handle(call: PeerRequest) -> dict[str, Any]:
+        async def handle(call: PeerRequest) -> web.StreamResponse:
             self.calls += 1
             if self.calls <= self.stuck:
                 await asyncio.sleep(60)
-            return await answer_query(node, call.sender, call.json)
+            return await stream_answer(node, call, deadline_s=30)
 
         assert node.peer is not None
         node.peer.add_route("POST", QUERY_PATH, handle)
