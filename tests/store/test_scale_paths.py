@@ -173,6 +173,17 @@ async def test_federated_pseudonym_and_modality_month(world: tuple[MetadataStore
     pat = next(i for i, v in w.patients.items() if v[0] == pid)
     assert got.counts["studies"] == sum(1 for s in w.studies.values() if s[1] == pat)
     assert {r["patient"] for r in got.rows} == {psn} and len(got.rows) == got.counts["studies"]
+    # every level and the identified answer (PostgreSQL: the patient-first plan shape)
+    mine = [i for i, (_, s, _, _) in w.series.items() if w.studies[s][1] == pat]
+    for level, answer in (("series", Level.DEIDENTIFIED), ("patient", Level.DEIDENTIFIED),
+                          ("series", Level.IDENTIFIED)):
+        got = await run_query(store, fed(patient_pseudonym=psn, level=level), answer,
+                              linkage_key=LINK, uid_key=UIDK, threshold=0)
+        assert got.counts["series"] == len(mine) and {r["patient"] for r in got.rows} == {psn}
+        assert len(got.rows) == (len(mine) if level == "series" else 1)
+        if answer is Level.IDENTIFIED:
+            assert {r["series_uid_real"] for r in got.rows} == {w.series[i][0] for i in mine}
+            assert {r["patient_id"] for r in got.rows} == {pid}
     month = sorted(d for _, _, d in w.studies.values())[len(w.studies) // 3][:6]
     q = fed(modality="CT", study_date_from=f"{month[:4]}-{month[4:]}-01",
             study_date_to=f"{month[:4]}-{month[4:]}-28", level="series")
