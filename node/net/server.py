@@ -3,9 +3,9 @@
 Other parts (query, keyshare, replica, dht) register handlers with ``add_route`` before
 ``start``. A handler receives a ``PeerRequest`` only after the request passed every check
 in ``RequestGuard``; it returns a JSON object (sent as 200) or a prepared
-``web.StreamResponse`` (for bundle streaming), or raises ``RequestRefused`` to say no
-(e.g. a policy denial) — that refusal is audited here like all others. Handlers audit the
-accesses they serve; this layer audits refusals.
+``web.StreamResponse`` (bundles; query answers written as they are read), or raises
+``RequestRefused`` to say no (e.g. a policy denial) — that refusal is audited here like
+all others. Handlers audit the accesses they serve; this layer audits refusals.
 """
 
 from __future__ import annotations
