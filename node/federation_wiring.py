@@ -49,11 +49,12 @@ class FederationParts:
 def build_federation_parts(identity: NodeIdentity, membership: Membership, audit: object,
                            *, dht_config: DHTConfig | None = None,
                            peer_settings: PeerServerSettings | None = None,
-                           transport: Transport = SOCKETS) -> FederationParts:
+                           transport: Transport = SOCKETS,
+                           idle_timeout_s: float = 600.0) -> FederationParts:
     peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit,
                       settings=peer_settings or PeerServerSettings(), transport=transport)
     client = PeerClient(identity, membership.client_tls(), roster=membership.roster,
-                        transport=transport)
+                        transport=transport, idle_timeout_s=idle_timeout_s)
     dht = DHTServer(identity, RosterMembership(membership.roster), dht_config,
                     transport=transport)
     return FederationParts(membership, peer, client, dht)

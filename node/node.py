@@ -23,6 +23,7 @@ from .identity import NodeIdentity
 from .logsetup import guard_phi_loggers
 from .net.client import PeerClient
 from .net.gossip import GossipSettings, RosterGossip
+from .net.keeper import KeeperSettings, PeerKeeper
 from .net.membership import Membership
 from .net.roster import split_address
 from .net.roster_dht import RosterDHTSync
@@ -73,6 +74,7 @@ class Node:
         self.dht: DHTServer | None = None
         self.gossip: RosterGossip | None = None
         self.roster_dht: RosterDHTSync | None = None   # the DHT follows roster changes
+        self.keeper: PeerKeeper | None = None   # warm connections to the members asked
         self.upstream: "UpstreamService | None" = None
         self.services: list[NodeService] = list(services)
         self.ports = NodePorts()
@@ -170,11 +172,14 @@ class Node:
         assert self.audit is not None
         dht_config = self._dht_config or DHTConfig(
             routing_path=self.cfg.data_dir / "dht-routing.json")  # survives restarts (JSON)
+        fed = self.cfg.federation
         peer_settings = PeerServerSettings(  # the replay cache survives restarts
-            nonce_journal=self.cfg.data_dir / "peer-nonces.log")
+            nonce_journal=self.cfg.data_dir / "peer-nonces.log",
+            keepalive_timeout_s=fed.peer_idle_timeout_s + 60.0)   # clients close first
         parts = build_federation_parts(self.identity, self.membership, self.audit,
                                        dht_config=dht_config, peer_settings=peer_settings,
-                                       transport=self.transport)
+                                       transport=self.transport,
+                                       idle_timeout_s=fed.peer_idle_timeout_s)
         self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
         for svc in self.services:
             register_routes = getattr(svc, "register_routes", None)
@@ -203,6 +208,11 @@ class Node:
                                    GossipSettings.from_federation(self.cfg.federation),
                                    rng=random.Random(self.identity.node_id))  # repeatable (sim)
         await self.gossip.start()
+        self.keeper = PeerKeeper(self.client, self.membership.roster, self.node_id,
+                                 KeeperSettings(warm_peers=fed.warm_peers,
+                                                idle_timeout_s=fed.peer_idle_timeout_s),
+                                 rng=random.Random(self.identity.node_id))  # repeatable (sim)
+        self.keeper.start()
 
     async def bootstrap_dht(self) -> int:
         """Join the DHT through the roster's other members; returns contacts learned."""
@@ -219,6 +229,9 @@ class Node:
             except Exception:
                 log.exception("service %s did not stop cleanly", svc.name)
         self._started.clear()
+        if self.keeper is not None:
+            await self.keeper.stop()
+            self.keeper = None
         if self.gossip is not None:
             await self.gossip.stop()
             self.gossip = None

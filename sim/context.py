@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +54,10 @@ class SimContext:
         """Seconds on the loop's clock (virtual unless --realtime)."""
         return asyncio.get_running_loop().time()
 
+    def handshakes(self) -> int:
+        """Peer (stream) connections opened so far on the simulated network (0 in real time)."""
+        return sum(self.network.handshakes.values()) if self.network is not None else 0
+
     def sample(self, name: str, value: float) -> None:
         self.samples.setdefault(name, []).append(value)
 
@@ -66,7 +70,11 @@ class SimContext:
         """Start the scenario's nodes (``bootstrap="none"``: the caller joins the DHT)."""
         o = self.opts
         link = LinkSpec(o.latency_ms, o.jitter_ms, o.loss)
+
+        def configured(cfg: NodeConfig) -> NodeConfig:
+            cfg = configure(cfg)
+            return replace(cfg, federation=replace(cfg.federation, warm_peers=o.warm_peers))
         return await SimGrid.start(self.directory, nodes or o.nodes, seed=o.seed, link=link,
                                    services=services, dht_config=dht_config,
                                    bootstrap=bootstrap or o.bootstrap, network=self.network,
-                                   progress=self.progress, configure=configure)
+                                   progress=self.progress, configure=configured)

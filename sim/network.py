@@ -70,6 +70,7 @@ class SimNetwork:
         self.bytes_sent: Counter[str] = Counter()      # host -> bytes (datagrams + streams)
         self.stream_bytes: Counter[str] = Counter()
         self.datagrams_lost = 0
+        self.handshakes: Counter[str] = Counter()      # host -> stream connections it opened
         self.tap: Callable[[Address, Address, bytes], None] | None = None   # sees every datagram
 
     # -- hosts ---------------------------------------------------------------------------
@@ -182,6 +183,7 @@ class SimNetwork:
                                     {"peername": local, "peercert": peercert})
         client.other, server.other = server, client
         self._streams.update((client, server))
+        self.handshakes[src] += 1
         server_protocol.connection_made(server)
         protocol.connection_made(client)
         return client
@@ -370,8 +372,8 @@ class SimConnector(aiohttp.BaseConnector):
     """aiohttp client connections through the simulated network."""
 
     def __init__(self, network: SimNetwork, host: str, peercert: dict[str, Any],
-                 limit_per_host: int) -> None:
-        super().__init__(limit_per_host=limit_per_host)
+                 limit_per_host: int, idle_timeout_s: float = 15.0) -> None:
+        super().__init__(limit_per_host=limit_per_host, keepalive_timeout=idle_timeout_s)
         self._network, self._host, self._peercert = network, host, peercert
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> ResponseHandler:
@@ -414,5 +416,7 @@ class HostTransport:
         await site.start()
         return site, port
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int) -> aiohttp.BaseConnector:
-        return SimConnector(self.network, self.host, self.peercert, limit_per_host)
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
+                       idle_timeout_s: float) -> aiohttp.BaseConnector:
+        return SimConnector(self.network, self.host, self.peercert, limit_per_host,
+                            idle_timeout_s)

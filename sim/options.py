@@ -31,6 +31,7 @@ class SimOptions:
     between_high_ms: float = 120.0
     bandwidth_mbps: float = 0.0   # 0 = unlimited
     handshake_rtts: int = 2       # round trips before a new peer connection carries data
+    warm_peers: int = 32          # members each node keeps warm connections to (0: none)
     down: float = 0.0             # fraction of nodes down (killed) before the measured phase
     queries: int = 30             # lookups / queries / retrievals measured
     churn_per_hour: float = 0.0   # churn: fraction of nodes that leave per hour
@@ -49,6 +50,8 @@ class SimOptions:
             raise SimOptionsError(f"nodes must be from 2 to {MAX_NODES}")
         if not 0.0 <= self.down < 1.0:
             raise SimOptionsError("down must be a fraction within [0, 1)")
+        if self.warm_peers < 0:
+            raise SimOptionsError("warm_peers must be >= 0 (0: no warm connections)")
         if self.queries < 1 or self.seed < 0:
             raise SimOptionsError("queries must be >= 1 and seed >= 0")
         if self.churn_per_hour < 0 or self.session_mean_s <= 0 or self.duration_s <= 0:

@@ -107,6 +107,9 @@ def sim(nodes: int = typer.Option(20, "--nodes", help="Sites in the simulated fe
         handshake_rtts: int = typer.Option(2, "--handshake-rtts",
                                            help="Round trips to open a peer connection "
                                                 "(TCP + TLS 1.3 = 2; 0 = warm connections)."),
+        warm_peers: int = typer.Option(32, "--warm-peers",
+                                       help="Members each site keeps warm connections to "
+                                            "(federation.warm_peers; 0 = none)."),
         down: float = typer.Option(0.0, "--down", help="Fraction of sites taken down."),
         queries: int = typer.Option(30, "--queries", help="Queries / lookups / retrievals."),
         churn: float = typer.Option(0.1, "--churn-per-hour",
@@ -154,7 +157,7 @@ def sim(nodes: int = typer.Option(20, "--nodes", help="Sites in the simulated fe
         opts = SimOptions(scenario=scenario, nodes=nodes, seed=seed, latency_ms=latency_ms,
                           jitter_ms=jitter_ms, loss=loss, regions=regions,
                           between_low_ms=low, between_high_ms=high, bandwidth_mbps=bandwidth,
-                          handshake_rtts=handshake_rtts,
+                          handshake_rtts=handshake_rtts, warm_peers=warm_peers,
                           down=down, queries=queries, churn_per_hour=churn,
                           session_mean_s=session, duration_s=duration, repair=repair,
                           broadcast=broadcast, realtime=realtime)

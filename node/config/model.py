@@ -123,6 +123,8 @@ class FederationSettings:
     roster_push_fanout: int = 6      # members a newly adopted roster is pushed to at once
     roster_pull_interval_s: float = 10.0  # anti-entropy: offer/fetch rosters this often
     roster_pull_peers: int = 3       # members asked per anti-entropy round
+    warm_peers: int = 32             # members whose peer connections are kept open
+    peer_idle_timeout_s: float = 600.0  # a peer connection unused this long is closed
 
 
 def default_policy() -> dict[str, Any]:
@@ -380,6 +382,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         raise ConfigError(f"[federation] has unknown key(s): {', '.join(sorted(unknown))}")
     if not 1 <= federation.shares_k <= federation.shares_n <= 255:
         raise ConfigError("federation.shares_k must be between 1 and shares_n (at most 255)")
+    if federation.warm_peers < 0 or federation.peer_idle_timeout_s <= 0:
+        raise ConfigError("federation.warm_peers must be >= 0 (0: no warm connections) and "
+                          "federation.peer_idle_timeout_s > 0 seconds")
     http_cert, http_key = _http_tls(http, base_dir)
     http_host = _host(_get(http, "host", str, "127.0.0.1", "http"), "http.host")
     if http_cert is None and not is_loopback(http_host):

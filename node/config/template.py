@@ -91,6 +91,11 @@ shares_n = 5
 replicas = 2
 index_republish_s = 600
 repair_interval_s = 300
+# Peer connections (mutual TLS) to this many members are kept open and re-opened when
+# they drop (the most recently asked, then a fixed sample of the roster); any peer
+# connection unused for peer_idle_timeout_s seconds is closed.
+warm_peers = 32
+peer_idle_timeout_s = 600
 
 # Site policy: what this site answers to whom (first matching rule wins; default deny).
 # level: deny | count (small counts shown as "<N") | deidentified | identified (PHI;

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
 from yarl import URL
 
 from node.identity import NodeIdentity
@@ -31,6 +33,45 @@ STREAM_CHUNK = 1 << 18          # what ``stream`` hands on at most per chunk, an
 LinkHook = Callable[[Member], Awaitable[None]]
 # (called node id, method, path, request body) -> sink for the response body's chunks
 Observer = Callable[[str, str, str, bytes], Callable[[bytes], None]]
+
+
+class PeerConnection:
+    """The pooled connection an answer came over (for ``node.net.keeper``)."""
+
+    def __init__(self, protocol: ResponseHandler) -> None:
+        self._protocol = protocol
+
+    def when_closed(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once the connection has ended; False if it already has."""
+        closed = self._protocol.closed      # made on first use: only for kept connections
+        if closed is None:
+            return False
+
+        def done(future: "asyncio.Future[None]") -> None:
+            if not future.cancelled():
+                future.exception()          # a reset is an expected end, not an error
+            callback()
+        closed.add_done_callback(done)
+        return True
+
+    def close(self) -> None:
+        self._protocol.close()
+
+
+# (the member that answered, the connection it answered over): node.net.keeper
+AnswerListener = Callable[[Member, PeerConnection], None]
+
+
+class _PeerResponse(aiohttp.ClientResponse):
+    """Remembers the connection it arrived on: a short answer is read whole and its
+    connection handed back to the pool before the caller sees it (then
+    ``ClientResponse.connection`` is None)."""
+
+    protocol_used: ResponseHandler | None = None
+
+    async def start(self, connection: Connection) -> "aiohttp.ClientResponse":
+        self.protocol_used = connection.protocol
+        return await super().start(connection)
 
 
 def _tls_failure(exc: BaseException) -> str | None:
@@ -51,13 +92,15 @@ class PeerClient:
                  clock: Callable[[], float] | None = None, limit_per_host: int = 8,
                  roster: RosterBook | None = None, link: LinkHook | None = None,
                  observers: list[Observer] | None = None,
-                 transport: Transport = SOCKETS) -> None:
+                 transport: Transport = SOCKETS, idle_timeout_s: float = 600.0) -> None:
         """With ``roster``, calls to nodes that are not active members fail without sending.
 
         ``link`` (simulator only) is awaited before each request to model the network:
         it may sleep (latency) or raise PeerUnreachable (loss); its time counts against
         the call's deadline. ``observers`` (tests, simulator: ``node.testing.traffic``)
-        see every request body and every response chunk, in plain text above TLS."""
+        see every request body and every response chunk, in plain text above TLS.
+        Connections stay open for re-use until idle for ``idle_timeout_s``; ``answered``
+        listeners (``node.net.keeper``) hear which connection each answer came over."""
         if not tls.check_hostname:
             raise ValueError("peer client TLS context must check the server's node name")
         self.identity = identity
@@ -70,6 +113,8 @@ class PeerClient:
         self._roster = roster
         self.link = link
         self.observers = observers if observers is not None else []
+        self.answered: list[AnswerListener] = []
+        self._idle_timeout = idle_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "PeerClient":
@@ -85,12 +130,14 @@ class PeerClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = self._transport.peer_connector(self._tls, self._limit_per_host)
+            connector = self._transport.peer_connector(self._tls, self._limit_per_host,
+                                                       self._idle_timeout)
             # read_bufsize: aiohttp pauses the socket once twice this much is buffered; at
             # its 64 KiB default a 1 Gbit/s stream pauses and resumes every ~128 KiB and
             # ``stream`` never gets its full chunks
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  read_bufsize=STREAM_CHUNK)
+                                                  read_bufsize=STREAM_CHUNK,
+                                                  response_class=_PeerResponse)
         return self._session
 
     # -- public calls ------------------------------------------------------
@@ -174,6 +221,8 @@ class PeerClient:
                     server_hostname=node_dns_name(node), allow_redirects=False) as resp:
                 if resp.status >= 400:
                     raise await self._refusal(member, resp)
+                if self.answered:
+                    self._tell_answered(member, resp)
                 yield resp, sinks
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise PeerTimeout(node, f"no complete answer within {timeout:.1f}s") from exc
@@ -187,6 +236,14 @@ class PeerClient:
             raise PeerUnreachable(node, f"connection to {member.peer_address} dropped "
                                         f"({exc.__class__.__name__}); if this repeats, the peer "
                                         "may be refusing this node's certificate") from exc
+
+    def _tell_answered(self, member: Member, resp: aiohttp.ClientResponse) -> None:
+        protocol = resp.protocol_used if isinstance(resp, _PeerResponse) else None
+        if protocol is None:
+            return
+        connection = PeerConnection(protocol)
+        for listener in list(self.answered):
+            listener(member, connection)
 
     async def _through_link(self, member: Member, timeout: float) -> float:
         """Wait out the simulated link; returns what is left of the deadline."""

@@ -39,6 +39,7 @@ from node.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 ROSTER_PATH = "/v1/roster"
+PING_PATH = "/v1/ping"     # answers who we are: opens (and proves) a warm connection
 _PATH = re.compile(r"^/[A-Za-z0-9/_.{}\-]*$")
 
 
@@ -52,6 +53,9 @@ class PeerServerSettings:
     handshake_timeout_s: float = 10.0
     handshake_audit_window_s: float = 60.0   # refused handshakes: one summary per window
     shutdown_timeout_s: float = 5.0
+    # an idle connection is closed after this; longer than the clients' idle timeout
+    # (federation.peer_idle_timeout_s, 600 s) so that the client, which knows, closes first
+    keepalive_timeout_s: float = 660.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class PeerServer:
             lambda actor, outcome, **detail: record(self._audit, "peer.tls", actor, outcome,
                                                     "handshake", **detail),
             settings.handshake_audit_window_s)
+        self.add_route("GET", PING_PATH, self._ping)
         self.add_route("GET", ROSTER_PATH, self._get_roster)
         self.add_route("POST", ROSTER_PATH, self._post_roster, body_limit=MAX_ROSTER_BYTES,
                        parse_json=False)
@@ -137,7 +142,10 @@ class PeerServer:
         self._routes[(method.upper(), path)] = _Route(
             handler, body_limit or self.settings.body_limit, parse_json)
 
-    # -- built-in routes: roster gossip -------------------------------------
+    # -- built-in routes: ping, roster gossip -------------------------------
+    async def _ping(self, call: PeerRequest) -> Reply:
+        return {"node": self.identity.node_id_hex, "roster_version": self.roster.current.version}
+
     async def _get_roster(self, call: PeerRequest) -> Reply:
         return self.roster.signed.to_dict()
 
@@ -164,7 +172,8 @@ class PeerServer:
         if self._runner is not None:
             raise RuntimeError("peer server already started")
         runner = web.AppRunner(self._build_app(), access_log=None, handler_cancellation=True,
-                               shutdown_timeout=self.settings.shutdown_timeout_s)
+                               shutdown_timeout=self.settings.shutdown_timeout_s,
+                               keepalive_timeout=self.settings.keepalive_timeout_s)
         await runner.setup()
         try:
             _site, bound = await self._transport.serve_peer(

@@ -43,8 +43,10 @@ class Transport(Protocol):
         """Serve ``runner``'s app to members; returns the site (to stop) and bound port."""
         ...
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int) -> aiohttp.BaseConnector:
-        """The connector the peer client's session opens connections through."""
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
+                       idle_timeout_s: float) -> aiohttp.BaseConnector:
+        """The connector the peer client's session opens connections through; a pooled
+        connection closes after ``idle_timeout_s`` unused."""
         ...
 
 
@@ -68,8 +70,10 @@ class SocketTransport:
         await site.start()
         return site, site.port
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int) -> aiohttp.BaseConnector:
-        return aiohttp.TCPConnector(ssl=tls, limit_per_host=limit_per_host)
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
+                       idle_timeout_s: float) -> aiohttp.BaseConnector:
+        return aiohttp.TCPConnector(ssl=tls, limit_per_host=limit_per_host,
+                                    keepalive_timeout=idle_timeout_s)
 
 
 SOCKETS = SocketTransport()

@@ -108,6 +108,8 @@ async def run(ctx: SimContext) -> dict[str, Any]:
         tally = QueryTally.empty()
         asks = make_asks(world.truth, opts.queries, rng)
         ctx.progress.phase("queries", len(asks))
+        handshakes_before = ctx.handshakes()
+        started = ctx.now()
         for ask in asks:
             home = grid.nodes[rng.choice(sorted(live))]
             svc = home.service(FederatedQueryService.name)
@@ -115,6 +117,8 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             tally.add(ask, await svc.query(ask.query, broadcast=opts.broadcast, **CLINICIAN),
                       world, live)
             ctx.progress.advance()
+        handshakes = ctx.handshakes() - handshakes_before
+        queries_s = ctx.now() - started
     finally:
         await grid.stop()
     ctx.samples["query_ms"] = tally.latencies
@@ -129,4 +133,7 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             "site_statuses": dict(sorted(tally.statuses.items())),
             "down_site_statuses": dict(sorted(tally.down_statuses.items())),
             "live_site_problems": dict(tally.problems.most_common(5)),
+            # peer connections opened while the queries ran (virtual network only):
+            # warm connections make this ~0 (node.net.keeper); it counts re-dials too
+            "peer_handshakes_during_queries": handshakes, "queries_s": round(queries_s, 3),
             "instances": world.instances}

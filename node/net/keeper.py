@@ -1,0 +1,266 @@
+"""Warm connections to the members a node asks: TCP + TLS paid once, not per query.
+
+A new peer connection costs 2 round trips (TCP, then TLS 1.3) before the request; a
+federated query that first contacts its sites pays them on top of the DHT lookup and
+the request (bench/RESULTS.md, "Federated queries with nodes down"). ``PeerKeeper``
+keeps a bounded set of members' connections open and re-opens them when they drop:
+
+- which members (deterministic): those this node asked most recently (within the
+  idle timeout), then a sample of the roster's active members ranked by a hash of
+  (own id, member id) — stable across roster changes, and spread evenly: each member
+  is in about ``warm_peers`` others' samples, so a 1,000-member federation holds
+  ~32,000 connections, not 1,000 × 1,000. At most ``warm_peers`` members at a time;
+- when: at start, on every adopted roster (revoked members' connections are closed),
+  and when a member not yet kept is asked (its connection is then adopted, no dial);
+- how: a connection is opened by a signed ``GET /v1/ping`` (mTLS proven both ways) and
+  stays in the peer client's pool (keep-alive, idle timeout from the config); when it
+  closes — idle timeout, the peer restarted, the host went down — the keeper hears it
+  (the connection's close event, no polling) and dials again after a seeded,
+  exponential backoff, for as long as the member is kept. Every dial has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from node.net.client import PeerClient, PeerConnection
+from node.net.errors import PeerError
+from node.net.roster import Member, Roster
+from node.net.rosterbook import RosterBook
+from node.net.server import PING_PATH
+from node.tasks import cancel_and_wait
+
+log = logging.getLogger("medfed.keeper")
+
+
+@dataclass(frozen=True)
+class KeeperSettings:
+    warm_peers: int = 32             # members whose connections are kept open (0: none)
+    idle_timeout_s: float = 600.0    # a pooled connection nobody uses closes after this
+    dial_deadline_s: float = 5.0     # one dial: TCP + TLS + the ping's answer
+    backoff_first_s: float = 1.0     # first redial after a drop or a failed dial
+    backoff_max_s: float = 60.0      # redials of a member that stays away: this often
+
+    def __post_init__(self) -> None:
+        if self.warm_peers < 0 or self.idle_timeout_s <= 0 or self.dial_deadline_s <= 0:
+            raise ValueError("warm_peers must be >= 0, idle timeout and dial deadline > 0")
+        if not 0 < self.backoff_first_s <= self.backoff_max_s:
+            raise ValueError("backoff must satisfy 0 < backoff_first_s <= backoff_max_s")
+
+
+@dataclass
+class _Kept:
+    """One kept member: its live connection (if any) and its redial state."""
+
+    member: Member
+    connection: PeerConnection | None = None
+    opened_at: float = 0.0
+    failures: int = 0
+    dialing: "asyncio.Task[None] | None" = None
+    redial: asyncio.TimerHandle | None = None
+
+
+def sample_rank(own_id: str, roster: Roster) -> list[Member]:
+    """Active members other than ``own_id``, in this node's seeded order (rendezvous hash)."""
+    def score(member: Member) -> bytes:
+        return hashlib.sha256(f"medfed-warm:{own_id}:{member.node_id}".encode()).digest()
+    return sorted((m for m in roster.active() if m.node_id != own_id), key=score)
+
+
+class PeerKeeper:
+    """Keeps ``settings.warm_peers`` members' connections of ``client`` warm."""
+
+    def __init__(self, client: PeerClient, book: RosterBook, own_id: str,
+                 settings: KeeperSettings = KeeperSettings(), *,
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.book = book
+        self.own_id = own_id
+        self.settings = settings
+        self._rng = rng or random.Random(own_id)
+        self._kept: dict[str, _Kept] = {}
+        self._recent: OrderedDict[str, float] = OrderedDict()   # node id -> last asked
+        self._ranked: tuple[int, list[Member]] = (-1, [])       # (roster version, sample)
+        self._running = False
+        self._ending: set[asyncio.Task[Any]] = set()   # cancelled dials, awaited at stop
+        self.stats: Counter[str] = Counter()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Choose the members to keep and dial them (needs the running loop)."""
+        if self._running or self.settings.warm_peers == 0:
+            return
+        self._running = True
+        self.book.subscribe(self._on_roster)
+        self.client.answered.append(self._on_answer)
+        self._choose()
+
+    async def stop(self) -> None:
+        """Stop dialling and close every kept connection; returns when no task is left."""
+        if not self._running:
+            return
+        self._running = False
+        self.book.unsubscribe(self._on_roster)
+        if self._on_answer in self.client.answered:
+            self.client.answered.remove(self._on_answer)
+        kept, self._kept = list(self._kept.values()), {}
+        for k in kept:
+            await self._drop(k)
+        ending, self._ending = list(self._ending), set()
+        for task in ending:
+            await cancel_and_wait(task)
+
+    @property
+    def kept(self) -> list[str]:
+        """Node ids of the members kept warm now (recently asked first)."""
+        return list(self._kept)
+
+    def warm(self, node_id: str) -> bool:
+        k = self._kept.get(node_id)
+        return k is not None and k.connection is not None
+
+    # -- choosing ----------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _sample(self, roster: Roster) -> list[Member]:
+        if self._ranked[0] != roster.version:
+            self._ranked = (roster.version, sample_rank(self.own_id, roster))
+        return self._ranked[1]
+
+    def _choose(self) -> None:
+        """Recompute the kept set: drop who left it, dial who joined it."""
+        roster = self.book.current
+        horizon = self._now() - self.settings.idle_timeout_s
+        while self._recent and next(iter(self._recent.values())) < horizon:
+            self._recent.popitem(last=False)        # oldest first: asked too long ago
+        chosen: dict[str, Member] = {}
+        for node_id in reversed(self._recent):      # most recently asked first
+            member = roster.member(node_id)
+            if member is not None and len(chosen) < self.settings.warm_peers:
+                chosen[node_id] = member
+        for member in self._sample(roster):
+            if len(chosen) >= self.settings.warm_peers:
+                break
+            chosen.setdefault(member.node_id, member)
+        for node_id in [n for n in self._kept if n not in chosen]:
+            self._spawn_drop(self._kept.pop(node_id))
+        for node_id, member in chosen.items():
+            k = self._kept.get(node_id)
+            if k is None:
+                k = self._kept[node_id] = _Kept(member)
+                self._dial_soon(k, 0.0)
+            elif k.member.peer_address != member.peer_address:
+                k.member = member                   # moved: the old connection is useless
+                self._close(k)
+                self._dial_soon(k, 0.0)
+        self.stats["kept"] = len(self._kept)
+
+    def _on_roster(self, roster: Roster) -> None:
+        if self._running:
+            self._choose()
+
+    def _on_answer(self, member: Member, connection: PeerConnection) -> None:
+        """The client got an answer from ``member`` over ``connection``."""
+        if not self._running or member.node_id == self.own_id:
+            return
+        self._recent[member.node_id] = self._now()
+        self._recent.move_to_end(member.node_id)
+        while len(self._recent) > self.settings.warm_peers:
+            self._recent.popitem(last=False)
+        if member.node_id not in self._kept:
+            self._choose()
+        k = self._kept.get(member.node_id)
+        if k is not None and k.connection is None:
+            self._adopt(k, connection)
+
+    # -- dialling ----------------------------------------------------------------------
+    def _adopt(self, k: _Kept, connection: PeerConnection) -> None:
+        if k.redial is not None:
+            k.redial.cancel()
+            k.redial = None
+        k.connection, k.opened_at = connection, self._now()
+        if not connection.when_closed(lambda: self._lost(k, connection)):
+            self._lost(k, connection)
+
+    def _lost(self, k: _Kept, connection: PeerConnection) -> None:
+        """A kept connection closed: dial again later, sooner if it had lived long."""
+        if k.connection is not connection:
+            return
+        k.connection = None
+        if not self._running or self._kept.get(k.member.node_id) is not k:
+            return
+        self.stats["dropped"] += 1
+        lived = self._now() - k.opened_at
+        k.failures = 0 if lived >= self.settings.backoff_max_s else k.failures + 1
+        self._dial_soon(k, self._backoff(k.failures))
+
+    def _backoff(self, failures: int) -> float:
+        if failures == 0:
+            return self.settings.backoff_first_s * self._rng.uniform(0.5, 1.0)
+        delay = min(self.settings.backoff_max_s,
+                    self.settings.backoff_first_s * 2 ** min(failures - 1, 30))
+        return delay * self._rng.uniform(0.5, 1.0)   # seeded jitter: peers do not sync up
+
+    def _dial_soon(self, k: _Kept, delay: float) -> None:
+        if k.redial is not None or k.dialing is not None:
+            return
+        if delay <= 0:
+            k.dialing = asyncio.get_running_loop().create_task(self._dial(k))
+            return
+
+        def due() -> None:
+            k.redial = None
+            if self._running and self._kept.get(k.member.node_id) is k and k.connection is None:
+                k.dialing = asyncio.get_running_loop().create_task(self._dial(k))
+        k.redial = asyncio.get_running_loop().call_later(delay, due)
+
+    async def _dial(self, k: _Kept) -> None:
+        try:
+            self.stats["dials"] += 1
+            await self.client.call(k.member, "GET", PING_PATH,
+                                   timeout=self.settings.dial_deadline_s)
+            # the answer came over a connection the client reported (_on_answer adopts it)
+        except PeerError as exc:
+            self.stats["dial_failures"] += 1
+            k.failures += 1
+            log.debug("warm connection to %s not opened: %s", k.member.name, exc)
+        finally:
+            k.dialing = None
+        if k.connection is None and self._running and self._kept.get(k.member.node_id) is k:
+            self._dial_soon(k, self._backoff(max(1, k.failures)))
+
+    # -- closing -----------------------------------------------------------------------
+    def _close(self, k: _Kept) -> None:
+        connection, k.connection = k.connection, None
+        if connection is not None:
+            connection.close()
+
+    def _spawn_drop(self, k: _Kept) -> None:
+        if k.redial is not None:
+            k.redial.cancel()
+            k.redial = None
+        if k.dialing is not None:
+            k.dialing.cancel()     # awaited at stop: no task outlives the keeper
+            self._ending.add(k.dialing)
+            k.dialing.add_done_callback(self._ending.discard)
+            k.dialing = None
+        if self.book.member(k.member.node_id) is None:
+            self._close(k)         # revoked or gone: no connection stays open to it
+        else:
+            k.connection = None    # not kept any more: the pool's idle timeout ends it
+
+    async def _drop(self, k: _Kept) -> None:
+        if k.redial is not None:
+            k.redial.cancel()
+            k.redial = None
+        task, k.dialing = k.dialing, None
+        await cancel_and_wait(task)
+        self._close(k)
+
