@@ -178,6 +178,7 @@ class SimNetwork:
                 f"certificate of {dst[0]}:{dst[1]} is not for {server_name}")
         local = (src, 40000 + len(self._streams) % 20000)
         client = SimStreamTransport(self, local, dst, protocol, {"peername": dst})
+        client.opened_by_local = True
         server_protocol = listener.factory()
         server = SimStreamTransport(self, dst, local, server_protocol,
                                     {"peername": local, "peercert": peercert})
@@ -187,6 +188,11 @@ class SimNetwork:
         server_protocol.connection_made(server)
         protocol.connection_made(client)
         return client
+
+    def connections(self, host: str) -> int:
+        """Stream connections ``host`` opened that are still open."""
+        return sum(1 for s in self._streams
+                   if s.opened_by_local and s.local[0] == host and not s.is_closing())
 
     def forget(self, stream: "SimStreamTransport") -> None:
         self._streams.discard(stream)
@@ -228,6 +234,7 @@ class SimStreamTransport(asyncio.Transport):
         self.network, self.local, self.remote = network, local, remote
         self._protocol = protocol
         self.other: SimStreamTransport | None = None
+        self.opened_by_local = False        # the client end of its connection
         self._closing = self._lost = False
         self._arrival = 0.0        # when the last byte sent this way arrives (ordering)
         self._paused = False

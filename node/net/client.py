@@ -58,8 +58,8 @@ class PeerConnection:
         self._protocol.close()
 
 
-# (the member that answered, the connection it answered over): node.net.keeper
-AnswerListener = Callable[[Member, PeerConnection], None]
+# (the member that answered, the path asked, the connection it answered over): node.net.keeper
+AnswerListener = Callable[[Member, str, PeerConnection], None]
 
 
 class _PeerResponse(aiohttp.ClientResponse):
@@ -222,7 +222,7 @@ class PeerClient:
                 if resp.status >= 400:
                     raise await self._refusal(member, resp)
                 if self.answered:
-                    self._tell_answered(member, resp)
+                    self._tell_answered(member, url.raw_path, resp)
                 yield resp, sinks
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise PeerTimeout(node, f"no complete answer within {timeout:.1f}s") from exc
@@ -237,13 +237,13 @@ class PeerClient:
                                         f"({exc.__class__.__name__}); if this repeats, the peer "
                                         "may be refusing this node's certificate") from exc
 
-    def _tell_answered(self, member: Member, resp: aiohttp.ClientResponse) -> None:
+    def _tell_answered(self, member: Member, path: str, resp: aiohttp.ClientResponse) -> None:
         protocol = resp.protocol_used if isinstance(resp, _PeerResponse) else None
         if protocol is None:
             return
         connection = PeerConnection(protocol)
         for listener in list(self.answered):
-            listener(member, connection)
+            listener(member, path, connection)
 
     async def _through_link(self, member: Member, timeout: float) -> float:
         """Wait out the simulated link; returns what is left of the deadline."""

@@ -151,10 +151,10 @@ class PeerKeeper:
             chosen.setdefault(member.node_id, member)
         for node_id in [n for n in self._kept if n not in chosen]:
             self._spawn_drop(self._kept.pop(node_id))
-        for node_id, member in chosen.items():
-            k = self._kept.get(node_id)
-            if k is None:
-                k = self._kept[node_id] = _Kept(member)
+        before, self._kept = self._kept, {}
+        for node_id, member in chosen.items():     # in the chosen order (``kept``)
+            k = self._kept[node_id] = before.get(node_id) or _Kept(member)
+            if k is not before.get(node_id):
                 self._dial_soon(k, 0.0)
             elif k.member.peer_address != member.peer_address:
                 k.member = member                   # moved: the old connection is useless
@@ -166,19 +166,23 @@ class PeerKeeper:
         if self._running:
             self._choose()
 
-    def _on_answer(self, member: Member, connection: PeerConnection) -> None:
+    def _on_answer(self, member: Member, path: str, connection: PeerConnection) -> None:
         """The client got an answer from ``member`` over ``connection``."""
         if not self._running or member.node_id == self.own_id:
             return
-        self._recent[member.node_id] = self._now()
-        self._recent.move_to_end(member.node_id)
-        while len(self._recent) > self.settings.warm_peers:
-            self._recent.popitem(last=False)
-        if member.node_id not in self._kept:
-            self._choose()
+        if path != PING_PATH:                       # our own dials do not count as asking
+            self._asked(member.node_id)
         k = self._kept.get(member.node_id)
         if k is not None and k.connection is None:
             self._adopt(k, connection)
+
+    def _asked(self, node_id: str) -> None:
+        self._recent[node_id] = self._now()
+        self._recent.move_to_end(node_id)
+        while len(self._recent) > self.settings.warm_peers:
+            self._recent.popitem(last=False)
+        if node_id not in self._kept or next(iter(self._kept)) != node_id:
+            self._choose()
 
     # -- dialling ----------------------------------------------------------------------
     def _adopt(self, k: _Kept, connection: PeerConnection) -> None:

@@ -51,6 +51,16 @@ def test_query_recall_is_complete_without_faults_and_counts_down_sites(tmp_path:
     assert down["down_site_statuses"].keys() == {"unreachable"}
 
 
+def test_cold_start_queries_run_over_the_prewarmed_connections(tmp_path: Path) -> None:
+    """New connections cost TCP + TLS (2 round trips, the default). The nodes' keepers
+    open them at start, so the queries open none; without keepers, the queries do."""
+    warm = _run(tmp_path / "a", "query", nodes=7, seed=11, queries=8)
+    cold = _run(tmp_path / "b", "query", nodes=7, seed=11, queries=8, warm_peers=0)
+    assert warm["params"]["handshake_rtts"] == 2 and warm["recall"] == cold["recall"] == 1.0
+    assert warm["peer_handshakes_during_queries"] == 0
+    assert cold["peer_handshakes_during_queries"] >= 5   # first contact with each site asked
+
+
 def test_sharing_survives_owners_down_without_leaking_phi(tmp_path: Path) -> None:
     report = _run(tmp_path, "sharing", nodes=8, seed=15)
     assert report["nodes_down"] == 2 and report["bundles"] == report["series_planted"] == 4
