@@ -231,7 +231,7 @@ class PeerKeeper:
             await self.client.call(k.member, "GET", PING_PATH,
                                    timeout=self.settings.dial_deadline_s)
             # the answer came over a connection the client reported (_on_answer adopts it)
-        except PeerError as exc:
+        except (PeerError, ValueError) as exc:   # ValueError: an unusable address
             self.stats["dial_failures"] += 1
             k.failures += 1
             log.debug("warm connection to %s not opened: %s", k.member.name, exc)

@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from node.audit.log import AuditLog
+from node.config.model import ConfigError, parse_config
 from node.net.client import PeerClient
 from node.net.federation import revoke
 from node.net.keeper import KeeperSettings, PeerKeeper, sample_rank
@@ -148,3 +151,13 @@ def test_zero_warm_peers_dials_nothing(tmp_path: Path) -> None:
         await keeper.stop()
 
     run_virtual(_federation(tmp_path, 3, run))
+
+
+def test_config_sets_the_keeper_and_refuses_nonsense(tmp_path: Path) -> None:
+    cfg = parse_config({"federation": {"warm_peers": 8, "peer_idle_timeout_s": 120}}, tmp_path)
+    assert cfg.federation.warm_peers == 8 and cfg.federation.peer_idle_timeout_s == 120.0
+    assert parse_config({}, tmp_path).federation.warm_peers == 32
+    with pytest.raises(ConfigError, match="warm_peers"):
+        parse_config({"federation": {"warm_peers": -1}}, tmp_path)
+    with pytest.raises(ConfigError, match="peer_idle_timeout_s"):
+        parse_config({"federation": {"peer_idle_timeout_s": 0}}, tmp_path)
