@@ -16,7 +16,7 @@ import struct
 from typing import Any, Callable
 
 EXPLICIT_LE = {"1.2.840.10008.1.2.1"}
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _TEXT_SINGLE = {"LT", "ST", "UT", "UR"}
 _NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
@@ -88,7 +88,7 @@ class _Reader:
             (length,) = struct.unpack_from("<I", d, pos + 4)
             return tag, "", length, pos + 8
         vr = bytes(d[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             (length,) = struct.unpack_from("<I", d, pos + 8)
             return tag, vr.decode(), length, pos + 12
         if not vr.isalpha():

@@ -2,7 +2,7 @@
 
 A series goes out as a stream of the stored Part-10 bytes (each file handed to the
 kernel with sendfile, the body's length known up front), never decoded and re-encoded. Frames and bulk data are cut
-from the stored pixel data; rendering decodes one frame. The same handlers serve local
+from the stored pixel data; rendering reads and decodes one frame. The same handlers serve local
 instances and other sites' instances held in the memory cache.
 """
 
@@ -19,7 +19,7 @@ from .errors import NotFound
 from .instances import InstanceView, describe
 from .multipart import closing, content_type, multipart_body, new_boundary, part_head
 from .pixels import PIXEL_DATA, bulk_of, frames_of, parse
-from .rendered import render_frame, render_options
+from .rendered import render_instance, render_options
 from .requester import Requester
 from .uids import BadUid, checked_uid
 
@@ -150,7 +150,8 @@ async def rendered(ctx: DicomwebContext, request: web.Request, who: Requester,
     numbers = _frame_numbers(request.match_info.get("frames", "1"))
     if len(numbers) != 1:
         raise NotFound("render one frame per request")
-    view, ds = await _one(ctx, request, who, federated)
-    image = await asyncio.to_thread(render_frame, ds, numbers[0], opts)
+    study, series, sop = path_uids(request)
+    view = (await ctx.views(who, study, series, sop, federated=federated))[0]
+    image = await asyncio.to_thread(render_instance, view, numbers[0], opts)
     ctx.audit("dicomweb.rendered", who, "ok", remote=view.remote)
     return web.Response(body=image, content_type=media_type)
