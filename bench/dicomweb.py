@@ -4,10 +4,11 @@ Per round (default 3, medfed and Orthanc alternating first): a fresh medfed node
 fresh private Orthanc each receive the same 300-slice CT series by STOW-RS, then the
 same plain HTTP client (requests, one keep-alive session) times QIDO-RS studies (p50 of
 50), QIDO-RS instances of the series (median of 5), WADO-RS of the series read as a
-byte stream (median of 3), series metadata (first request, then median of 3) and a
-rendered JPEG of the middle slice (p50 of 20). Then a 7-node federation whose peer links
-go through the shared WAN emulator (20 ms one way) times federated QIDO-RS studies at
-one node (p50 of 30). The medfed node is made and run by the medfed command (its own
+byte stream (median of 3), series metadata (first request, then median of 3), a
+rendered JPEG of the middle slice (p50 of 20) and of 20 other slices asked once each
+(p50: a frame neither server has rendered before). Then a 7-node federation whose peer
+links go through the shared WAN emulator (20 ms one way) times federated QIDO-RS studies
+at one node (p50 of 30). The medfed node is made and run by the medfed command (its own
 process, the web app's server and login, a token from ``medfed user login``), as
 Orthanc runs in its own.
 
@@ -43,6 +44,7 @@ from .wan_links import Link
 SECTION = "DICOMweb (QIDO-RS / WADO-RS / STOW-RS) vs Orthanc DICOMweb plugin"
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 STOW_BATCH = 50
+DISTINCT = 20          # slices rendered once each
 PASSWORD = "bench password, long enough"
 
 
@@ -73,7 +75,7 @@ def _stow(session: requests.Session, url: str, files: list[Path]) -> float:
 
 
 def measure(session: requests.Session, url: str, files: list[Path], uids: tuple[str, str, str],
-            rounds: Rounds, who: str) -> None:
+            rounds: Rounds, who: str, spread: list[str]) -> None:
     study, series, middle = uids
     rounds.add(who, "stow", _stow(session, url, files))
 
@@ -99,9 +101,14 @@ def measure(session: requests.Session, url: str, files: list[Path], uids: tuple[
     rounds.add(who, "wado_series", total[0] / ms / 1000)
     rounds.add(who, "rendered_p50", p50(_timed(lambda: get(
         f"/studies/{study}/series/{series}/instances/{middle}/rendered", "image/jpeg"), 20)))
+    each = iter(spread)
+    rounds.add(who, "rendered_distinct_p50", p50(_timed(lambda: get(
+        f"/studies/{study}/series/{series}/instances/{next(each)}/rendered", "image/jpeg"),
+        len(spread))))
 
 
-def medfed_round(work: Path, files: list[Path], uids: tuple[str, str, str], rounds: Rounds) -> None:
+def medfed_round(work: Path, files: list[Path], uids: tuple[str, str, str], rounds: Rounds,
+                 spread: list[str]) -> None:
     """A fresh node made by `medfed init` + `medfed run` (its own process, the web app's
     server and login), measured over HTTP with a token from `medfed user login`."""
     with MedfedNode(work / "medfed") as node:
@@ -118,10 +125,11 @@ def medfed_round(work: Path, files: list[Path], uids: tuple[str, str, str], roun
         token = done.stdout.strip().splitlines()[-1]
         with requests.Session() as session:
             session.headers["Authorization"] = f"Bearer {token}"
-            measure(session, url, files, uids, rounds, "medfed")
+            measure(session, url, files, uids, rounds, "medfed", spread)
 
 
-def orthanc_round(files: list[Path], uids: tuple[str, str, str], rounds: Rounds) -> str:
+def orthanc_round(files: list[Path], uids: tuple[str, str, str], rounds: Rounds,
+                  spread: list[str]) -> str:
     from tests.orthanc import Orthanc
 
     orthanc = Orthanc({}, extra_config={"Plugins": [PLUGIN], "HttpThreadsCount": 8,
@@ -129,7 +137,7 @@ def orthanc_round(files: list[Path], uids: tuple[str, str, str], rounds: Rounds)
     with orthanc:
         version = str(orthanc.rest("GET", "/system").get("Version", "?"))
         with requests.Session() as session:
-            measure(session, orthanc.url + "/dicom-web", files, uids, rounds, "orthanc")
+            measure(session, orthanc.url + "/dicom-web", files, uids, rounds, "orthanc", spread)
     return version
 
 
@@ -179,14 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in (files[0], files[len(files) // 2])]
         uids = (str(heads[0].StudyInstanceUID), str(heads[0].SeriesInstanceUID),
                 str(heads[1].SOPInstanceUID))
+        others = [f for f in files[::max(1, len(files) // DISTINCT)] if f != files[len(files) // 2]]
+        spread = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                  for f in others[:DISTINCT]]
         nbytes = sum(f.stat().st_size for f in files)
         for r in range(args.rounds):
             order = ("medfed", "orthanc") if r % 2 == 0 else ("orthanc", "medfed")
             for who in order:
                 if who == "medfed":
-                    medfed_round(work / f"round{r}", files, uids, rounds)
+                    medfed_round(work / f"round{r}", files, uids, rounds, spread)
                 else:
-                    version = orthanc_round(files, uids, rounds)
+                    version = orthanc_round(files, uids, rounds, spread)
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         fed_rows = ""
         if not args.skip_wan:

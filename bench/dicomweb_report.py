@@ -18,6 +18,8 @@ MEASURES: tuple[tuple[str, str, str, str, float | None], ...] = (
     ("metadata_cold", "series metadata, first request", "ms", "lower", 0.5),
     ("metadata", "series metadata, repeated", "ms", "lower", 0.5),
     ("rendered_p50", "rendered JPEG frame, p50", "ms", "lower", 1.0),
+    ("rendered_distinct_p50", "rendered JPEG, 20 distinct slices once each, p50", "ms", "lower",
+     None),
     ("stow", "STOW-RS of the series", "inst/s", "higher", None),
 )
 

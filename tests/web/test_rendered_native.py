@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         RLELossless, generate_uid)
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
 
 from node.store.ingest_local import encode_part10
 from node.web.dicomweb.errors import NotFound
@@ -23,82 +21,39 @@ from node.web.dicomweb.native_frame import HEAD_BYTES, native_frame
 from node.web.dicomweb.pixel_header import NotNative, read_pixel_header
 from node.web.dicomweb.pixels import parse
 from node.web.dicomweb.rendered import RenderOptions, render_frame, render_instance
+from tests.pixel_instances import pixel_instance
 
 RNG = np.random.default_rng(7)
-
-
-def _instance(values: np.ndarray, *, bits_stored: int | None = None, signed: bool = False,
-              photometric: str = "MONOCHROME2", frames: int = 1, planar: int = 0,
-              ts: str = ExplicitVRLittleEndian, **extra: object) -> Dataset:
-    """A Part-10 dataset whose pixel data is ``values`` (frames x rows x cols [x 3])."""
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID = "P1"
-    # a sequence of undefined length (with a nested one) before the pixel description
-    inner = Dataset()
-    inner.add_new(0x00081155, "UI", generate_uid())
-    item = Dataset()
-    item.add_new(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2")
-    item.add_new(0x00089215, "SQ", Sequence([inner]))
-    ds.add_new(0x00081140, "SQ", Sequence([item, Dataset()]))
-    ds[0x00081140].is_undefined_length = True
-    item[0x00089215].is_undefined_length = True
-    rgb = photometric == "RGB"
-    ds.SamplesPerPixel = 3 if rgb else 1
-    ds.PhotometricInterpretation = photometric
-    if rgb:
-        ds.PlanarConfiguration = planar
-    shape = values.shape[1:] if frames > 1 else values.shape
-    ds.Rows, ds.Columns = shape[0], shape[1]
-    bits = values.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored = bits, bits_stored or bits
-    ds.HighBit = (bits_stored or bits) - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    stored = values
-    if rgb and planar == 1:
-        stored = np.moveaxis(values, -1, -3)       # ... x 3 x rows x cols
-    ds.PixelData = np.ascontiguousarray(stored).astype(values.dtype.newbyteorder("<")).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ts
-    return ds
 
 
 def _ct(**kw: object) -> Dataset:
     """12 bits stored in 16, with junk in the 4 unused bits, rescaled and windowed."""
     values = RNG.integers(0, 4096, (64, 48), dtype=np.uint16) | np.uint16(0xA000)
-    return _instance(values, bits_stored=12, RescaleSlope="1.5", RescaleIntercept="-1024",
+    return pixel_instance(values, bits_stored=12, RescaleSlope="1.5", RescaleIntercept="-1024",
                      WindowCenter=["40", "400"], WindowWidth=["400", "1500"], **kw)
 
 
 def _signed(**kw: object) -> Dataset:
     values = RNG.integers(-2048, 2048, (40, 40), dtype=np.int16)
     values[0, :4] = [-2048, 2047, -1, 0]
-    return _instance(values, bits_stored=12, signed=True, RescaleIntercept="-100",
+    return pixel_instance(values, bits_stored=12, signed=True, RescaleIntercept="-100",
                      ts=ImplicitVRLittleEndian, **kw)
 
 
 def _mono1() -> Dataset:
     values = RNG.integers(0, 256, (33, 17), dtype=np.uint8)   # odd sizes: padded
-    return _instance(values, photometric="MONOCHROME1")       # no window: its range
+    return pixel_instance(values, photometric="MONOCHROME1")       # no window: its range
 
 
 def _multiframe() -> Dataset:
     values = np.stack([np.full((16, 24), 100 * (i + 1), dtype=np.uint16) +
                        RNG.integers(0, 50, (16, 24), dtype=np.uint16) for i in range(3)])
-    return _instance(values, frames=3, WindowCenter="200", WindowWidth="300")
+    return pixel_instance(values, frames=3, WindowCenter="200", WindowWidth="300")
 
 
 def _rgb(planar: int, frames: int = 1) -> Dataset:
     shape = (frames, 20, 30, 3) if frames > 1 else (20, 30, 3)
-    return _instance(RNG.integers(0, 256, shape, dtype=np.uint8), photometric="RGB",
+    return pixel_instance(RNG.integers(0, 256, shape, dtype=np.uint8), photometric="RGB",
                      planar=planar, frames=frames)
 
 
@@ -164,7 +119,7 @@ def test_grey_levels_by_hand(tmp_path: Path) -> None:
     the instance's first window, MONOCHROME1 inverted."""
     values = np.array([[0xF000 | 0, 0x0000 | 700, 1000, 4095]], dtype=np.uint16)
     for photometric, flip in (("MONOCHROME2", False), ("MONOCHROME1", True)):
-        ds = _instance(values, bits_stored=12, photometric=photometric, RescaleSlope="2",
+        ds = pixel_instance(values, bits_stored=12, photometric=photometric, RescaleSlope="2",
                        RescaleIntercept="-1000", WindowCenter=["400", "0"],
                        WindowWidth=["801", "1"])
         view = _views(ds, tmp_path)[0]
@@ -214,13 +169,13 @@ def _ct_like(ds: Dataset) -> Dataset:
     """The same pixels stored uncompressed little endian (the fast path)."""
     copy = parse(encode_part10(ds))
     values = copy.pixel_array
-    return _instance(values.astype(np.uint16), bits_stored=12, RescaleSlope="1.5",
+    return pixel_instance(values.astype(np.uint16), bits_stored=12, RescaleSlope="1.5",
                      RescaleIntercept="-1024", WindowCenter=["40", "400"],
                      WindowWidth=["400", "1500"])
 
 
 def test_thirty_two_bit_falls_back(tmp_path: Path) -> None:
-    ds = _instance(RNG.integers(0, 1 << 20, (8, 8), dtype=np.uint32), WindowCenter="5000",
+    ds = pixel_instance(RNG.integers(0, 1 << 20, (8, 8), dtype=np.uint32), WindowCenter="5000",
                    WindowWidth="10000")
     with pytest.raises(NotNative):
         read_pixel_header(encode_part10(ds))

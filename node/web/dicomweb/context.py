@@ -12,6 +12,7 @@ from .memory_cache import SeriesCache
 from .metadata import MetadataCache
 from .qido_local import PlannedQueries
 from .remote_index import RemoteIndex
+from .rendered_cache import RenderedCache
 from .remote_series import RemoteSeriesSource
 from .requester import Authenticate, Requester
 from .searches import SearchBook
@@ -28,6 +29,7 @@ class DicomwebContext:
     index: RemoteIndex = field(default_factory=RemoteIndex)
     searches: SearchBook = field(default_factory=SearchBook)
     queries: PlannedQueries = field(default_factory=PlannedQueries)
+    rendered: RenderedCache = field(default_factory=RenderedCache)
     sweeper: Any = None                          # MetadataSweeper, when kept on disk
 
     def __post_init__(self) -> None:
