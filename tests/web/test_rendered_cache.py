@@ -3,6 +3,7 @@ bounded by bytes; other sites' instances never kept."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class Counting:
         return render_instance(view, number, opts)
 
 
+def _render(cache: RenderedCache, view: InstanceView, number: int, opts: RenderOptions,
+            render: Counting) -> bytes:
+    return asyncio.run(cache.render(view, number, opts, render))
+
+
 def _file(path: Path, level: int) -> InstanceView:
     ds = pixel_instance(np.full((32, 32), level, dtype=np.uint16), WindowCenter="100",
                    WindowWidth="200")
@@ -38,17 +44,17 @@ def _file(path: Path, level: int) -> InstanceView:
 def test_hits_only_for_the_same_file_frame_and_options(tmp_path: Path) -> None:
     cache, render = RenderedCache(), Counting()
     view = _file(tmp_path / "a.dcm", 50)
-    first = cache.render(view, 1, RenderOptions(), render)
-    assert cache.render(view, 1, RenderOptions(), render) == first
+    first = _render(cache, view, 1, RenderOptions(), render)
+    assert _render(cache, view, 1, RenderOptions(), render) == first
     assert render.calls == 1
-    other = cache.render(view, 1, RenderOptions(window=(0.0, 10.0)), render)
+    other = _render(cache, view, 1, RenderOptions(window=(0.0, 10.0)), render)
     assert render.calls == 2 and other != first
-    cache.render(view, 1, RenderOptions(quality=50), render)
+    _render(cache, view, 1, RenderOptions(quality=50), render)
     assert render.calls == 3
     stat = os.stat(view.path)           # stored again with other pixels: rendered anew
     _file(tmp_path / "a.dcm", 150)
     os.utime(view.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    again = cache.render(view, 1, RenderOptions(), render)
+    again = _render(cache, view, 1, RenderOptions(), render)
     assert render.calls == 4 and again != first
 
 
@@ -58,11 +64,11 @@ def test_bounded_by_bytes_and_remote_not_kept(tmp_path: Path) -> None:
     size = len(render_instance(views[0], 1, RenderOptions()))
     cache = RenderedCache(max_bytes=size * 8 + size // 2)
     for view in views:
-        cache.render(view, 1, RenderOptions(), render)
+        _render(cache, view, 1, RenderOptions(), render)
     assert 1 <= len(cache) <= 8
     remote = InstanceView("1", "2", "3", "4", ExplicitVRLittleEndian,
                           data=views[0].read_sync())
     calls = render.calls
-    cache.render(remote, 1, RenderOptions(), render)
-    cache.render(remote, 1, RenderOptions(), render)
+    _render(cache, remote, 1, RenderOptions(), render)
+    _render(cache, remote, 1, RenderOptions(), render)
     assert render.calls == calls + 2

@@ -6,11 +6,14 @@ entry is keyed by the stored file as it is now (path, size, modification time, i
 the frame number and every rendering option, so a file stored again or another window,
 quality or viewport is rendered anew. Other sites' instances are not kept: they are
 already in memory, and what is decrypted for one requester is never served to another.
-Looked up only after the request was authorised for the instance.
+Looked up only after the request was authorised for the instance, on the event loop
+(a hit costs a stat, not a hop to a worker thread: under CPU contention each hop waits
+for the scheduler).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections import OrderedDict
@@ -44,20 +47,29 @@ class RenderedCache:
             return None
         return (str(view.path), st.st_size, st.st_mtime_ns, st.st_ino, number, opts)
 
-    def render(self, view: InstanceView, number: int, opts: RenderOptions,
-               render: Render) -> bytes:
-        """The image from memory, else ``render``-ed now and kept (blocking)."""
+    def get(self, view: InstanceView, number: int,
+            opts: RenderOptions) -> tuple[Hashable | None, bytes | None]:
+        """(key, image kept for it); a file's stat only, so a hit needs no worker thread."""
         key = self._key(view, number, opts)
         if key is None:
-            return render(view, number, opts)
+            return None, None
         with self._lock:
             image = self._items.get(key)
             if image is not None:
                 self._items.move_to_end(key)
-                return image
-        image = render(view, number, opts)
-        if len(image) <= self.max_bytes // 8:
+            return key, image
+
+    def put(self, key: Hashable | None, image: bytes) -> None:
+        if key is not None and len(image) <= self.max_bytes // 8:
             self._put(key, image)
+
+    async def render(self, view: InstanceView, number: int, opts: RenderOptions,
+                     render: Render) -> bytes:
+        """The image from memory, else ``render``-ed now in a worker thread and kept."""
+        key, image = self.get(view, number, opts)
+        if image is None:
+            image = await asyncio.to_thread(render, view, number, opts)
+            self.put(key, image)
         return image
 
     def _put(self, key: Hashable, image: bytes) -> None:

@@ -152,6 +152,6 @@ async def rendered(ctx: DicomwebContext, request: web.Request, who: Requester,
         raise NotFound("render one frame per request")
     study, series, sop = path_uids(request)
     view = (await ctx.views(who, study, series, sop, federated=federated))[0]
-    image = await asyncio.to_thread(ctx.rendered.render, view, numbers[0], opts, render_instance)
+    image = await ctx.rendered.render(view, numbers[0], opts, render_instance)
     ctx.audit("dicomweb.rendered", who, "ok", remote=view.remote)
     return web.Response(body=image, content_type=media_type)
