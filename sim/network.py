@@ -137,6 +137,11 @@ class SimNetwork:
         if delay is None:
             self.datagrams_lost += 1
             return
+        self._post(delay, src, dst, data)
+
+    def _post(self, delay: float, src: Address, dst: Address, data: bytes) -> None:
+        """A datagram on its way: delivered ``delay`` seconds from now (sim.workers
+        sends those for another process's hosts to it instead)."""
         asyncio.get_running_loop().call_later(delay, self._deliver_datagram, src, dst, data)
 
     def _deliver_datagram(self, src: Address, dst: Address, data: bytes) -> None:

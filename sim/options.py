@@ -41,6 +41,7 @@ class SimOptions:
     broadcast: bool = False       # query: ask every member instead of DHT planning
     bootstrap: str = "join"       # "join": grow through a few seeds; "roster": ping all
     realtime: bool = False        # real sockets, TLS and wall clock instead of virtual time
+    workers: int = 1              # processes sharing the nodes (sim.workers); lookup only
 
     def __post_init__(self) -> None:
         from sim.scenarios import names
@@ -61,6 +62,20 @@ class SimOptions:
         try:
             self.net_model()
         except NetModelError as exc:
+            raise SimOptionsError(str(exc)) from exc
+        if self.workers != 1:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        from sim.workers.lookahead import LookaheadError, window_s
+        if not 1 <= self.workers <= self.nodes:
+            raise SimOptionsError("workers must be from 1 to the number of nodes")
+        if self.realtime or self.scenario != "lookup":
+            raise SimOptionsError("--workers > 1 runs the lookup scenario in virtual time "
+                                  "only so far (other scenarios: --workers 1)")
+        try:
+            window_s(self.net_model())
+        except LookaheadError as exc:
             raise SimOptionsError(str(exc)) from exc
 
     def net_model(self) -> NetModel:

@@ -22,6 +22,9 @@ from sim.scenarios import load
 from sim.vclock import run_virtual
 
 
+WORKER_HOST_FIGURES = ("workers", "peak_rss_mb_per_worker", "windows", "phases_s")   # --workers > 1
+
+
 @dataclass
 class SimResult:
     report: dict[str, Any]              # deterministic in virtual time (report.json)
@@ -32,7 +35,8 @@ class SimResult:
         """report.json with the host figures at top level (what --json prints)."""
         return {**self.report, "wall_s": self.host["wall_s"],
                 "peak_rss_mb": self.host["peak_rss_mb"],
-                "peak_rss_mb_per_node": self.host["peak_rss_mb_per_node"]}
+                "peak_rss_mb_per_node": self.host["peak_rss_mb_per_node"],
+                **{k: self.host[k] for k in WORKER_HOST_FIGURES if k in self.host}}
 
 
 def peak_rss_mb() -> float:
@@ -55,6 +59,9 @@ def run_simulation(opts: SimOptions, directory: Path | None = None,
         with tempfile.TemporaryDirectory(prefix="medfed-sim-") as tmp:
             return run_simulation(opts, Path(tmp), progress)
     directory.mkdir(parents=True, exist_ok=True)
+    if opts.workers > 1:
+        from sim.workers.run import run_partitioned
+        return run_partitioned(opts, directory)
     started = time.monotonic()
     coro = _scenario(opts, directory, progress or NoProgress())
     with fewer_gc_passes():

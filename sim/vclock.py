@@ -150,7 +150,8 @@ def _skip_fsync(fd: Any) -> None:
     return None
 
 
-def run_virtual(main: Coroutine[Any, Any, T]) -> T:
+def run_virtual(main: Coroutine[Any, Any, T],
+                loop_factory: Callable[[], VirtualTimeLoop] = VirtualTimeLoop) -> T:
     """``asyncio.run`` on a fresh virtual-time loop."""
-    with inline_sqlite(), no_fsync(), asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+    with inline_sqlite(), no_fsync(), asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main)

@@ -65,6 +65,34 @@ async def measure(ctx: SimContext, grid: SimGrid, published: list[int], live: li
     return dht, latencies
 
 
+def stage_row(size: int, figures: DhtFigures, latencies: list[float]) -> dict[str, Any]:
+    """One stage's figures (also what ``sim.workers`` merges from its workers)."""
+    return {"nodes": size, "log2_nodes": round(math.log2(size), 3), **figures.as_dict(),
+            "latency_ms": latency_summary(latencies)}
+
+
+def stage_points(row: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The plotted curves' points for one stage: (series name, x, y)."""
+    x = row["log2_nodes"]
+    return [("hops_vs_log2n", x, row["mean_hops"]),
+            ("hops_vs_log2n_target", x, math.log2(row["nodes"]) / 2 + 1),
+            ("rpcs_vs_log2n", x, row["rpcs_per_lookup"])]
+
+
+def summary(queries: int, nodes: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    final = rows[-1]
+    return {"lookups": queries,
+            "dht": {k: final[k] for k in ("lookup_success", "mean_hops", "p99_hops",
+                                          "rpcs_per_lookup")},
+            "latency_ms": final["latency_ms"], "stages": rows,
+            "target_mean_hops": round(math.log2(nodes) / 2 + 1, 3)}
+
+
+def down_figures(count: int, figures: DhtFigures, latencies: list[float]) -> dict[str, Any]:
+    return {"nodes_down": count, "dht_with_down": figures.as_dict(),
+            "latency_with_down_ms": latency_summary(latencies)}
+
+
 async def run(ctx: SimContext) -> dict[str, Any]:
     o = ctx.opts
     rng = random.Random(o.seed)
@@ -82,30 +110,19 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             joined = size
             figures, latencies = await measure(ctx, grid, list(range(size)), list(range(size)),
                                                rng, f"{size} nodes")
-            row = {"nodes": size, "log2_nodes": round(math.log2(size), 3), **figures.as_dict(),
-                   "latency_ms": latency_summary(latencies)}
+            row = stage_row(size, figures, latencies)
             rows.append(row)
-            ctx.point("hops_vs_log2n", row["log2_nodes"], row["mean_hops"])
-            ctx.point("hops_vs_log2n_target", row["log2_nodes"], math.log2(size) / 2 + 1)
-            ctx.point("rpcs_vs_log2n", row["log2_nodes"], row["rpcs_per_lookup"])
+            for name, x, y in stage_points(row):
+                ctx.point(name, x, y)
             if size == o.nodes:
                 ctx.samples["lookup_ms"] = latencies
-        final = rows[-1]
-        out: dict[str, Any] = {
-            "lookups": o.queries,
-            "dht": {k: final[k] for k in ("lookup_success", "mean_hops", "p99_hops",
-                                          "rpcs_per_lookup")},
-            "latency_ms": final["latency_ms"], "stages": rows,
-            "target_mean_hops": round(math.log2(o.nodes) / 2 + 1, 3),
-        }
+        out = summary(o.queries, o.nodes, rows)
         if o.down:
             down = await grid.kill_fraction(o.down)
             figures, latencies = await measure(ctx, grid, list(range(o.nodes)), grid.up, rng,
                                                f"{len(down)} down")
             ctx.samples["lookup_with_down_ms"] = latencies
-            out["nodes_down"] = len(down)
-            out["dht_with_down"] = figures.as_dict()
-            out["latency_with_down_ms"] = latency_summary(latencies)
+            out.update(down_figures(len(down), figures, latencies))
         return out
     finally:
         await grid.stop()
