@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from sim.report import build_report
-from sim.run import SimResult, peak_rss_mb
+from sim.run import SimResult
+from sim.workers.memory import own_peak_rss_mb
 from sim.options import SimOptions
 from sim.scenarios import load
 from sim.workers.coordinator import host_figures, run_workers
@@ -18,6 +19,7 @@ def run_partitioned(opts: SimOptions, directory: Path) -> SimResult:
     run = run_workers(opts, directory, opts.workers)
     figures, samples, series = lookup_figures(run, opts.queries, opts.nodes)
     summary = str(load(opts.scenario).SUMMARY)
-    host = host_figures(run, opts.nodes, time.monotonic() - started, peak_rss_mb())
+    host = host_figures(run, opts.nodes, time.monotonic() - started,
+                        own_peak_rss_mb())
     return SimResult(build_report(opts.params(), summary, figures, samples, series), host,
                      samples)

@@ -18,10 +18,11 @@ from typing import Any
 from sim.dbtemplate import DbTemplate
 from sim.grid import virtual_host
 from sim.options import SimOptions
-from sim.run import peak_rss_mb, quiet_logs
+from sim.run import quiet_logs
 from sim.vclock import run_virtual
 from sim.workers.framing import BlockingChannel
 from sim.workers.loop import WindowLoop, run_until
+from sim.workers.memory import own_peak_rss_mb
 from sim.workers.network import PartitionedNetwork
 from sim.workers.nodes import start_nodes, stop_nodes
 from sim.workers.partition import local_nodes
@@ -65,7 +66,8 @@ async def serve(channel: BlockingChannel, config: dict[str, Any]) -> None:
             channel.send(reply)
     finally:
         await stop_nodes(nodes)
-    channel.send({"peak_rss_mb": round(peak_rss_mb(), 1), "datagrams_lost": network.datagrams_lost,
+    channel.send({"peak_rss_mb": round(own_peak_rss_mb(), 1),
+                  "datagrams_lost": network.datagrams_lost,
                   "bytes_sent": sum(network.bytes_sent.values()),
                   "streams_refused": network.remote_streams_refused})
 
