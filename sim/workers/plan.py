@@ -1,10 +1,11 @@
 """The lookup scenario as a global list of steps, the same for any number of workers.
 
 The same choices as ``sim.scenarios.lookup`` in one process, from the same seeds: nodes
-join one after another through 4 random earlier members; at each stage every node
-publishes its record (here all at once, not one after another), then ``queries``
-lookups from random members for random published keys, one after another; with
-``--down F`` the same victims are taken down and the lookups repeated.
+join in the same waves (``sim.grid.join_waves``: the nodes of one wave at the same
+moment, each through 4 random members that joined before the wave); at each stage every
+node publishes its record in the same batches of ``PUBLISH_BATCH`` at a time, then
+``queries`` lookups from random members for random published keys, one after another;
+with ``--down F`` the same victims are taken down and the lookups repeated.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sim.grid import join_waves
 from sim.options import SimOptions
-from sim.scenarios.lookup import stages
+from sim.scenarios.lookup import PUBLISH_BATCH, stages
 
 JOIN_SEEDS = 4
 DOWN = "down"     # label of the lookups measured with nodes down
@@ -24,7 +26,7 @@ DOWN = "down"     # label of the lookups measured with nodes down
 class Step:
     op: str                       # "join" | "publish" | "lookup" | "kill"
     nodes: tuple[int, ...]        # the nodes that act (kill: the victims)
-    via: tuple[int, ...] = ()     # join: earlier members to join through
+    via: tuple[tuple[int, ...], ...] = ()   # join: per node, earlier members to join through
     owner: int = -1               # lookup: whose record is looked up
     label: str = ""               # lookup: the measurement it belongs to (stage size, DOWN)
 
@@ -33,8 +35,8 @@ class Step:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Step":
-        return cls(str(doc["op"]), tuple(doc["nodes"]), tuple(doc["via"]), int(doc["owner"]),
-                   str(doc["label"]))
+        return cls(str(doc["op"]), tuple(doc["nodes"]), tuple(tuple(v) for v in doc["via"]),
+                   int(doc["owner"]), str(doc["label"]))
 
 
 class PlanError(ValueError):
@@ -49,10 +51,12 @@ def lookup_plan(opts: SimOptions) -> list[Step]:
     steps: list[Step] = []
     joined = 1
     for size in stages(opts.nodes):
-        for i in range(max(1, joined), size):
-            via = random.Random(opts.seed * 7919 + i).sample(range(i), min(JOIN_SEEDS, i))
-            steps.append(Step("join", (i,), tuple(via)))
-        steps.append(Step("publish", tuple(range(size))))
+        for start, stop in join_waves(max(1, joined), size):     # as SimGrid.join_range
+            vias = tuple(tuple(random.Random(opts.seed * 7919 + i).sample(
+                range(start), min(JOIN_SEEDS, start))) for i in range(start, stop))
+            steps.append(Step("join", tuple(range(start, stop)), vias))
+        for start in range(0, size, PUBLISH_BATCH):              # as lookup.run
+            steps.append(Step("publish", tuple(range(start, min(size, start + PUBLISH_BATCH)))))
         joined = size
         steps += _lookups(opts.queries, list(range(size)), list(range(size)), rng, str(size))
     if opts.down:

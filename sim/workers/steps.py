@@ -18,15 +18,18 @@ class StepRunner:
     def __init__(self, nodes: dict[int, Node], network: PartitionedNetwork, seed: int) -> None:
         self.nodes, self.network, self.seed = nodes, network, seed
         self._tasks: list[asyncio.Task[dict[str, Any] | None]] = []
+        self.op = ""                    # the step running (or last run)
 
     def start(self, step: Step) -> None:
         """Start this worker's share of ``step`` now (the barrier it begins at)."""
+        self.op = step.op
         self._tasks = [asyncio.get_running_loop().create_task(c) for c in self._actions(step)]
 
     def _actions(self, step: Step) -> list[Coroutine[Any, Any, dict[str, Any] | None]]:
         mine = [i for i in step.nodes if i in self.nodes]
         if step.op == "join":
-            return [self._join(i, step.via) for i in mine]
+            return [self._join(i, via) for i, via in zip(step.nodes, step.via)
+                    if i in self.nodes]
         if step.op == "publish":
             return [self._publish(i) for i in mine]
         if step.op == "lookup":

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sim.dbtemplate import DbTemplate
-from sim.grid import virtual_host
+from sim.grid import keep_out_of_gc, virtual_host
 from sim.options import SimOptions
-from sim.run import quiet_logs
+from sim.run import fewer_gc_passes, quiet_logs
 from sim.vclock import run_virtual
 from sim.workers.framing import BlockingChannel
 from sim.workers.loop import WindowLoop, run_until
@@ -47,6 +47,7 @@ async def serve(channel: BlockingChannel, config: dict[str, Any]) -> None:
         network.add_host(virtual_host(i), model.region_of(i))
     nodes = await start_nodes(directory, mine, network, opts.seed,
                               DbTemplate(directory / f"templates-worker{index}"))
+    keep_out_of_gc()            # as sim.grid: long-lived objects leave the collector's walks
     runner = StepRunner(nodes, network, opts.seed)
     loop = _loop()
     channel.send({"now": loop.time(), "next": loop.next_event(), "nodes": len(mine)})
@@ -62,7 +63,10 @@ async def serve(channel: BlockingChannel, config: dict[str, Any]) -> None:
             reply: dict[str, Any] = {"outbox": network.take_outbox(), "next": loop.next_event(),
                                      "done": runner.done()}
             if reply["done"]:
+                step_op = runner.op
                 reply["results"], reply["error"] = runner.outcome()
+                if step_op == "join":
+                    keep_out_of_gc()
             channel.send(reply)
     finally:
         await stop_nodes(nodes)
@@ -78,7 +82,8 @@ def main() -> None:
     os.dup2(2, 1)
     channel = BlockingChannel(sys.stdin.buffer, out)
     config = channel.receive()
-    run_virtual(serve(channel, config), loop_factory=WindowLoop)
+    with fewer_gc_passes():
+        run_virtual(serve(channel, config), loop_factory=WindowLoop)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sim.grid import join_waves
 from sim.netmodel import NetModel
 from sim.options import SimOptions, SimOptionsError
 from sim.report import to_json
@@ -83,9 +84,12 @@ def test_workers_refuse_a_network_without_lookahead() -> None:
 def test_the_plan_makes_the_one_process_scenario_choices() -> None:
     steps = lookup_plan(OPTS)
     joins = [s for s in steps if s.op == "join"]
-    assert [s.nodes[0] for s in joins] == list(range(1, 16))
-    assert all(set(s.via) <= set(range(s.nodes[0])) and len(s.via) == min(4, s.nodes[0])
-               for s in joins)
+    assert [s.nodes for s in joins] == [tuple(range(a, b)) for a, b in join_waves(1, 16)]
+    assert all(len(s.via) == len(s.nodes) for s in joins)
+    assert all(set(via) <= set(range(s.nodes[0])) and len(via) == min(4, s.nodes[0])
+               for s in joins for via in s.via)
+    publishes = [s for s in steps if s.op == "publish"]
+    assert [s.nodes for s in publishes] == [tuple(range(8)), tuple(range(16))]
     kills = [s for s in steps if s.op == "kill"]
     assert len(kills) == 1 and len(kills[0].nodes) == 4
     after = [s for s in steps[steps.index(kills[0]):] if s.op == "lookup"]
