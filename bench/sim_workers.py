@@ -21,8 +21,8 @@ from sim.run import quiet_logs, run_simulation
 
 HEADER = ("| nodes | workers | lookups | success | mean hops (≤ log2 N/2+1) | p99 hops | "
           "RPCs/lookup | lookup p50 / p99 ms | wall s | build / start / windows s | windows | "
-          "peak RSS MB per worker | MB per node |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "peak RSS MB per worker | MB per node | CPU s per worker | streams between workers |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(nodes: int, workers: int, seed: int, queries: int) -> str:
@@ -41,7 +41,8 @@ def row(nodes: int, workers: int, seed: int, queries: int) -> str:
             f"{dht['mean_hops']} ({target:.2f}: {met}) | {dht['p99_hops']} | "
             f"{dht['rpcs_per_lookup']} | {lat['p50']} / {lat['p99']} | {h['wall_s']} | {split} | "
             f"{h.get('windows', '-')} | {', '.join(str(x) for x in per_worker)} | "
-            f"{per_node:.2f} |")
+            f"{per_node:.2f} | {', '.join(str(x) for x in h.get('cpu_s_per_worker', ['-']))} | "
+            f"{h.get('streams_between_workers', '-')} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,7 +65,9 @@ class SimNetwork:
         self.hosts: dict[str, Host] = {}
         self._datagram: dict[Address, "SimDatagramTransport"] = {}
         self._listeners: dict[Address, _Listener] = {}
-        self._streams: set["SimStreamTransport"] = set()
+        # open stream ends in the order opened (a dict, not a set: a set of objects
+        # iterates in address order, which differs from run to run)
+        self._streams: dict["SimStreamTransport", None] = {}
         self._rngs: dict[str, random.Random] = {}
         self.bytes_sent: Counter[str] = Counter()      # host -> bytes (datagrams + streams)
         self.stream_bytes: Counter[str] = Counter()
@@ -188,7 +190,7 @@ class SimNetwork:
         server = SimStreamTransport(self, dst, local, server_protocol,
                                     {"peername": local, "peercert": peercert})
         client.other, server.other = server, client
-        self._streams.update((client, server))
+        self._streams[client] = self._streams[server] = None
         self.handshakes[src] += 1
         server_protocol.connection_made(server)
         protocol.connection_made(client)
@@ -200,7 +202,7 @@ class SimNetwork:
                    if s.opened_by_local and s.local[0] == host and not s.is_closing())
 
     def forget(self, stream: "SimStreamTransport") -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream, None)
 
 
 class SimDatagramTransport(asyncio.DatagramTransport):

@@ -15,6 +15,7 @@ What a scenario does is a global list of steps (``plan``): join node 7, publish 
 every node, look up key k from node h, take these nodes down. Each step runs in the
 workers that own the nodes it names, starting at the barrier where the previous step
 was seen complete, so the order of actions is the same for any W.
-Only the lookup scenario is supported so far; peer-API streams between workers are
-refused (``network``), DHT datagrams are not.
+Only the lookup scenario is planned so far. DHT datagrams and peer-API streams
+(``streams``: connections whose ends run in two workers, opened and carried by wires
+exchanged at the barriers) cross between workers.
 """

@@ -131,5 +131,8 @@ def host_figures(run: PartitionedRun, nodes: int, wall_s: float, parent_rss_mb: 
             "peak_rss_mb_per_node": round(total / nodes, 3),
             "peak_rss_mb_per_worker": per_worker, "parent_peak_rss_mb": round(parent_rss_mb, 1),
             "workers": len(run.workers), "windows": run.windows, "phases_s": run.phases_s,
+            "cpu_s_per_worker": [float(w["cpu_s"]) for w in run.workers],
+            "streams_between_workers": sum(int(w["streams_between_workers"])
+                                           for w in run.workers),
             "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 

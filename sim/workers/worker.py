@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ async def serve(channel: BlockingChannel, config: dict[str, Any]) -> None:
     index, workers = int(config["index"]), int(config["workers"])
     mine = local_nodes(opts.nodes, index, workers)
     model = opts.net_model()
-    network = PartitionedNetwork(model, opts.seed, {virtual_host(i) for i in mine})
+    network = PartitionedNetwork(model, opts.seed, {virtual_host(i) for i in mine}, index)
     for i in range(opts.nodes):
         network.add_host(virtual_host(i), model.region_of(i))
     nodes = await start_nodes(directory, mine, network, opts.seed,
@@ -70,10 +71,12 @@ async def serve(channel: BlockingChannel, config: dict[str, Any]) -> None:
             channel.send(reply)
     finally:
         await stop_nodes(nodes)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     channel.send({"peak_rss_mb": round(own_peak_rss_mb(), 1),
+                  "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
                   "datagrams_lost": network.datagrams_lost,
                   "bytes_sent": sum(network.bytes_sent.values()),
-                  "streams_refused": network.remote_streams_refused})
+                  "streams_between_workers": network.remote_streams_opened})
 
 
 def main() -> None:
