@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -163,6 +164,20 @@ class Unshuffler:
         words <<= 8
         words |= planes[0]
         np.frombuffer(region, dtype=np.uint8)[:] = words.view(np.uint8)
+
+
+def unshuffle16_into(planes: bytes | bytearray | memoryview, out: bytearray, offset: int) -> None:
+    """Inverse of ``shuffle16``: the words of ``planes`` (low bytes, then high bytes) written
+    into ``out[offset:offset + len(planes)]``. Two passes over the output, reading planes
+    that are still in cache (the decoder decompresses them into a reused scratch buffer)."""
+    size = len(planes)
+    src = np.frombuffer(planes, dtype=np.uint8, count=size).reshape(2, size // 2)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        out[offset:offset + size] = _unshuffled_words(planes).tobytes()
+        return
+    words = np.frombuffer(out, dtype=np.uint16, count=size // 2, offset=offset)
+    np.left_shift(src[1], 8, out=words, dtype=np.uint16)
+    np.bitwise_or(words, src[0], out=words)
 
 
 def _unshuffled_words(region: bytes | memoryview) -> "np.ndarray[Any, np.dtype[np.uint16]]":

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
@@ -67,9 +68,7 @@ from nacl.bindings import (
     crypto_secretstream_xchacha20poly1305_ABYTES as ABYTES,
     crypto_secretstream_xchacha20poly1305_TAG_FINAL as TAG_FINAL,
     crypto_secretstream_xchacha20poly1305_TAG_MESSAGE as TAG_MESSAGE,
-    crypto_secretstream_xchacha20poly1305_init_pull,
     crypto_secretstream_xchacha20poly1305_init_push,
-    crypto_secretstream_xchacha20poly1305_pull,
     crypto_secretstream_xchacha20poly1305_push,
     crypto_secretstream_xchacha20poly1305_state,
 )
@@ -90,9 +89,10 @@ from node.bundle.format import (
     BundleTamperedError,
     order_instances,
     pixel_region,
-    Unshuffler,
     shuffle16,
+    unshuffle16_into,
 )
+from node.bundle.native import Inflater, StreamPull, ZstdError
 
 __all__ = [
     "BundleDecoder", "BundleEncoder", "BundleError", "BundleFormatError", "BundleInfo",
@@ -105,7 +105,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_LEVEL = 1
 DEFAULT_SHUFFLE = True
 DEFAULT_MAX_INSTANCE_BYTES = 2 << 30
-_ZSTD_WRITE_SIZE = 1 << 17
+POOL_BYTES = 32 << 20        # instance buffers a decoder keeps for reuse (BundleDecoder.release)
 
 
 def new_bundle_key() -> bytes:
@@ -233,77 +233,122 @@ class BundleEncoder:
         return crypto_secretstream_xchacha20poly1305_push(self._state, plain, ad, tag)
 
 
-class _RecordParser:
-    """Receives decompressed bytes (as a zstd stream_writer sink) and cuts them into instances."""
+class _BufferPool:
+    """Instance buffers a consumer handed back (``BundleDecoder.release``), reused for
+    instances of the same length. Why: a fresh ``bytearray`` per CT slice is zeroed and
+    page-faulted in every time; on this VM that cost the receiver about as much as the
+    zstd decoding itself (157 MB per 300-slice series). Thread-safe: the write thread
+    hands buffers back while the decode thread takes them. Holds at most ``limit`` bytes."""
 
-    def __init__(self, max_instance_bytes: int, shuffle_allowed: bool) -> None:
+    def __init__(self, limit: int) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, size: int) -> bytearray:
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self._bytes -= size
+                return free.pop()
+        return bytearray(size)
+
+    def put(self, buffer: bytearray) -> None:
+        size = len(buffer)
+        with self._lock:
+            if size and self._bytes + size <= self._limit:
+                self._free.setdefault(size, []).append(buffer)
+                self._bytes += size
+
+
+class _RecordParser:
+    """Cuts the decompressed stream into instances, decompressing each record straight
+    into its place: the head into a small buffer, the instance bytes into the instance's
+    own buffer, its shuffled pixel planes into a reused scratch buffer from which they
+    are unshuffled into the instance buffer (no intermediate ``bytes``, no join)."""
+
+    def __init__(self, inflater: Inflater, max_instance_bytes: int, shuffle_allowed: bool,
+                 pool: _BufferPool) -> None:
+        self._z = inflater
         self._max = max_instance_bytes
         self._shuffle_allowed = shuffle_allowed
-        self._head = bytearray()
+        self._pool = pool
+        self._head = bytearray(max(INSTANCE_HEAD.size, END_RECORD.size))
+        self._have, self._need = 0, 1          # head bytes read / needed (1: the kind byte)
         self._body: bytearray | None = None
-        self._filled = 0
-        self._want = 0
+        self._segments: list[tuple[bytearray, int, int]] = []   # what is left to fill
         self._region = (0, 0)
-        self._unshuffle = Unshuffler()
+        self._scratch = bytearray(0)
+        self._trap = bytearray(1)
         self.done: list[bytearray] = []
         self.count = 0
         self.plain = 0
         self.end: tuple[int, int] | None = None
 
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
+    def inflate(self, compressed: memoryview) -> None:
+        """Decompress all of ``compressed`` into records."""
+        z = self._z
+        z.give(compressed)
+        while True:
             if self.end is not None:
-                raise BundleFormatError("bundle has data after its END record")
+                if z.into(self._trap, 0, 1):
+                    raise BundleFormatError("bundle has data after its END record")
+                return
             if self._body is None:
-                view = self._read_head(view)
-            else:
-                take = min(self._want - self._filled, len(view))
-                self._body[self._filled : self._filled + take] = view[:take]
-                self._filled += take
-                view = view[take:]
-                if self._filled == self._want:
-                    self._complete()
-        return len(data)
+                self._have += z.into(self._head, self._have, self._need)
+                if self._have < self._need:
+                    return                              # input used up
+                self._read_head()
+                continue
+            buf, lo, hi = self._segments[0]
+            got = z.into(buf, lo, hi)
+            if lo + got < hi:
+                self._segments[0] = (buf, lo + got, hi)
+                return
+            del self._segments[0]
+            if not self._segments:
+                self._complete()
 
-    def _read_head(self, view: memoryview) -> memoryview:
-        if not self._head:
-            self._head.append(view[0])
-            view = view[1:]
+    def _read_head(self) -> None:
         kind = self._head[0]
-        need = {KIND_INSTANCE: INSTANCE_HEAD.size, KIND_END: END_RECORD.size}.get(kind)
-        if need is None:
-            raise BundleFormatError(f"bundle has an unknown record kind {kind:#04x}")
-        take = min(need - len(self._head), len(view))
-        self._head += view[:take]
-        if len(self._head) == need:
-            if kind == KIND_END:
-                _, count, plain = END_RECORD.unpack(self._head)
-                self.end = (count, plain)
-            else:
-                self._start_instance()
-            self._head.clear()
-        return view[take:]
+        if self._have == 1:
+            need = {KIND_INSTANCE: INSTANCE_HEAD.size, KIND_END: END_RECORD.size}.get(kind)
+            if need is None:
+                raise BundleFormatError(f"bundle has an unknown record kind {kind:#04x}")
+            self._need = need
+            return
+        self._have, self._need = 0, 1
+        if kind == KIND_END:
+            _, count, plain = END_RECORD.unpack_from(self._head)
+            self.end = (count, plain)
+        else:
+            self._start_instance()
 
     def _start_instance(self) -> None:
-        _, length, offset, region = INSTANCE_HEAD.unpack(self._head)
+        _, length, offset, region = INSTANCE_HEAD.unpack_from(self._head)
         if length > self._max:
             raise BundleFormatError(f"bundle instance of {length} bytes exceeds the {self._max}-byte limit")
         bad_region = region % 2 or offset + region > length or (region and not self._shuffle_allowed)
         if bad_region or (not region and offset):
             raise BundleFormatError("bundle instance record has an invalid shuffle region")
-        # the whole instance in one buffer, filled in place and unshuffled in place:
-        # no growing bytearray, no join (bench.wan's receiver is CPU-bound at 1 Gbit/s)
-        self._want, self._region, self._body, self._filled = length, (offset, region), bytearray(length), 0
-        if length == 0:
+        body = self._pool.get(length)
+        self._body, self._region = body, (offset, region)
+        if region:
+            if len(self._scratch) < region:
+                self._scratch = bytearray(region)
+            parts = [(body, 0, offset), (self._scratch, 0, region), (body, offset + region, length)]
+        else:
+            parts = [(body, 0, length)]
+        self._segments = [part for part in parts if part[2] > part[1]]
+        if not self._segments:
             self._complete()
 
     def _complete(self) -> None:
         body, (offset, region) = self._body, self._region
         assert body is not None
         if region:
-            with memoryview(body) as view:
-                self._unshuffle(view[offset : offset + region])
+            unshuffle16_into(memoryview(self._scratch)[:region], body, offset)
         self._body = None
         self.done.append(body)          # handed out as is: no copy of the whole instance
         self.count += 1
@@ -323,20 +368,23 @@ class BundleDecoder:
         *,
         expected_id: str | None = None,
         max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+        native: bool = True,
     ) -> None:
         if expected_id is not None and (len(expected_id) != 64 or not _is_hex(expected_id)):
             raise BundleError("expected bundle id must be 64 hexadecimal characters")
         self._key = _check_key(key)
         self._expected = expected_id.lower() if expected_id else None
         self._max_instance = max_instance_bytes
+        self._native = native          # False: the public pynacl / zstandard APIs (tests)
         self._buffer = bytearray()
         self._hash = hashlib.sha256()
         self._stored = 0
         self._header: BundleHeader | None = None
         self._header_bytes = b""
-        self._state = crypto_secretstream_xchacha20poly1305_state()
+        self._pull: StreamPull | None = None
+        self._plain = bytearray()
         self._parser: _RecordParser | None = None
-        self._zstd: zstandard.ZstdDecompressionWriter | None = None
+        self._pool = _BufferPool(POOL_BYTES)
         self._chunks = 0
         self._failed = False
         self._info: BundleInfo | None = None
@@ -349,6 +397,12 @@ class BundleDecoder:
     def finish(self) -> list[bytearray]:
         """End of input: verify the final chunk, END record and bundle id; return the last instances."""
         return self._guard(self._finish)
+
+    def release(self, instance: bytearray) -> None:
+        """Hand back an instance buffer this decoder returned, once nothing refers to it any
+        more (e.g. it was written to a file); a later instance of the same size reuses it.
+        Thread-safe. Never release a buffer something else still reads."""
+        self._pool.put(instance)
 
     @property
     def info(self) -> BundleInfo:
@@ -364,7 +418,7 @@ class BundleDecoder:
         except BundleError:
             self._failed = True
             raise
-        except zstandard.ZstdError as exc:
+        except (zstandard.ZstdError, ZstdError) as exc:
             self._failed = True
             raise BundleFormatError(f"bundle compressed data is corrupt ({exc})") from None
 
@@ -380,9 +434,9 @@ class BundleDecoder:
         assert self._header is not None
         message = self._header.chunk_size + ABYTES
         start = 0
-        with memoryview(self._buffer) as view:  # one copy per message (libsodium takes bytes)
+        with memoryview(self._buffer) as view:  # decrypted from where it lies: no copy
             while len(view) - start > message:  # more follows, so this chunk is not the last
-                if self._open(bytes(view[start : start + message])) == TAG_FINAL:
+                if self._open(view[start : start + message]) == TAG_FINAL:
                     raise BundleTamperedError("bundle has data after its final chunk")
                 start += message
         del self._buffer[:start]
@@ -390,16 +444,17 @@ class BundleDecoder:
 
     def _start(self, header_bytes: bytes) -> None:
         header = BundleHeader.from_bytes(header_bytes)
-        crypto_secretstream_xchacha20poly1305_init_pull(self._state, header.stream_header, self._key)
+        self._pull = StreamPull(self._key, header.stream_header, native=self._native)
         self._header, self._header_bytes = header, header_bytes
-        self._parser = _RecordParser(self._max_instance, header.shuffle)
-        decompressor = zstandard.ZstdDecompressor(max_window_size=1 << header.window_log)
-        self._zstd = decompressor.stream_writer(self._parser, write_size=_ZSTD_WRITE_SIZE)
+        self._plain = bytearray(header.chunk_size)
+        inflater = Inflater(header.window_log, native=self._native)
+        self._parser = _RecordParser(inflater, self._max_instance, header.shuffle, self._pool)
 
-    def _open(self, chunk: bytes) -> int:
+    def _open(self, chunk: memoryview) -> int:
         ad = self._header_bytes if self._chunks == 0 else None
+        assert self._pull is not None and self._parser is not None
         try:
-            plain, tag = crypto_secretstream_xchacha20poly1305_pull(self._state, chunk, ad)
+            size, tag = self._pull.pull(chunk, ad, self._plain)
         except CryptoError:
             raise BundleTamperedError(
                 f"bundle chunk {self._chunks} failed authentication: wrong key, or the bundle "
@@ -408,8 +463,8 @@ class BundleDecoder:
         if tag not in (TAG_MESSAGE, TAG_FINAL):
             raise BundleTamperedError(f"bundle chunk {self._chunks} has an unexpected tag {tag}")
         self._chunks += 1
-        assert self._zstd is not None
-        self._zstd.write(plain)
+        with memoryview(self._plain) as plain:
+            self._parser.inflate(plain[:size])
         return tag
 
     def _finish(self) -> list[bytearray]:
@@ -417,7 +472,9 @@ class BundleDecoder:
             raise BundleFormatError(f"bundle is {self._stored} bytes, shorter than its {HEADER_SIZE}-byte header")
         if len(self._buffer) <= ABYTES:
             raise BundleTamperedError("bundle is truncated: its final chunk is missing")
-        if self._open(bytes(self._buffer)) != TAG_FINAL:
+        with memoryview(self._buffer) as view:
+            tag = self._open(view)
+        if tag != TAG_FINAL:
             raise BundleTamperedError("bundle is truncated: the stream ends without its final chunk")
         self._buffer.clear()
         parser = self._parser

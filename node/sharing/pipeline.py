@@ -78,8 +78,12 @@ class _Stage:
 
 async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
                         add: Callable[[bytearray], None], progress: Progress | None, *,
-                        decode_depth: int = DECODE_DEPTH, write_depth: int = WRITE_DEPTH) -> int:
+                        decode_depth: int = DECODE_DEPTH, write_depth: int = WRITE_DEPTH,
+                        recycle: bool = False) -> int:
     """Feed ``stream`` through ``decoder`` and every instance, in order, to ``add``.
+
+    ``recycle``: ``add`` is done with each buffer when it returns (it wrote it out and
+    keeps no reference), so the buffer goes back to the decoder for a later instance.
 
     Returns the number of instances. On any error (or cancellation) the worker threads
     have stopped before this returns, so the caller may discard what ``add`` wrote.
@@ -89,6 +93,8 @@ async def decode_stream(stream: AsyncIterator[bytes], decoder: BundleDecoder,
     def add_all(instances: list[bytearray]) -> None:
         for instance in instances:
             add(instance)
+            if recycle:
+                decoder.release(instance)
 
     async def written(_: None) -> None:
         return None

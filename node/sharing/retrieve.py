@@ -308,7 +308,8 @@ async def decode_into(stream: AsyncIterator[bytes], key: "bytes | asyncio.Future
         if not isinstance(key, (bytes, bytearray)):
             stream, key = await read_until_ready(stream, key)
         decoder = BundleDecoder(bytes(key), expected_id=bundle_id)
-        await decode_stream(stream, decoder, sink.add, progress)
+        await decode_stream(stream, decoder, sink.add, progress,
+                            recycle=bool(getattr(sink, "reuses_buffers", False)))
     except BaseException:
         sink.discard()
         raise

@@ -52,6 +52,11 @@ def write_new_file(path: str, data: bytes | bytearray) -> None:
 class DicomFolderSink:
     """``target/IM00001.dcm`` … in bundle (slice) order; ``target`` appears only at commit."""
 
+    # add() has written the buffer and keeps no reference when it returns, so the fetch
+    # pipeline may hand it back to the decoder (sinks without this attribute never see
+    # a buffer reused)
+    reuses_buffers = True
+
     def __init__(self, target: Path) -> None:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise SinkError(f"{target} already exists and is not an empty folder")
