@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-orthanc", action="store_true", help="medfed only (no speed-up column)")
     p.add_argument("--rss-gb", type=float, default=1.0, help="series size for the RSS run; 0 skips it")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="fetches per medfed row; the table shows the median (all of them listed)")
     return p.parse_args(argv)
 
 
@@ -89,9 +92,17 @@ async def _fetch_once(fed: WanFederation, req: RequesterProcess, requester: int,
     if got.files != pub.instances or got.instances != pub.instances:
         raise RuntimeError(f"fetched {got.files} files / {got.instances} instances of {pub.instances}")
     _log(f"  {link.label if link else 'loopback, no proxy'}{', warm pool' if warm else ''}: "
-         f"{got.seconds:.2f} s from {got.source[:20]}"
+         f"{got.seconds:.2f} s from {got.source[:20]} (bytes to the decoder {got.first_byte_s:.2f}-"
+         f"{got.last_byte_s:.2f} s, tail {got.seconds - got.last_byte_s:.3f} s)"
          + (f" (tried: {'; '.join(got.attempts)[:120]})" if got.attempts else ""))
     return got
+
+
+async def _row(fed: WanFederation, req: RequesterProcess, requester: int, pub: Published,
+               link: Link | None, out: Path, repeat: int, *, warm: bool = False) -> list[float]:
+    """``repeat`` fetches of one row (the machine is shared: one sample says little)."""
+    return [(await _fetch_once(fed, req, requester, pub, link, out, warm=warm)).seconds
+            for _ in range(max(1, repeat))]
 
 
 async def _rss(fed: WanFederation, req: RequesterProcess, requester: int, gb: float
@@ -108,10 +119,10 @@ async def _rss(fed: WanFederation, req: RequesterProcess, requester: int, gb: fl
     return got, big
 
 
-async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rss_gb: float
-                     ) -> tuple[Published, list[tuple[Link | None, str, float]], Fetched | None, Published | None]:
+async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rss_gb: float, repeat: int = 1
+                     ) -> tuple[Published, list[tuple[Link | None, str, list[float]]], Fetched | None, Published | None]:
     fed = await start_wan_federation(work / "fed")
-    times: list[tuple[Link | None, str, float]] = []
+    times: list[tuple[Link | None, str, list[float]]] = []
     rss = big = None
     req: RequesterProcess | None = None
     try:
@@ -129,10 +140,10 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
         out = work / "out"
         _log(f"owner path (requester {m.name}, own process)")
         for link in [None, *links]:
-            times.append((link, "owner", (await _fetch_once(fed, req, requester, pub, link, out)).seconds))
+            times.append((link, "owner", await _row(fed, req, requester, pub, link, out, repeat)))
             if link is not None:
-                times.append((link, WARM_OWNER, (await _fetch_once(
-                    fed, req, requester, pub, link, out, warm=True)).seconds))
+                times.append((link, WARM_OWNER, await _row(fed, req, requester, pub, link, out, repeat,
+                                                           warm=True)))
         if rss_gb > 0:
             rss, big = await _rss(fed, req, requester, rss_gb)
             _log(f"RSS: peak {rss.peak_rss_mb:.0f} MB (before the fetch {rss.start_rss_mb:.0f} MB), "
@@ -140,9 +151,8 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
         await fed.stop_node(0)
         _log("owner down: replica + key shares")
         for link in links:
-            times.append((link, "owner down", (await _fetch_once(fed, req, requester, pub, link, out)).seconds))
-            times.append((link, WARM_DOWN, (await _fetch_once(
-                fed, req, requester, pub, link, out, warm=True)).seconds))
+            times.append((link, "owner down", await _row(fed, req, requester, pub, link, out, repeat)))
+            times.append((link, WARM_DOWN, await _row(fed, req, requester, pub, link, out, repeat, warm=True)))
     finally:
         if req is not None:
             await req.stop()
@@ -150,16 +160,18 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
     return pub, times, rss, big
 
 
-def _report(pub: Published, times: list[tuple[Link | None, str, float]],
+def _report(pub: Published, times: list[tuple[Link | None, str, list[float]]],
             orthanc: dict[tuple[float, float], OrthancLink] | None, rss: Fetched | None,
             big: Published | None, slices: int, elapsed: float) -> str:
-    rows = [Row(link, path, s, pub.bundle_bytes,
+    rows = [Row(link, path, statistics.median(s), pub.bundle_bytes,
                 None if orthanc is None else getattr(orthanc.get((link.rate_mbit, link.rtt_ms)), "cget_s", None))
             for link, path, s in times if link is not None]
-    loop = next((s for link, path, s in times if link is None), None)
+    loop = next((statistics.median(s) for link, path, s in times if link is None), None)
+    repeat = max(len(s) for _, _, s in times)
     lines = [stamp(),
              f"- series: {slices} slices 512x512 CT (node.synth), {pub.instances} instances; medfed bundle "
              f"{pub.bundle_bytes / 1e6:.1f} MB (zstd + XChaCha20); 7 nodes, key shares 2-of-3, 1 replica",
+             f"- every medfed row: the median of {repeat} fetches in a row (all listed below the table)",
              "- medfed time = wall clock of `Retriever.fetch` in the requester's own process, into a DICOM folder, on a cold connection pool: "
              "TLS handshake, request, decrypt, decompress, write files. Every node but the requester "
              "sits behind one `wan_proxy.py` (shared token bucket); the DHT (UDP) is not proxied",
@@ -168,6 +180,8 @@ def _report(pub: Published, times: list[tuple[Link | None, str, float]],
              "3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms). 'warm pool' rows: a connection to every member "
              "is already open, as after the federated query that found the series (floor = the limit)",
              ""] + table(rows)
+    lines += ["", "All fetches (s): " + "; ".join(
+        f"{link.label if link else 'loopback'} {path}: {' '.join(f'{x:.2f}' for x in s)}" for link, path, s in times)]
     if loop is not None:
         lines += ["", f"Owner path on loopback without the proxy (CPU-bound floor): {loop:.2f} s "
                       f"({pub.bundle_bytes / 1e6 / loop:.0f} MB/s of bundle)."]
@@ -206,7 +220,7 @@ def main(argv: list[str]) -> int:
             _log("Orthanc C-GET over the same links (orthanc_wan_baseline.sh, ~4 min)")
             orthanc = run_orthanc(work / "series", links, work)
             _log("Orthanc: " + json.dumps({f"{k[0]:g}/{k[1]:g}": v.cget_s for k, v in orthanc.items()}))
-        pub, times, rss, big = asyncio.run(run_medfed(series, links, work, args.rss_gb))
+        pub, times, rss, big = asyncio.run(run_medfed(series, links, work, args.rss_gb, args.repeat))
         body = _report(pub, times, orthanc, rss, big, args.slices, time.perf_counter() - started)
         print(body)
         write_section(SECTION, body)

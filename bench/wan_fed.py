@@ -167,10 +167,11 @@ def pick_requester(fed: WanFederation, pub: Published) -> int:
 
 
 async def timed_fetch(node: Node, pub: Published, out: Path, *,
-                      warm: bool = False) -> tuple[float, FetchResult]:
+                      warm: bool = False, marks: list[float] | None = None) -> tuple[float, FetchResult]:
     """Wall clock of one fetch into a DICOM folder, on a cold connection pool, or (``warm``)
     with a connection already open to every member, as after the federated query that
-    found the series (one signed GET /v1/roster each, before the clock starts)."""
+    found the series (one signed GET /v1/roster each, before the clock starts). ``marks``
+    gets [first byte, last byte] handed to the decoder, in seconds after the start."""
     assert node.client is not None and node.membership is not None
     await node.client.close()
     if warm:
@@ -182,6 +183,14 @@ async def timed_fetch(node: Node, pub: Published, out: Path, *,
     assertion = local_assertion(node, user, "research")
     ref = parse_series_ref(f"{pub.owner_id}:{pub.bundle_id}")
     t0 = time.perf_counter()
+
+    def progress(received: int, _count: int) -> None:
+        if marks is not None and received:
+            now = time.perf_counter() - t0
+            if not marks:
+                marks.append(now)
+            marks[1:] = [now]
+
     result = await Retriever(node, deadline_s=FETCH_DEADLINE_S).fetch(
-        ref, assertion, lambda b: sink_for(out, b, "dicom"))
+        ref, assertion, lambda b: sink_for(out, b, "dicom"), progress=progress)
     return time.perf_counter() - t0, result

@@ -42,6 +42,8 @@ class Fetched:
     files: int
     peak_rss_mb: float      # sampled while the fetch ran
     start_rss_mb: float     # just before it started
+    first_byte_s: float = 0.0   # first / last bundle byte handed to the decoder, after the start
+    last_byte_s: float = 0.0
 
 
 async def _serve(args: ChildArgs) -> None:
@@ -66,12 +68,15 @@ async def _serve(args: ChildArgs) -> None:
             out = Path(job["out"])
             pub = Published(job["owner_id"], job["bundle_id"], 0, int(job["instances"]), (), ())
             try:
-                seconds, result = await timed_fetch(node, pub, out, warm=bool(job.get("warm")))
+                marks: list[float] = []
+                seconds, result = await timed_fetch(node, pub, out, warm=bool(job.get("warm")),
+                                                    marks=marks)
                 files = len(list((out / pub.bundle_id).iterdir()))
                 answer: dict[str, Any] = {
                     "seconds": seconds, "instances": result.instances, "plain_bytes": result.plain_bytes,
                     "stored_bytes": result.stored_bytes, "source": result.source,
-                    "attempts": list(result.attempts), "files": files}
+                    "attempts": list(result.attempts), "files": files,
+                    "first_byte_s": marks[0] if marks else 0.0, "last_byte_s": marks[-1] if marks else 0.0}
             except Exception as exc:   # report to the parent; it decides
                 answer = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             shutil.rmtree(out, ignore_errors=True)
@@ -157,7 +162,8 @@ class RequesterProcess:
             raise RequesterError(f"fetch failed: {doc['error']}")
         return Fetched(float(doc["seconds"]), int(doc["instances"]), int(doc["plain_bytes"]),
                        int(doc["stored_bytes"]), str(doc["source"]), tuple(doc["attempts"]),
-                       int(doc["files"]), peak / 1024, start / 1024)
+                       int(doc["files"]), peak / 1024, start / 1024,
+                       float(doc.get("first_byte_s", 0.0)), float(doc.get("last_byte_s", 0.0)))
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
