@@ -116,6 +116,7 @@ class PeerClient:
         self.answered: list[AnswerListener] = []
         self._idle_timeout = idle_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._connect_failed: dict[str, float] = {}    # node id -> when a connect last failed
 
     async def __aenter__(self) -> "PeerClient":
         return self
@@ -187,6 +188,15 @@ class PeerClient:
                     sink(chunk)
                 yield chunk
 
+    def connect_failed_within(self, node_id: str, seconds: float) -> float | None:
+        """How long ago the last connection attempt to ``node_id`` failed, if it did within
+        ``seconds`` and nothing was answered by that node since; otherwise None."""
+        failed = self._connect_failed.get(node_id)
+        if failed is None:
+            return None
+        ago = self._clock() - failed
+        return ago if 0 <= ago <= seconds else None
+
     # -- plumbing ----------------------------------------------------------
     def _url(self, member: Member, path: str) -> URL:
         if not path.startswith("/") or not path.isascii() or any(c.isspace() for c in path):
@@ -219,6 +229,7 @@ class PeerClient:
             async with self._get_session().request(
                     method.upper(), url, data=body or None, headers=headers, timeout=limits,
                     server_hostname=node_dns_name(node), allow_redirects=False) as resp:
+                self._connect_failed.pop(node, None)
                 if resp.status >= 400:
                     raise await self._refusal(member, resp)
                 if self.answered:
@@ -231,6 +242,7 @@ class PeerClient:
             if tls_failure is not None:
                 raise PeerRefused(node, 0, "tls_refused", f"TLS failed: {tls_failure}") from exc
             if isinstance(exc, aiohttp.ClientConnectorError):
+                self._connect_failed[node] = self._clock()
                 raise PeerUnreachable(node, f"cannot connect to {member.peer_address} "
                                             f"({exc.__class__.__name__})") from exc
             raise PeerUnreachable(node, f"connection to {member.peer_address} dropped "
