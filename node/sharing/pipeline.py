@@ -2,10 +2,14 @@
 
 Why: one thread that receives, decrypts, decompresses and writes is CPU-bound at
 1 Gbit/s (``python -m bench.wan``: 0.68 s from the owner against a 0.47 s link limit).
-Per 300-slice CT series (56 MB bundle, 158 MB of DICOM) decoding costs about 0.33 s of
-CPU and writing the files about 0.32 s, measured with ``time.thread_time``; libsodium,
-zstd, hashlib, numpy and file writes all release the GIL, so a decode thread and a
-write thread overlap with the event loop's receiving.
+Per 300-slice CT series (56 MB bundle, 158 MB of DICOM) decoding costs about 0.20 s of
+CPU (0.37 s before the decoder wrote into its own buffers, node/bundle/native.py) and
+writing the files about 0.12-0.3 s, mostly the kernel's copy into the page cache;
+libsodium, zstd, hashlib, numpy and file writes all release the GIL, so a decode thread
+and a write thread overlap with the event loop's receiving. With the folder sink the
+written buffers go back to the decoder (``recycle``): a fresh 512 KiB buffer per slice
+is zeroed and page-faulted in each time. Since then the tail after the last byte is
+1-3 ms at 1 Gbit/s (bench.wan logs it per fetch).
 
 Each stage is a one-thread executor, so it sees its calls in arrival order; at most
 ``depth`` calls wait per stage (memory stays bounded whatever the link speed). Work is

@@ -26,6 +26,7 @@ from node.bundle.stream import (
     read_bundle,
     write_bundle,
 )
+from node.bundle import native
 from node.bundle.format import (
     HEADER_SIZE,
     MAGIC,
@@ -35,10 +36,31 @@ from node.bundle.format import (
     pixel_region,
     shuffle16,
     unshuffle16,
+    unshuffle16_into,
 )
 
 ABYTES = 17
 SMALL_CHUNK = 512
+
+
+@pytest.fixture(autouse=True, params=["native", "public-api"])
+def decode_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both decode paths: libsodium and zstd called through the cffi
+    modules pynacl and python-zstandard ship (into our buffers), and their public APIs
+    (the fallback for builds without those modules)."""
+    if request.param == "public-api":
+        monkeypatch.setattr(native, "NATIVE_SODIUM", False)
+        monkeypatch.setattr(native, "NATIVE_ZSTD", False)
+    return str(request.param)
+
+
+def test_the_native_decode_path_is_available_here() -> None:
+    """The fast path is what this environment runs (the fallback is not silently taken)."""
+    import nacl._sodium
+    import zstandard._cffi
+
+    assert nacl._sodium.lib.crypto_secretstream_xchacha20poly1305_pull
+    assert zstandard._cffi.lib.ZSTD_decompressStream
 PHI = [b"DOE^JANE", b"PID-4711", b"19631224", b"ACC-99881"]
 
 
@@ -400,6 +422,37 @@ def test_decoded_instances_are_independent_buffers(key: bytes) -> None:
     take(decoder.finish())
     assert seen == instances                   # each was whole when handed out
     assert all(x == marker for x in handed)    # and the decoder never wrote to it again
+
+
+def test_released_buffers_are_reused_and_filled_afresh(key: bytes) -> None:
+    """A buffer handed back with ``release`` carries a later instance of the same size,
+    overwritten completely (nothing of the earlier instance shows through)."""
+    # 80 KB slices: zstd hands out a block (<= 128 KiB) only once it is whole
+    instances = [ct_instance(i, side=200) for i in range(8)] + [b"short one"] + [ct_instance(99, side=200)]
+    stored = b"".join(iter_bundle_chunks(instances, encoder := BundleEncoder(key, chunk_size=4096)))
+    decoder = BundleDecoder(key, expected_id=encoder.info.bundle_id)
+    seen: list[bytes] = []
+    buffers: set[int] = set()
+
+    def take(batch: list[bytearray]) -> None:
+        for instance in batch:
+            seen.append(bytes(instance))
+            buffers.add(id(instance))
+            instance[:] = bytes(len(instance))      # scribbled over before it goes back
+            decoder.release(instance)
+
+    for i in range(0, len(stored), 5000):
+        take(decoder.feed(stored[i : i + 5000]))
+    take(decoder.finish())
+    assert seen == instances
+    assert len(buffers) < len(instances)            # reused, not one per instance
+
+
+def test_unshuffle_into_matches_unshuffle16() -> None:
+    region = np.random.default_rng(3).integers(0, 4096, 5000).astype("<u2").tobytes()
+    out = bytearray(b"x" * 6 + bytes(len(region)) + b"yz")
+    unshuffle16_into(shuffle16(region), out, 6)
+    assert bytes(out) == b"x" * 6 + region + b"yz"
 
 
 def test_order_follows_position_along_the_normal() -> None:

@@ -355,8 +355,14 @@ async def test_down_member_is_unreachable_and_stop_is_clean(fed: Fed) -> None:
     gone = replace(fed.gamma.member, peer_address=f"127.0.0.1:{closed.getsockname()[1]}")
     closed.close()
     async with client_of(fed.beta) as client:
+        assert client.connect_failed_within(gone.node_id, 60) is None
         with pytest.raises(PeerUnreachable):
             await client.call(gone, "POST", "/v1/echo", {}, timeout=3)
+        ago = client.connect_failed_within(gone.node_id, 60)   # the fetch's "owner just down"
+        assert ago is not None and 0 <= ago < 60
+        assert client.connect_failed_within(fed.alpha.member.node_id, 60) is None
+        await client.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=10)
+        assert client.connect_failed_within(fed.alpha.member.node_id, 60) is None
         assert fed.server is not None
         await fed.server.stop()
         with pytest.raises(PeerUnreachable):

@@ -51,6 +51,22 @@ async def test_every_instance_arrives_once_in_order_with_progress() -> None:
     assert not _workers()
 
 
+async def test_recycled_buffers_reach_the_sink_intact(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With ``recycle`` (the folder sink keeps no reference), each buffer goes back to the
+    decoder once written and carries a later instance: every file still holds its own."""
+    key, bundle_id, stored, instances = _bundle(150, size=40_000)
+    sink = DicomFolderSink(tmp_path / "out")
+    assert sink.reuses_buffers
+    decoder = BundleDecoder(key, expected_id=bundle_id)
+    released: list[int] = []
+    original = decoder.release
+    decoder.release = lambda buf: (released.append(id(buf)), original(buf))[1]  # type: ignore[method-assign]
+    count = await decode_stream(_chunks(stored, 30_000), decoder, sink.add, None, recycle=True)
+    files = sink.commit()
+    assert count == 150 and [f.read_bytes() for f in files] == instances
+    assert len(released) == 150
+
+
 async def test_a_tampered_stream_fails_and_no_worker_outlives_the_call() -> None:
     key, bundle_id, stored, _ = _bundle(60)
     bad = bytearray(stored)

@@ -176,6 +176,12 @@ async def test_owner_down_replica_path_tamper_fallback_and_share_loss(tmp_path: 
         assert any(first[:12] in a for a in result.attempts)  # the tampered copy was tried first
         assert any("owner" in a for a in result.attempts)
         assert _files(result.outputs) == _expected(owner, raws)
+        # asked again right away: the owner that just failed to connect is not retried
+        again = await retriever.fetch(SeriesRef(owner.node_id, entry.bundle_id), _assertion(requester),
+                                      lambda bid: sink_for(out, "second", "dicom"))
+        assert again.source == f"replica:{second}"
+        assert any("not asked again" in a for a in again.attempts)
+        assert _files(again.outputs) == _expected(owner, raws)
 
         # the tampered copy itself, read raw off the holder, fails authentication
         key = await requester.service("keyshare").collect_key(
