@@ -125,6 +125,8 @@ class PeerClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close every pooled connection and forget which nodes failed to connect."""
+        self._connect_failed.clear()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -363,6 +363,8 @@ async def test_down_member_is_unreachable_and_stop_is_clean(fed: Fed) -> None:
         assert client.connect_failed_within(fed.alpha.member.node_id, 60) is None
         await client.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=10)
         assert client.connect_failed_within(fed.alpha.member.node_id, 60) is None
+        await client.close()                  # a cold client remembers nothing
+        assert client.connect_failed_within(gone.node_id, 60) is None
         assert fed.server is not None
         await fed.server.stop()
         with pytest.raises(PeerUnreachable):
