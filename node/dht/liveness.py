@@ -50,6 +50,7 @@ class _Health:
     rtt: RttEstimate | None = None
     misses: int = 0
     suspect_until: float = 0.0
+    heard_at: float = float("-inf")   # last authenticated datagram from it (clock time)
 
 
 @dataclass
@@ -87,6 +88,13 @@ class Liveness:
         health = self._health.get(node_id)
         if health is not None:
             health.misses, health.suspect_until = 0, 0.0
+            health.heard_at = self.clock()
+
+    def heard_since(self, node_id: bytes, since: float) -> bool:
+        """Has it sent us an authenticated datagram at or after ``since``? (A holder
+        paging out many records has answered: it is alive, only busy.)"""
+        health = self._health.get(node_id)
+        return health is not None and health.heard_at >= since
 
     def missed(self, node_id: bytes) -> bool:
         """Record a missed deadline; True when the contact should be evicted now."""

@@ -16,7 +16,14 @@ contact is still detected and remembered) or cancelled. Contacts ``skip`` says a
 suspect are asked only when too few others are left.
 
 Value lookups do not stop at the first holder — a key has many publishers and holders
-may differ, so replies are collected until the k nearest are settled.
+may differ, so replies are collected until the k nearest are settled. A holder of many
+records answers in several pages, one round trip each (``RpcClient.find_value``), so
+its whole reply takes longer than a one-datagram referral: a contact that has been
+heard from since it was asked (``answering``: its first page came back) is alive and
+is never given up on, or every holder of a popular key (a modality + body part has
+a record from most sites) was given up on in favour of non-holders that answer in one
+round trip, and the read missed most publishers (churn scenario, 100 nodes: recall
+0.396).
 
 ``hops`` is the length of the referral chain to the first record holder (value lookup)
 or to the closest node found: a seed from our own table is hop 1. Replies completing
@@ -111,13 +118,16 @@ def _give_up_at(sent: float, wait: float, slowest: float | None) -> float:
     return sent + GRACE * max(wait, slowest)
 
 
+Answering = Callable[[bytes, float], bool]   # (node id, asked at): heard from it since?
+
+
 def _next_change(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _Candidates,
                  asked_at: dict[bytes, tuple[float, float]], now: float,
-                 slowest: float | None) -> float | None:
+                 slowest: float | None, answering: Answering) -> float | None:
     """Seconds until the next in-flight contact turns slow or is given up on."""
     times = []
     for node_id in in_flight.values():
-        if node_id in asked_at:
+        if node_id in asked_at and not answering(node_id, asked_at[node_id][0]):
             sent, wait = asked_at[node_id]
             if cands.state[node_id] == _ASKED:
                 times.append(sent + max(wait, slowest or 0.0))
@@ -129,13 +139,16 @@ def _next_change(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _C
 
 def _age(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _Candidates,
          asked_at: dict[bytes, tuple[float, float]], now: float,
-         slowest: float | None) -> list[bytes]:
-    """Move contacts past their patience to slow, past the grace to given up (returned)."""
+         slowest: float | None, answering: Answering) -> list[bytes]:
+    """Move contacts past their patience to slow, past the grace to given up (returned);
+    a contact that is answering (paging) is neither."""
     given_up = []
     for node_id in in_flight.values():
         if node_id not in asked_at:
             continue
         sent, wait = asked_at[node_id]
+        if answering(node_id, sent):
+            continue
         if cands.state[node_id] == _ASKED and now >= sent + max(wait, slowest or 0.0):
             cands.state[node_id] = _SLOW
         if cands.state[node_id] == _SLOW and now >= _give_up_at(sent, wait, slowest):
@@ -150,7 +163,8 @@ async def iterative_lookup(target_id: bytes, seeds: list[Contact], query: QueryF
                            patience: Callable[[bytes], float] | None = None,
                            leftover: Callable[[list[asyncio.Future[Reply | None]]], None]
                            | None = None,
-                           gave_up: Callable[[bytes], None] = lambda node_id: None
+                           gave_up: Callable[[bytes], None] = lambda node_id: None,
+                           answering: Answering = lambda node_id, since: False
                            ) -> LookupOutcome:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -185,14 +199,15 @@ async def iterative_lookup(target_id: bytes, seeds: list[Contact], query: QueryF
                     continue
                 break
             done, _ = await asyncio.wait(
-                in_flight, timeout=_next_change(in_flight, cands, asked_at, loop.time(), slowest),
+                in_flight, timeout=_next_change(in_flight, cands, asked_at, loop.time(), slowest,
+                                     answering),
                 return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
             for task in done:
                 node_id = in_flight[task]
                 if node_id in asked_at and not task.cancelled() and task.result() is not None:
                     slowest = max(slowest or 0.0, now - asked_at[node_id][0])
-            for node_id in _age(in_flight, cands, asked_at, now, slowest):
+            for node_id in _age(in_flight, cands, asked_at, now, slowest, answering):
                 gave_up(node_id)
             for task in sorted(done, key=lambda t: cands.rank(in_flight[t])):
                 node_id = in_flight.pop(task)

@@ -301,7 +301,8 @@ class DHTServer:
                                          skip=self.liveness.is_suspect,
                                          patience=self.liveness.deadline
                                          if self.config.hurry_reads else None,
-                                         leftover=self._adopt, gave_up=self.liveness.suspect)
+                                         leftover=self._adopt, gave_up=self.liveness.suspect,
+                                         answering=self.liveness.heard_since)
         found = [r for reply in outcome.replies.values() for r in reply.records]
         return GetResult(newest_per_publisher(await self.keeper.local(key) + found),
                          outcome.stats)
