@@ -193,6 +193,17 @@ class PduSocket:
         """All P-DATA-TF PDUs of one DIMSE message, as buffers to send in order."""
         room = self.max_send - 6
         parts: list[bytes | memoryview] = []
+        if dataset is not None and len(command) + len(dataset) + 12 <= self.max_send:
+            # The whole message in one P-DATA-TF: its command PDV, then its data set PDV
+            # (PS3.8 9.3.5: a PDU carries one or more PDVs; one message per PDU, as
+            # pynetdicom's reader ends a PDU's use at the end of the first message).
+            # A reader that handles one PDU per loop turn gets the message in one turn.
+            parts.append(_PDU_HEADER.pack(P_DATA_TF, len(command) + len(dataset) + 12))
+            parts.append(_PDV_HEADER.pack(len(command) + 2, context_id, 0x03))
+            parts.append(command)
+            parts.append(_PDV_HEADER.pack(len(dataset) + 2, context_id, 0x02))
+            parts.append(dataset)
+            return parts
         _pdvs(parts, context_id, memoryview(command), room, 0x01)
         if dataset is not None:
             _pdvs(parts, context_id, memoryview(dataset), room, 0x00)
