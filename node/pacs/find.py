@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from ..store.db import MetadataStore
 from .identifier import Identifier
 from .matching import DEFAULT_LIMIT, InfoModel, build_query, build_retrieve_query
-from .response_wire import ResponseRow
+from .response_wire import ResponseRow, RowEncoder
 
 log = logging.getLogger("medfed.find")
 
@@ -58,6 +58,7 @@ async def find_rows(store: MetadataStore, identifier: Dataset, model: InfoModel 
     """:func:`find`'s matches as rows (``ResponseRow``: bytes or Dataset on demand)."""
     query = build_query(identifier, model, limit=limit, dialect=store.dialect)
     sent = 0
+    encoder = RowEncoder(query, retrieve_ae)
     rows = store.stream(query.sql, query.params, batch=_BATCH)
     try:
         async for row in rows:
@@ -67,7 +68,7 @@ async def find_rows(store: MetadataStore, identifier: Dataset, model: InfoModel 
                             "the query)", query.level, limit)
                 return
             sent += 1
-            yield ResponseRow(query, row, retrieve_ae)
+            yield ResponseRow(query, row, retrieve_ae, encoder)
     finally:
         await rows.aclose()  # give the reader back now, not when the generator is collected
 
@@ -84,7 +85,8 @@ def find_sync(store: MetadataStore, identifier: Identifier, model: InfoModel | s
     if len(rows) > limit:
         log.warning("C-FIND at %s level matched more than %d records; the answer was "
                     "truncated (raise the query limit or narrow the query)", query.level, limit)
-    return [ResponseRow(query, row, retrieve_ae) for row in rows[:limit]]
+    encoder = RowEncoder(query, retrieve_ae)
+    return [ResponseRow(query, row, retrieve_ae, encoder) for row in rows[:limit]]
 
 
 async def select_instances(store: MetadataStore, identifier: Dataset,

@@ -14,7 +14,7 @@ from node.pacs import codec
 from node.pacs.matching import InfoModel, build_query
 from node.pacs.qr_attributes import ATTRS, Kind, QueryLevel
 from node.pacs.response import response_dataset
-from node.pacs.response_wire import ResponseRow, encode_row
+from node.pacs.response_wire import ResponseRow, RowEncoder, encode_row
 from tests.qr_helpers import ident
 
 SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -88,3 +88,33 @@ def test_a_value_the_vr_cannot_carry_is_sent_empty() -> None:
     assert raw is not None
     ds = codec.decode(raw, ExplicitVRLittleEndian)
     assert ds.SOPInstanceUID == "1.2.3" and ds["Rows"].value in (None, b"", [])
+
+
+@pytest.mark.parametrize("model", list(InfoModel))
+def test_the_per_query_template_gives_encode_rows_bytes(model: InfoModel) -> None:
+    """RowEncoder (one template per query, made once) must write what encode_row
+    writes for every row, including rows it hands back to encode_row (non-ASCII)."""
+    rng = random.Random(11)
+    odd = ["Müller^Jürgen", "Ω", "Дмитрий"]
+    for level in model.levels():
+        for charset in (None, "ISO_IR 100", "ISO_IR 192", ["", "ISO 2022 IR 87"]):
+            identifier = ident(str(level), charset, **_keys(level, model),
+                               ReferencedStudySequence=[], PatientAge="")
+            query = build_query(identifier, model)
+            encoder = RowEncoder(query, "NODE_AE")
+            for i, row in enumerate(_rows(query, rng, 40)):
+                if i % 5 == 0:   # some rows carry a non-ASCII name or text
+                    row = tuple(rng.choice(odd) if isinstance(v, str) and v and rng.random()
+                                < 0.3 else v for v in row)
+                for ts in (*SYNTAXES, DeflatedExplicitVRLittleEndian):
+                    raw = encode_row(query, row, "NODE_AE", ts)
+                    assert encoder.encode(row, ts) == raw
+                    if raw is not None:   # (else the Dataset path, the same for both)
+                        assert ResponseRow(query, row, "NODE_AE", encoder).encode(ts) == raw
+
+
+def test_the_template_sends_a_value_the_vr_cannot_carry_empty_as_encode_row_does() -> None:
+    q = build_query(ident("IMAGE", None, Rows="", SOPInstanceUID=""), InfoModel.STUDY_ROOT)
+    row = tuple(70000 if k.kind is Kind.INT else "1.2.3" for k in q.keys if k.column is not None)
+    for ts in SYNTAXES:
+        assert RowEncoder(q, "AE").encode(row, ts) == encode_row(q, row, "AE", ts)
