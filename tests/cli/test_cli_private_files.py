@@ -68,6 +68,8 @@ def shared_base() -> Iterator[Path]:
 def site(shared_base: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     made = medfed("init", shared_base / "site", "--host", "127.0.0.1", "--dicom-port", port,
+                  "--peer-port", free_port(), "--dht-port", free_port(),
+                  "--http-port", free_port(),   # no fixed port: suites may run side by side
                   "--allow", "STORESCU@127.0.0.1", "--allow", "ECHOSCU@127.0.0.1")
     assert made.returncode == 0, made.stderr
     synth = medfed("synth", shared_base / "in", "--patients", 1, "--series", 1, "--slices", 2,

@@ -40,7 +40,9 @@ def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
 def test_kill_9_mid_association_loses_no_acknowledged_instance(tmp_path: Path) -> None:
     port = free_port()
     subprocess.run([sys.executable, "-m", "node.cli", "init", str(tmp_path / "n"),
-                    "--dicom-port", str(port), "--allow", "PYNETDICOM@127.0.0.1"],
+                    "--dicom-port", str(port), "--peer-port", str(free_port()),
+                    "--dht-port", str(free_port()), "--http-port", str(free_port()),
+                    "--allow", "PYNETDICOM@127.0.0.1"],
                    check=True, capture_output=True)
     cfg = tmp_path / "n" / "medfed.toml"
     proc = _start(cfg, port)

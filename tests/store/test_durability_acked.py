@@ -27,7 +27,9 @@ def _dataset_digest(path: Path) -> str:
 def test_kill_9_right_after_success_statuses_keeps_every_instance(tmp_path: Path) -> None:
     port = free_port()
     subprocess.run([sys.executable, "-m", "node.cli", "init", str(tmp_path / "n"),
-                    "--dicom-port", str(port), "--allow", "STORESCU@127.0.0.1",
+                    "--dicom-port", str(port), "--peer-port", str(free_port()),
+                    "--dht-port", str(free_port()), "--http-port", str(free_port()),
+                    "--allow", "STORESCU@127.0.0.1",
                     "--allow", "FINDSCU@127.0.0.1", "--allow", "GETSCU@127.0.0.1"],
                    check=True, capture_output=True)
     cfg = tmp_path / "n" / "medfed.toml"
