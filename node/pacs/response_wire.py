@@ -121,13 +121,20 @@ class RowEncoder:
 _U16, _U32, _LONG_LEN = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<HI")
 
 
+def _explicit_vr(ts: str) -> bool | None:
+    """True / False for the two little-endian syntaxes a match is encoded in; None for
+    any other (those matches take the Dataset path)."""
+    if ts == ExplicitVRLittleEndian:
+        return True
+    if ts == ImplicitVRLittleEndian:
+        return False
+    return None
+
+
 def _template(query: SqlQuery, retrieve_ae: str, ts: str) -> list[bytes | _Item] | None:
     """The template of ``RowEncoder`` (None: every row takes ``encode_row``)."""
-    if ts == ExplicitVRLittleEndian:
-        explicit = True
-    elif ts == ImplicitVRLittleEndian:
-        explicit = False
-    else:
+    explicit = _explicit_vr(ts)
+    if explicit is None:
         return None
     charset = query.charset   # what encode_row answers when every text is ASCII
     fixed: list[tuple[int, str, Any]] = [(QR_LEVEL, "CS", str(query.level)),
@@ -179,11 +186,8 @@ def _template(query: SqlQuery, retrieve_ae: str, ts: str) -> list[bytes | _Item]
 def encode_row(query: SqlQuery, row: Any, retrieve_ae: str, ts: str) -> bytes | None:
     """The response identifier's bytes in ``ts``, or None when this row needs the
     Dataset path (see the module docstring)."""
-    if ts == ExplicitVRLittleEndian:
-        explicit = True
-    elif ts == ImplicitVRLittleEndian:
-        explicit = False
-    else:
+    explicit = _explicit_vr(ts)
+    if explicit is None:
         return None
     elements: list[tuple[int, str, Any]] = []
     texts: list[str] = []
