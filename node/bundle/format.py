@@ -144,28 +144,6 @@ def unshuffle16(region: bytes | memoryview) -> bytes:
     return _unshuffled_words(region).tobytes()
 
 
-class Unshuffler:
-    """``unshuffle16`` in place, into the writable buffer that holds the shuffled planes.
-
-    The words are built in one scratch array kept from call to call (the planes must be
-    read before they are overwritten): a fresh 512 KiB array per CT slice costs its page
-    faults every time, and the fetch receiver is CPU-bound at 1 Gbit/s."""
-
-    def __init__(self) -> None:
-        self._scratch = np.empty(0, dtype="<u2")
-
-    def __call__(self, region: memoryview) -> None:
-        planes = np.frombuffer(region, dtype=np.uint8).reshape(2, -1)
-        half = planes.shape[1]
-        if self._scratch.size < half:
-            self._scratch = np.empty(half, dtype="<u2")
-        words = self._scratch[:half]
-        np.copyto(words, planes[1])
-        words <<= 8
-        words |= planes[0]
-        np.frombuffer(region, dtype=np.uint8)[:] = words.view(np.uint8)
-
-
 def unshuffle16_into(planes: bytes | bytearray | memoryview, out: bytearray, offset: int) -> None:
     """Inverse of ``shuffle16``: the words of ``planes`` (low bytes, then high bytes) written
     into ``out[offset:offset + len(planes)]``. Two passes over the output, reading planes

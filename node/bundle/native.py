@@ -48,10 +48,10 @@ except ImportError:  # pragma: no cover - depends on the zstandard build
 class StreamPull:
     """The pulling side of one XChaCha20-Poly1305 secretstream, decrypting into ``out``."""
 
-    def __init__(self, key: bytes, stream_header: bytes, *, native: bool = NATIVE_SODIUM) -> None:
+    def __init__(self, key: bytes, stream_header: bytes) -> None:
         self._state = crypto_secretstream_xchacha20poly1305_state()
         crypto_secretstream_xchacha20poly1305_init_pull(self._state, stream_header, key)
-        self._native = native and NATIVE_SODIUM
+        self._native = NATIVE_SODIUM
         if self._native:
             self._mlen = _nffi.new("unsigned long long *")
             self._tag = _nffi.new("unsigned char *")
@@ -87,8 +87,8 @@ class Inflater:
     asked only once the input given so far is used up. Frames that follow each other are
     decoded in turn, as python-zstandard's stream writer does."""
 
-    def __init__(self, window_log: int, *, native: bool = NATIVE_ZSTD) -> None:
-        self._native = native and NATIVE_ZSTD
+    def __init__(self, window_log: int) -> None:
+        self._native = NATIVE_ZSTD
         if self._native:
             dctx = _zlib.ZSTD_createDCtx()
             if dctx == _zffi.NULL:

@@ -368,14 +368,12 @@ class BundleDecoder:
         *,
         expected_id: str | None = None,
         max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-        native: bool = True,
     ) -> None:
         if expected_id is not None and (len(expected_id) != 64 or not _is_hex(expected_id)):
             raise BundleError("expected bundle id must be 64 hexadecimal characters")
         self._key = _check_key(key)
         self._expected = expected_id.lower() if expected_id else None
         self._max_instance = max_instance_bytes
-        self._native = native          # False: the public pynacl / zstandard APIs (tests)
         self._buffer = bytearray()
         self._hash = hashlib.sha256()
         self._stored = 0
@@ -444,10 +442,10 @@ class BundleDecoder:
 
     def _start(self, header_bytes: bytes) -> None:
         header = BundleHeader.from_bytes(header_bytes)
-        self._pull = StreamPull(self._key, header.stream_header, native=self._native)
+        self._pull = StreamPull(self._key, header.stream_header)
         self._header, self._header_bytes = header, header_bytes
         self._plain = bytearray(header.chunk_size)
-        inflater = Inflater(header.window_log, native=self._native)
+        inflater = Inflater(header.window_log)
         self._parser = _RecordParser(inflater, self._max_instance, header.shuffle, self._pool)
 
     def _open(self, chunk: memoryview) -> int:

@@ -31,7 +31,6 @@ from node.bundle.format import (
     HEADER_SIZE,
     MAGIC,
     BundleHeader,
-    Unshuffler,
     order_instances,
     pixel_region,
     shuffle16,
@@ -389,15 +388,20 @@ def test_shuffle_is_reversible_and_groups_byte_planes() -> None:
     assert unshuffle16(shuffle16(region)) == region
 
 
-def test_in_place_unshuffle_reuses_its_scratch_across_sizes() -> None:
-    """One Unshuffler for a whole bundle: regions grow and shrink (a CT slice, a smaller
-    localizer, another slice); a stale scratch length or content would show up here."""
-    unshuffle = Unshuffler()
+def test_unshuffle_into_writes_exactly_its_region_across_sizes() -> None:
+    """The decoder unshuffles each slice's planes from one reused scratch into the
+    instance buffer: regions grow and shrink (a CT slice, a smaller localizer, another
+    slice); a stale scratch length, or a write outside the region, would show up here."""
     rng = np.random.default_rng(7)
+    scratch = bytearray(0)
     for words in (1000, 10, 4000, 1, 4000):
         region = rng.integers(0, 65536, words).astype("<u2").tobytes()
-        buffer = bytearray(b"head" + shuffle16(region) + b"tail")
-        unshuffle(memoryview(buffer)[4 : 4 + len(region)])
+        planes = shuffle16(region)
+        if len(scratch) < len(planes):
+            scratch = bytearray(len(planes))
+        scratch[:len(planes)] = planes
+        buffer = bytearray(b"head" + bytes(len(region)) + b"tail")
+        unshuffle16_into(memoryview(scratch)[:len(planes)], buffer, 4)
         assert buffer == b"head" + region + b"tail"
 
 
