@@ -151,3 +151,38 @@ def bright_fraction(png: bytes, box: tuple[int, int, int, int] | None = None) ->
         image = image.crop(box)
     histogram = image.histogram()
     return sum(histogram[60:]) / max(1, sum(histogram))
+
+
+VIEWPORT_BOX = (450, 150, 1250, 800)   # OHIF's viewport: the study list and toolbar stay out
+FIRST_IMAGE_DEADLINE_S = 240.0   # 9-18 s on 2 idle cores with SwiftShader; generous for a busy CI
+
+
+async def wait_for_drawn_image(viewer: Any, shot: Path,
+                               deadline_s: float = FIRST_IMAGE_DEADLINE_S) -> tuple[float, float]:
+    """Poll the viewer's viewport until an image is drawn; (lit fraction, seconds taken).
+
+    A popup that has not painted its first frame yet (still navigating, on a loaded
+    machine) makes Chromium refuse ``Page.captureScreenshot`` with "Unable to capture
+    screenshot": that is "nothing drawn yet", not a failure, until the deadline.
+    The last screenshot is saved to ``shot`` so a failure can be looked at.
+    """
+    import time
+
+    from playwright.async_api import Error as PlaywrightError
+
+    started, lit = time.monotonic(), 0.0
+    await viewer.wait_for_load_state("domcontentloaded", timeout=deadline_s * 1000)
+    while time.monotonic() - started < deadline_s:
+        try:
+            lit = bright_fraction(await viewer.screenshot(), box=VIEWPORT_BOX)
+        except PlaywrightError as error:
+            if "Unable to capture screenshot" not in str(error):
+                raise
+        if lit > 0.05:
+            break
+        await viewer.wait_for_timeout(500)
+    try:
+        await viewer.screenshot(path=str(shot))
+    except PlaywrightError:
+        pass   # the figure is ``lit``; the picture is only for a person looking at a failure
+    return lit, time.monotonic() - started

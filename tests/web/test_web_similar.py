@@ -32,13 +32,12 @@ from node.testing.federation import LocalFederation
 from node.testing.web_federation import publish_all, start_web_federation
 from node.web.service import WebService
 
-from web_support import PASSWORD, artifacts_dir, bright_fraction, launch_chromium
+from web_support import PASSWORD, artifacts_dir, launch_chromium, wait_for_drawn_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 NAMES = ["st-mary", "city-general", "north-clinic"]
 USERS = [("alice", "clinician", "cardiology", PASSWORD)]
 DIAGNOSIS = "Hypertrophic cardiomyopathy, patient DUP0001"   # near_duplicate's patient ID
-FIRST_IMAGE_DEADLINE_S = 240.0   # 9-18 s on 2 idle cores with SwiftShader; generous for a busy CI
 MEMBERS = {"small_count_threshold": 5, "rule": [
     {"name": "members", "site": "*", "role": "clinician", "level": "deidentified"}]}
 POLICIES = {"city-general": {**MEMBERS, "similarity_methods": ["hist", "embed"],
@@ -115,13 +114,7 @@ async def _login(chromium: Any, base: str, path: str) -> Any:
 
 
 async def _drawn(viewer: Any, shot: Path) -> float:
-    started, lit = time.monotonic(), 0.0
-    while time.monotonic() - started < FIRST_IMAGE_DEADLINE_S:
-        lit = bright_fraction(await viewer.screenshot(), box=(450, 150, 1250, 800))
-        if lit > 0.05:
-            break
-        await viewer.wait_for_timeout(500)
-    await viewer.screenshot(path=str(shot))
+    lit, _ = await wait_for_drawn_image(viewer, shot)
     return lit
 
 
