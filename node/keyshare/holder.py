@@ -44,8 +44,11 @@ def hex_field(doc: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
 
 class ShareHolder:
     def __init__(self, identity: NodeIdentity, roster: RosterBook,
-                 custody: Callable[[], Custody], audit: Callable[[], AuditLog | None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 custody: Callable[[], Custody], audit: Callable[[], AuditLog | None], *,
+                 clock: Callable[[], float]) -> None:
+        """``clock``: the node's time (``Transport.wall_clock``: the wall clock on a real
+        node, virtual time in the simulator); assertion and release-policy lifetimes are
+        checked against it."""
         self._identity = identity
         self._roster = roster
         self._custody = custody

@@ -73,7 +73,7 @@ class KeyShareService:
         assert node.peer is not None and node.membership is not None
         self._node = node
         holder = ShareHolder(node.identity, node.membership.roster, self._open_custody,
-                             lambda: node.audit)
+                             lambda: node.audit, clock=node.transport.wall_clock)
         node.peer.add_route("POST", DEPOSIT_PATH, holder.deposit)
         node.peer.add_route("POST", RELEASE_PATH, holder.release)
         node.peer.add_route("POST", REVOKE_PATH, holder.revoke)

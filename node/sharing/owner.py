@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -117,7 +116,7 @@ class OwnerFetch:
         node = self.node
         assert node.membership is not None
         assertion = accept_assertion(call.json.get("assertion"), node.membership.roster.current,
-                                     call.sender.node_id, now=time.time())
+                                     call.sender.node_id, now=node.transport.wall_clock())
         decision = decide(policy_from_dict(node.cfg.policy), assertion, call.sender)
         wanted = Level.IDENTIFIED if identified else Level.DEIDENTIFIED
         if decision.level not in (Level.DEIDENTIFIED, Level.IDENTIFIED) or (

@@ -344,7 +344,7 @@ class PublisherService:
         sites, roles, purposes = release_terms(policy_from_dict(self.node.cfg.policy))
         if not (sites and roles and purposes):
             raise PublishRefused("the site policy releases images to nobody; nothing to share")
-        now = int(time.time())
+        now = int(self.node.transport.wall_clock())   # the node's clock: virtual in the simulator
         policy = ReleasePolicy(entry.bundle_id, self.node.node_id, sites, roles, purposes, now,
                                now + self.settings.ttl_s)
         sized = self.protection()

@@ -342,4 +342,4 @@ def local_assertion(node: "Node", user: "User", purpose: str) -> UserAssertion:
     ``node.users.UserRefused`` when the user record does not allow ``purpose``."""
     from node.users import user_assertion
 
-    return user_assertion(node.identity, user, purpose)
+    return user_assertion(node.identity, user, purpose, now=node.transport.wall_clock())
