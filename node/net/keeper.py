@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.net.client import PeerClient, PeerConnection
-from node.net.errors import PeerError
+from node.net.errors import PeerError, PeerTimeout, PeerUnreachable
 from node.net.roster import Member, Roster
 from node.net.rosterbook import RosterBook
 from node.net.server import PING_PATH
@@ -62,6 +62,7 @@ class _Kept:
     connection: PeerConnection | None = None
     opened_at: float = 0.0
     failures: int = 0
+    down_since: float | None = None    # loop time of the first failed dial since it answered
     dialing: "asyncio.Task[None] | None" = None
     redial: asyncio.TimerHandle | None = None
 
@@ -124,6 +125,23 @@ class PeerKeeper:
     def warm(self, node_id: str) -> bool:
         k = self._kept.get(node_id)
         return k is not None and k.connection is not None
+
+    def down_for(self, node_id: str) -> float | None:
+        """Seconds since this keeper's dials to ``node_id`` began failing, if the member is
+        kept, has no connection and its last dial failed (nothing answered since); else
+        None. What a fetch consults so a running node does not dial an owner it already
+        knows is down (``node.sharing.retrieve``); a redial that succeeds clears it."""
+        k = self._kept.get(node_id)
+        if k is None or k.connection is not None or k.down_since is None:
+            return None
+        return max(0.0, self._now() - k.down_since)
+
+    async def dialled(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for the dials in flight now to end (right after
+        ``start``: the first dial to every kept member), however they end."""
+        tasks = [k.dialing for k in self._kept.values() if k.dialing is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     # -- choosing ----------------------------------------------------------------------
     def _now(self) -> float:
@@ -189,7 +207,7 @@ class PeerKeeper:
         if k.redial is not None:
             k.redial.cancel()
             k.redial = None
-        k.connection, k.opened_at = connection, self._now()
+        k.connection, k.opened_at, k.down_since = connection, self._now(), None
         if not connection.when_closed(lambda: self._lost(k, connection)):
             self._lost(k, connection)
 
@@ -234,6 +252,8 @@ class PeerKeeper:
         except (PeerError, ValueError) as exc:   # ValueError: an unusable address
             self.stats["dial_failures"] += 1
             k.failures += 1
+            if k.down_since is None and isinstance(exc, (PeerUnreachable, PeerTimeout)):
+                k.down_since = self._now()          # not a refusal: that peer is up
             log.debug("warm connection to %s not opened: %s", k.member.name, exc)
         finally:
             k.dialing = None

@@ -117,18 +117,27 @@ class Retriever:
         if ref.owner is None or (ref.bundle_id is None and not identified):
             ref = await self._resolve(ref)
         problems: list[str] = []
-        down_for = self._owner_just_unreachable(ref, identified)
-        if down_for is not None:
-            problems.append(f"owner: could not be connected to {down_for:.1f} s ago; not asked again")
-        elif ref.owner is not None:
+        known_down = self._owner_known_down(ref, identified)
+        if known_down is not None:
+            problems.append(f"owner: {known_down}; not asked first")
+            try:
+                result = await self._from_replicas(ref, assertion, make_sink, progress, problems)
+                self._audit(assertion, result)
+                return result
+            except FetchError as exc:   # it may be back already: ask it after all
+                problems = [str(exc)]
+        if ref.owner is not None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
                 result = await self._from_owner(ref, assertion, make_sink, identified, progress)
+                result = replace(result, attempts=tuple(problems))
                 self._audit(assertion, result)
                 return result
             except _Attempt as exc:
                 problems.append(f"owner: {exc} (after {(loop.time() - started) * 1e3:.0f} ms)")
+        if known_down is not None:
+            raise FetchError("; ".join(problems))
         if identified:
             raise FetchError("identified images come only from the owning site, which could not serve them ("
                              + "; ".join(problems) + ")")
@@ -139,17 +148,25 @@ class Retriever:
         self._audit(assertion, result)
         return result
 
-    def _owner_just_unreachable(self, ref: SeriesRef, identified: bool) -> float | None:
-        """Seconds since this node last failed to connect to the owner, if within
-        ``OWNER_DOWN_MEMORY_S`` and the replica path can serve (de-identified, bundle known).
-        Why: the failed connect costs the fallback 1.5 RTT again (31 ms through
-        bench.wan's 20 ms link, 7 % of a 1 Gbit/s fetch of a 300-slice CT series), e.g.
-        right after the federated query that found the series could not reach the owner.
-        The replica path is the one the design has for an unreachable owner: share
-        holders check the owner's signed release policy."""
+    def _owner_known_down(self, ref: SeriesRef, identified: bool) -> str | None:
+        """Why this node believes the owner is down, if the replica path can serve
+        (de-identified, bundle known): a connect to it failed within
+        ``OWNER_DOWN_MEMORY_S``, or the keeper's dials to it have failed since it last
+        answered (a running node knows before anyone asks). Why: the failed connect costs
+        the fallback 1.5 RTT again (31 ms through bench.wan's 20 ms link, 7 % of a
+        1 Gbit/s fetch of a 300-slice CT series). The replica path is the one the design
+        has for an unreachable owner (share holders check the owner's signed release
+        policy); should it fail, the owner is asked after all (it may be back)."""
         if identified or ref.owner is None or ref.bundle_id is None or self.node.client is None:
             return None
-        return self.node.client.connect_failed_within(ref.owner, OWNER_DOWN_MEMORY_S)
+        ago = self.node.client.connect_failed_within(ref.owner, OWNER_DOWN_MEMORY_S)
+        if ago is not None:
+            return f"could not be connected to {ago:.1f} s ago"
+        keeper = getattr(self.node, "keeper", None)
+        down = keeper.down_for(ref.owner) if keeper is not None else None
+        if down is not None:
+            return f"this node's keeper has not reached it for {down:.1f} s"
+        return None
 
     def _audit(self, assertion: UserAssertion, result: FetchResult) -> None:
         if self.node.audit is not None:

@@ -106,13 +106,18 @@ def test_redials_with_backoff_after_a_drop_and_stops_without_leftovers(tmp_path:
         network.set_up(peer.host, False)          # the peer's machine loses its node
         await asyncio.sleep(0.01)
         assert not keeper.warm(first) and keeper.stats["dropped"] == 1
+        assert keeper.down_for(first) is None     # dropped, not yet found down
         await asyncio.sleep(40.0)                 # refused dials, backoff 1 s doubling to 8 s
         failures = keeper.stats["dial_failures"]
         assert 4 <= failures <= 9, keeper.stats   # not a tight loop, not given up
         assert not keeper.warm(first)
+        down = keeper.down_for(first)             # since the first failed dial, ~1 s after the drop
+        assert down is not None and 38.0 <= down <= 40.0
+        assert keeper.down_for(keeper.kept[1]) is None
         network.set_up(peer.host, True)
         await asyncio.sleep(8.0)                  # at most one backoff later
         assert keeper.warm(first) and keeper.warm(keeper.kept[1])
+        assert keeper.down_for(first) is None     # answered again: not down
         assert network.connections(home.host) == 2
         await keeper.stop()
         await asyncio.sleep(0.1)                  # the FINs arrive

@@ -1,0 +1,86 @@
+"""A running node knows the owner is down before anyone fetches, and learns it is back.
+
+Virtual time, in-memory network, real nodes (keeper, peer API, DHT, shares, replicas):
+the requester's keeper keeps a connection to every member. When the owner goes down its
+dials fail; a fetch then goes straight to the replica + key-share path without a connect
+to the dead owner, long after the peer client's 5 s failed-connect memory lapsed. When
+the owner comes back, a fetch whose replica path fails asks the owner after all, and
+once the keeper has reached it again, fetches go to the owner first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from node.sharing.retrieve import OWNER_DOWN_MEMORY_S, Retriever, SeriesRef, local_assertion
+from sim.data import Placement, plant
+from sim.grid import SimGrid
+from sim.netmodel import NetModel
+from sim.network import SimNetwork
+from sim.scenarios.common import CLINICIAN
+from sim.scenarios.sharing import MemorySink, sharing_services
+from sim.vclock import run_virtual
+
+
+def test_keeper_knows_the_owner_is_down_and_back(tmp_path: Path) -> None:
+    async def main() -> dict[str, object]:
+        network = SimNetwork(NetModel(latency_ms=10), seed=9)
+        grid = await SimGrid.start(tmp_path, 8, seed=9, services=sharing_services,
+                                   network=network, bootstrap="roster")
+        try:
+            owner = grid.nodes[0]
+            await plant({0: owner}, [Placement(site=0, patient=1, modality="CT")], seed=9,
+                        slices=2, size=16)
+            publisher = owner.service("publisher")
+            await publisher.run_due()  # type: ignore[union-attr]
+            (entry,) = await publisher.catalog.entries()  # type: ignore[union-attr]
+            busy = {owner.node_id, *entry.replica_holders}
+            requester = next(n for n in grid.nodes if n.node_id not in busy)
+            ref = SeriesRef(owner.node_id, entry.bundle_id)
+            out: dict[str, object] = {"instances": entry.instances}
+
+            async def fetch(key: str) -> None:
+                sink = MemorySink()
+                result = await Retriever(requester, deadline_s=60).fetch(
+                    ref, local_assertion(requester, **CLINICIAN), lambda _b: sink)
+                out[key] = (result.source.split(":")[0], len(sink.instances), result.attempts)
+
+            await asyncio.sleep(5)
+            assert requester.keeper is not None and requester.keeper.warm(owner.node_id)
+            await grid.kill(0)
+            await asyncio.sleep(150)             # the keeper's redials fail, backing off to 60 s
+            out["memory"] = requester.client.connect_failed_within(owner.node_id,
+                                                                   OWNER_DOWN_MEMORY_S)
+            out["down_for"] = requester.keeper.down_for(owner.node_id)
+            await fetch("down")
+            out["memory_after"] = requester.client.connect_failed_within(owner.node_id,
+                                                                         OWNER_DOWN_MEMORY_S)
+            await grid.revive(0)                 # back, but the keeper has not redialled yet
+            out["down_before_fallback"] = requester.keeper.down_for(owner.node_id) is not None
+            for node in grid.nodes:
+                if node.node_id in entry.replica_holders:
+                    await grid.kill(grid.index_of(node.node_id))
+            await fetch("fallback")
+            await asyncio.sleep(65)              # the next redial reaches it
+            out["down_after_redial"] = requester.keeper.down_for(owner.node_id)
+            await fetch("back")
+            return out
+        finally:
+            await grid.stop()
+
+    got = run_virtual(main())
+    n = got["instances"]
+    assert got["memory"] is None                          # the client's 5 s memory lapsed …
+    assert got["down_for"] is not None and float(got["down_for"]) > 100   # … the keeper knows
+    source, count, attempts = got["down"]                 # type: ignore[misc]
+    assert (source, count) == ("replica", n)
+    assert len(attempts) == 1 and "keeper has not reached it" in attempts[0]
+    assert "not asked first" in attempts[0]
+    assert got["memory_after"] is None                    # the fetch did not dial the owner
+    assert got["down_before_fallback"] is True
+    source, count, attempts = got["fallback"]             # type: ignore[misc]
+    assert (source, count) == ("owner", n)                # replicas gone: the owner after all
+    assert any("no replica holder" in a for a in attempts)
+    assert got["down_after_redial"] is None
+    assert got["back"] == ("owner", n, ())
