@@ -28,6 +28,10 @@ from pathlib import Path
 
 from bench.results import stamp, write_section
 from bench.wan_fed import (
+    COLD,
+    RUNNING,
+    RUNNING_IDLE_S,
+    WARM,
     Published,
     WanFederation,
     pick_requester,
@@ -49,7 +53,7 @@ from bench.wan_requester import ChildArgs, Fetched, RequesterProcess
 from node.synth.generate import generate, iter_datasets
 
 SECTION = "wan"
-WARM_OWNER, WARM_DOWN = "owner, warm pool", "owner down, warm pool"
+MODES = (COLD, RUNNING, WARM)    # the requester's state before a fetch (bench.wan_fed.prepare)
 SLICE_BYTES = 525_826          # one 512x512 synthetic CT slice as Part-10
 ORTHANC_PORT_VARS = ("DICOM_PORT", "HTTP_PORT", "SCU_PORT", "RAW_PORT", "PROXY_PORT",
                      "PROXY_SCU_PORT", "PROXY_RAW_PORT")
@@ -86,12 +90,12 @@ def run_orthanc(series: Path, links: list[Link], work: Path) -> dict[tuple[float
 
 
 async def _fetch_once(fed: WanFederation, req: RequesterProcess, requester: int, pub: Published,
-                      link: Link | None, out: Path, *, warm: bool = False) -> Fetched:
+                      link: Link | None, out: Path, *, mode: str = COLD) -> Fetched:
     async with fed.links(requester, link):
-        got = await req.fetch(pub.owner_id, pub.bundle_id, pub.instances, out, warm=warm)
+        got = await req.fetch(pub.owner_id, pub.bundle_id, pub.instances, out, mode=mode)
     if got.files != pub.instances or got.instances != pub.instances:
         raise RuntimeError(f"fetched {got.files} files / {got.instances} instances of {pub.instances}")
-    _log(f"  {link.label if link else 'loopback, no proxy'}{', warm pool' if warm else ''}: "
+    _log(f"  {link.label if link else 'loopback, no proxy'}, {mode}: "
          f"{got.seconds:.2f} s from {got.source[:20]} (bytes to the decoder {got.first_byte_s:.2f}-"
          f"{got.last_byte_s:.2f} s, tail {got.seconds - got.last_byte_s:.3f} s)"
          + (f" (tried: {'; '.join(got.attempts)[:120]})" if got.attempts else ""))
@@ -99,9 +103,9 @@ async def _fetch_once(fed: WanFederation, req: RequesterProcess, requester: int,
 
 
 async def _row(fed: WanFederation, req: RequesterProcess, requester: int, pub: Published,
-               link: Link | None, out: Path, repeat: int, *, warm: bool = False) -> list[float]:
+               link: Link | None, out: Path, repeat: int, *, mode: str = COLD) -> list[float]:
     """``repeat`` fetches of one row (the machine is shared: one sample says little)."""
-    return [(await _fetch_once(fed, req, requester, pub, link, out, warm=warm)).seconds
+    return [(await _fetch_once(fed, req, requester, pub, link, out, mode=mode)).seconds
             for _ in range(max(1, repeat))]
 
 
@@ -139,11 +143,11 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
             await req.start()
         out = work / "out"
         _log(f"owner path (requester {m.name}, own process)")
-        for link in [None, *links]:
-            times.append((link, "owner", await _row(fed, req, requester, pub, link, out, repeat)))
-            if link is not None:
-                times.append((link, WARM_OWNER, await _row(fed, req, requester, pub, link, out, repeat,
-                                                           warm=True)))
+        times.append((None, f"owner, {COLD}", await _row(fed, req, requester, pub, None, out, repeat)))
+        for link in links:
+            for mode in MODES:
+                times.append((link, f"owner, {mode}",
+                              await _row(fed, req, requester, pub, link, out, repeat, mode=mode)))
         if rss_gb > 0:
             rss, big = await _rss(fed, req, requester, rss_gb)
             _log(f"RSS: peak {rss.peak_rss_mb:.0f} MB (before the fetch {rss.start_rss_mb:.0f} MB), "
@@ -151,8 +155,9 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
         await fed.stop_node(0)
         _log("owner down: replica + key shares")
         for link in links:
-            times.append((link, "owner down", await _row(fed, req, requester, pub, link, out, repeat)))
-            times.append((link, WARM_DOWN, await _row(fed, req, requester, pub, link, out, repeat, warm=True)))
+            for mode in MODES:
+                times.append((link, f"owner down, {mode}",
+                              await _row(fed, req, requester, pub, link, out, repeat, mode=mode)))
     finally:
         if req is not None:
             await req.stop()
@@ -172,13 +177,23 @@ def _report(pub: Published, times: list[tuple[Link | None, str, list[float]]],
              f"- series: {slices} slices 512x512 CT (node.synth), {pub.instances} instances; medfed bundle "
              f"{pub.bundle_bytes / 1e6:.1f} MB (zstd + XChaCha20); 7 nodes, key shares 2-of-3, 1 replica",
              f"- every medfed row: the median of {repeat} fetches in a row (all listed below the table)",
-             "- medfed time = wall clock of `Retriever.fetch` in the requester's own process, into a DICOM folder, on a cold connection pool: "
-             "TLS handshake, request, decrypt, decompress, write files. Every node but the requester "
+             "- medfed time = wall clock of `Retriever.fetch` in the requester's own process (a real `Node`: "
+             "peer client, keeper, keyshare and replica services), into a DICOM folder: "
+             "connect if needed, request, decrypt, decompress, write files. Every node but the requester "
              "sits behind one `wan_proxy.py` (shared token bucket); the DHT (UDP) is not proxied",
-             "- link limit = bundle bytes / rate + RTT. A cold fetch cannot reach it: TCP handshake, "
+             "- what the requester is before the clock starts (`bench.wan_fed.prepare`): "
+             "**cold process** = no connection open, nothing remembered about who is down, keeper stopped "
+             "(a process that starts and fetches at once, like `medfed fetch`); "
+             f"**running node** = a `medfed run`-style node: its keeper (`node.net.keeper`) started afresh "
+             f"on an empty pool, its first dial to every member done (answered, or failed for a member that "
+             f"is down), then {RUNNING_IDLE_S:g} s idle; no query made; "
+             "**warm pool** = keeper stopped, but one signed GET /v1/roster sent to every member just before, "
+             "as right after the federated query that found the series",
+             "- link limit = bundle bytes / rate + RTT. A cold process cannot reach it: TCP handshake, "
              "TLS 1.3 handshake and the request take 3 RTT before the first byte (floor = bytes / rate + "
-             "3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms). 'warm pool' rows: a connection to every member "
-             "is already open, as after the federated query that found the series (floor = the limit)",
+             "3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms). Running node and warm pool: the connections "
+             "are open, so 1 RTT (floor = the limit). The emulator forwards over loopback TCP, so it models "
+             "no TCP slow start, on new or on idle connections alike",
              ""] + table(rows)
     lines += ["", "All fetches (s): " + "; ".join(
         f"{link.label if link else 'loopback'} {path}: {' '.join(f'{x:.2f}' for x in s)}" for link, path, s in times)]

@@ -166,18 +166,44 @@ def pick_requester(fed: WanFederation, pub: Published) -> int:
     return free[0]
 
 
-async def timed_fetch(node: Node, pub: Published, out: Path, *,
-                      warm: bool = False, marks: list[float] | None = None) -> tuple[float, FetchResult]:
-    """Wall clock of one fetch into a DICOM folder, on a cold connection pool, or (``warm``)
-    with a connection already open to every member, as after the federated query that
-    found the series (one signed GET /v1/roster each, before the clock starts). ``marks``
-    gets [first byte, last byte] handed to the decoder, in seconds after the start."""
-    assert node.client is not None and node.membership is not None
-    await node.client.close()
-    if warm:
+COLD, RUNNING, WARM = "cold process", "running node", "warm pool"
+RUNNING_IDLE_S = 2.0      # a running node: its keeper's first dials done, then idle this long
+KEEPER_DIAL_WAIT_S = 10.0
+
+
+async def prepare(node: Node, mode: str) -> None:
+    """Put the requester in the state of one kind of row, before the clock starts.
+
+    - ``cold process``: no connection open, nothing known about who is down, no keeper
+      (a process that starts and fetches at once, like ``medfed fetch``);
+    - ``running node``: the node's keeper started afresh with the pool empty and nothing
+      remembered, its first dial to every member done (answered, or failed for a member
+      that is down), then ``RUNNING_IDLE_S`` idle: a hospital's ``medfed run`` node that
+      has made no query yet;
+    - ``warm pool``: no keeper, but one signed GET /v1/roster to every member just before,
+      as right after the federated query that found the series.
+    """
+    assert node.client is not None and node.membership is not None and node.keeper is not None
+    await node.keeper.stop()
+    await node.client.close()          # the pool and the failed-connect memory
+    if mode == RUNNING:
+        node.keeper.start()
+        await node.keeper.dialled(KEEPER_DIAL_WAIT_S)
+        await asyncio.sleep(RUNNING_IDLE_S)
+    elif mode == WARM:
         others = [m for m in node.membership.roster.current.active() if m.node_id != node.node_id]
         await asyncio.gather(*(node.client.call(m, "GET", ROSTER_PATH, timeout=10) for m in others),
                              return_exceptions=True)   # a member that is down stays cold
+    elif mode != COLD:
+        raise ValueError(f"unknown requester mode {mode!r}")
+
+
+async def timed_fetch(node: Node, pub: Published, out: Path, *,
+                      mode: str = COLD, marks: list[float] | None = None) -> tuple[float, FetchResult]:
+    """Wall clock of one fetch into a DICOM folder, the requester prepared as ``mode``
+    (``prepare``); the keeper is stopped again afterwards. ``marks`` gets [first byte,
+    last byte] handed to the decoder, in seconds after the start."""
+    await prepare(node, mode)
     user = User(name="bench", handle="bench", role="researcher", department="radiology",
                 created_at=0, disabled=False, purposes=("research",))
     assertion = local_assertion(node, user, "research")
@@ -191,6 +217,10 @@ async def timed_fetch(node: Node, pub: Published, out: Path, *,
                 marks.append(now)
             marks[1:] = [now]
 
-    result = await Retriever(node, deadline_s=FETCH_DEADLINE_S).fetch(
-        ref, assertion, lambda b: sink_for(out, b, "dicom"), progress=progress)
-    return time.perf_counter() - t0, result
+    try:
+        result = await Retriever(node, deadline_s=FETCH_DEADLINE_S).fetch(
+            ref, assertion, lambda b: sink_for(out, b, "dicom"), progress=progress)
+        return time.perf_counter() - t0, result
+    finally:
+        assert node.keeper is not None
+        await node.keeper.stop()   # between rows the proxies are torn down: nothing to keep

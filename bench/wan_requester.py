@@ -61,6 +61,8 @@ async def _serve(args: ChildArgs) -> None:
                 membership=membership, peer_sock=None, services=bench_services(), with_dicom=False)
     await node.start()
     await node.bootstrap_dht()
+    assert node.keeper is not None
+    await node.keeper.stop()      # each row starts it (or not) itself: bench.wan_fed.prepare
     try:
         print(json.dumps({"ready": True}), flush=True)
         while line := await asyncio.to_thread(sys.stdin.readline):
@@ -69,7 +71,7 @@ async def _serve(args: ChildArgs) -> None:
             pub = Published(job["owner_id"], job["bundle_id"], 0, int(job["instances"]), (), ())
             try:
                 marks: list[float] = []
-                seconds, result = await timed_fetch(node, pub, out, warm=bool(job.get("warm")),
+                seconds, result = await timed_fetch(node, pub, out, mode=str(job["mode"]),
                                                     marks=marks)
                 files = len(list((out / pub.bundle_id).iterdir()))
                 answer: dict[str, Any] = {
@@ -136,12 +138,12 @@ class RequesterProcess:
         return dict(json.loads(line))
 
     async def fetch(self, owner_id: str, bundle_id: str, instances: int, out: Path, *,
-                    warm: bool = False, timeout_s: float = 600.0) -> Fetched:
+                    mode: str, timeout_s: float = 600.0) -> Fetched:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         start = _rss_kb(proc.pid)
         job = {"owner_id": owner_id, "bundle_id": bundle_id, "instances": instances, "out": str(out),
-               "warm": warm}
+               "mode": mode}
         proc.stdin.write(json.dumps(job).encode() + b"\n")
         await proc.stdin.drain()
         reader = asyncio.ensure_future(proc.stdout.readline())
