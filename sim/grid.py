@@ -71,9 +71,9 @@ def sim_config(cfg: NodeConfig) -> NodeConfig:
 
 
 PEER_PORT = 4433
-# Reads hurry past contacts that seem dead (node.dht.lookup); off in production by
-# default, see DHTConfig.hurry_reads. Routing tables are not saved (revive rejoins).
-SIM_DHT = DHTConfig(hurry_reads=True)
+# The production DHT settings: reads hurry past contacts that seem dead (node.dht.lookup,
+# DHTConfig.hurry_reads). Routing tables are not saved (revive rejoins).
+SIM_DHT = DHTConfig()
 
 
 def virtual_host(i: int) -> str:

@@ -23,9 +23,9 @@ class DHTConfig:
     rpc_timeout_min: float = 0.05       # lookups wait for one contact at least this long
                                         # before asking the next (adaptive: liveness.py)
     suspect_for: float = 60.0           # a contact that missed a deadline is asked last
-    hurry_reads: bool = False           # value lookups stop waiting for contacts that seem
-                                        # dead (adaptive patience); off by default: on a
-                                        # heavily loaded host it gave up on live holders
+    hurry_reads: bool = True            # value lookups stop waiting for contacts that seem
+                                        # dead (adaptive patience, never below the slowest
+                                        # answer so far; a paging holder is never given up)
     record_ttl: float = 24 * 3600.0     # default lifetime of a published record
     max_record_ttl: float = 48 * 3600.0 # longer-lived records are refused
     republish_after: float = 0.5        # republish once this fraction of the TTL passed

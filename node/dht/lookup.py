@@ -9,7 +9,10 @@ answer this lookup already got): past it the next closest contact is asked as a 
 (at most α/2 such extra queries are in flight, so a loaded host is not flooded), and
 once it is late by both ``GRACE`` × patience and ``GRACE`` × the slowest answer this
 lookup got, it is given up on: it leaves the k closest and the spare takes its place
-(so a loaded host, where every answer is late, does not give up on live contacts). A
+(so a loaded host, where every answer is late, does not give up on live contacts). At
+most k/2 contacts are given up on in one lookup: past that, lateness is not taken for
+death and the others get their full deadline, so a read on a host stalled for longer
+than its patience still reaches most of the k closest holders. A
 late answer is still used while the lookup runs. The RPC itself runs on to its hard deadline; when the lookup is done,
 such stragglers are handed to ``leftover`` (the DHT node lets them finish, so a dead
 contact is still detected and remembered) or cancelled. Contacts ``skip`` says are
@@ -123,15 +126,16 @@ Answering = Callable[[bytes, float], bool]   # (node id, asked at): heard from i
 
 def _next_change(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _Candidates,
                  asked_at: dict[bytes, tuple[float, float]], now: float,
-                 slowest: float | None, answering: Answering) -> float | None:
-    """Seconds until the next in-flight contact turns slow or is given up on."""
+                 slowest: float | None, answering: Answering, budget: int) -> float | None:
+    """Seconds until the next in-flight contact turns slow or is given up on (none is
+    given up on once the lookup's ``budget`` of give-ups is spent)."""
     times = []
     for node_id in in_flight.values():
         if node_id in asked_at and not answering(node_id, asked_at[node_id][0]):
             sent, wait = asked_at[node_id]
             if cands.state[node_id] == _ASKED:
                 times.append(sent + max(wait, slowest or 0.0))
-            elif cands.state[node_id] == _SLOW:
+            elif cands.state[node_id] == _SLOW and budget > 0:
                 times.append(_give_up_at(sent, wait, slowest))
     times = [t for t in times if t != float("inf")]
     return max(0.0, min(times) - now) if times else None
@@ -139,10 +143,10 @@ def _next_change(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _C
 
 def _age(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _Candidates,
          asked_at: dict[bytes, tuple[float, float]], now: float,
-         slowest: float | None, answering: Answering) -> list[bytes]:
-    """Move contacts past their patience to slow, past the grace to given up (returned);
-    a contact that is answering (paging) is neither."""
-    given_up = []
+         slowest: float | None, answering: Answering, budget: int) -> list[bytes]:
+    """Move contacts past their patience to slow, past the grace to given up (returned,
+    at most ``budget`` of them); a contact that is answering (paging) is neither."""
+    given_up: list[bytes] = []
     for node_id in in_flight.values():
         if node_id not in asked_at:
             continue
@@ -151,7 +155,8 @@ def _age(in_flight: dict[asyncio.Future[Reply | None], bytes], cands: _Candidate
             continue
         if cands.state[node_id] == _ASKED and now >= sent + max(wait, slowest or 0.0):
             cands.state[node_id] = _SLOW
-        if cands.state[node_id] == _SLOW and now >= _give_up_at(sent, wait, slowest):
+        if (cands.state[node_id] == _SLOW and len(given_up) < budget
+                and now >= _give_up_at(sent, wait, slowest)):
             cands.state[node_id] = _GAVE_UP
             given_up.append(node_id)
     return given_up
@@ -176,6 +181,7 @@ async def iterative_lookup(target_id: bytes, seeds: list[Contact], query: QueryF
     in_flight: dict[asyncio.Future[Reply | None], bytes] = {}
     asked_at: dict[bytes, tuple[float, float]] = {}   # node id -> (sent, patience)
     slowest: float | None = None                       # longest round trip answered so far
+    give_ups = k // 2   # lateness is not death: the rest of the k closest get their full deadline
     try:
         while True:
             frontier = cands.frontier(k)
@@ -200,14 +206,15 @@ async def iterative_lookup(target_id: bytes, seeds: list[Contact], query: QueryF
                 break
             done, _ = await asyncio.wait(
                 in_flight, timeout=_next_change(in_flight, cands, asked_at, loop.time(), slowest,
-                                     answering),
+                                                answering, give_ups),
                 return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
             for task in done:
                 node_id = in_flight[task]
                 if node_id in asked_at and not task.cancelled() and task.result() is not None:
                     slowest = max(slowest or 0.0, now - asked_at[node_id][0])
-            for node_id in _age(in_flight, cands, asked_at, now, slowest, answering):
+            for node_id in _age(in_flight, cands, asked_at, now, slowest, answering, give_ups):
+                give_ups -= 1
                 gave_up(node_id)
             for task in sorted(done, key=lambda t: cands.rank(in_flight[t])):
                 node_id = in_flight.pop(task)
