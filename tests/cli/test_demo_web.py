@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from node.testing.nodes import free_port
 
 DEADLINE_S = 600.0   # the whole demo on a busy 2-core machine
 
@@ -36,9 +35,10 @@ def _read_until(fd: int, pattern: str, seen: list[str], proc: subprocess.Popen[b
 
 
 def test_demo_keeps_the_web_app_up_until_ctrl_c(tmp_path: Path) -> None:
-    base = free_port()
+    # ephemeral ports, as `make demo` runs it: `--base-port N` takes N and the ports after
+    # it, which other processes on a busy machine may hold (it failed CI that way)
     leader, follower = pty.openpty()   # a terminal on stdin: the demo waits for Ctrl-C
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "demo", "--base-port", str(base),
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "demo",
                              "--dir", str(tmp_path / "demo")],
                             stdin=follower, stdout=follower, stderr=follower,
                             env={**os.environ, "COLUMNS": "200"})
@@ -46,7 +46,9 @@ def test_demo_keeps_the_web_app_up_until_ctrl_c(tmp_path: Path) -> None:
     seen: list[str] = []
     try:
         text = _read_until(leader, r"Press Ctrl-C", seen, proc)
-        assert f"web: http://127.0.0.1:{base}/" in text
+        web = re.search(r"^web: http://127\.0\.0\.1:(\d+)/$", text, flags=re.M)
+        assert web, "the demo did not print its web address"
+        base = int(web.group(1))
         login = re.search(r"^login: (\S+) (\S+)$", text, flags=re.M)
         assert login and login.group(1) == "dr.demo"
         try:
@@ -64,3 +66,15 @@ def test_demo_keeps_the_web_app_up_until_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(30)
         os.close(leader)
+
+
+def test_base_port_places_every_demo_port_after_it() -> None:
+    """`--base-port N` (not started here: N and the ports after it may be taken on a busy
+    machine): the web app on N, the hospitals' peer ports from N + 10, the rest offset."""
+    from node.cli.demo_federation import DemoPorts
+
+    assert DemoPorts(0).web() == 0 and DemoPorts(0).peers(5) is None and DemoPorts(0).offset(3) == 0
+    ports = DemoPorts(20000)
+    assert ports.web() == 20000
+    assert ports.peers(5) == [20010, 20011, 20012, 20013, 20014]
+    assert ports.offset(3) == 20003
