@@ -215,12 +215,13 @@ class Node:
         self.keeper.start()
 
     async def bootstrap_dht(self) -> int:
-        """Join the DHT through the roster's other members; returns contacts learned."""
+        """Join the DHT through the roster's other members (a sample of them first:
+        ``DHTServer.join_through``); returns contacts learned."""
         if self.dht is None or self.membership is None:
             return 0
         addrs = [split_address(m.dht_address) for m in self.membership.roster.current.active()
                  if m.node_id != self.node_id]
-        return await self.dht.bootstrap(addrs)
+        return await self.dht.join_through(addrs)
 
     async def stop(self) -> None:
         for svc in reversed(self._started):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,6 +271,23 @@ class DHTServer:
         if refresh:
             await self._refresh(self.routing.buckets)
         return len(self.routing)
+
+    async def join_through(self, addresses: Sequence[Address], sample: int = 0) -> int:
+        """Join via some of ``addresses`` (a roster's members): first a repeatable random
+        sample of ``sample`` of them (default 2k), the rest only if none of those
+        answered. A Kademlia join needs one live contact and a self-lookup; pinging
+        every member made each start O(members) and a federation's start O(members²)
+        (1,000 simulated members: 10⁶ pings). Returns contacts known."""
+        sample = sample or 2 * self.config.k
+        if len(addresses) <= sample:
+            return await self.bootstrap(addresses)
+        rng = random.Random(self.node_id + b"join")
+        first = rng.sample(list(addresses), sample)
+        known = await self.bootstrap(first)
+        if known == 0:
+            chosen = set(first)
+            known = await self.bootstrap([a for a in addresses if a not in chosen])
+        return known
 
     async def _refresh(self, buckets: list[KBucket]) -> None:
         own = self.routing.get_bucket_for(Node(self.node_id))

@@ -82,7 +82,10 @@ class IndexPublisher:
     name = "index-publisher"
 
     def __init__(self, *, poll_s: float = 5.0, republish_s: float | None = None,
-                 parallel: int = 8, publish_rate: float = 200.0) -> None:
+                 parallel: int = 8, publish_rate: float = 200.0, join_dht: bool = True) -> None:
+        """``join_dht``: join the DHT through the roster when its routing table is empty
+        (a node started by ``medfed run``); False when the caller joins it (the
+        simulator's grid joins nodes in waves and on revive)."""
         if poll_s <= 0 or parallel < 1 or (republish_s is not None and republish_s <= 0) \
                 or publish_rate <= 0:
             raise ValueError("index publisher: poll_s, republish_s and publish_rate must be "
@@ -90,6 +93,7 @@ class IndexPublisher:
         self.poll_s = poll_s
         self._republish_s = republish_s
         self._parallel = parallel
+        self._join_dht = join_dht
         self.round_cap = max(parallel, int(publish_rate * poll_s))  # records per round
         self._node: Node | None = None
         self._task: asyncio.Task[None] | None = None
@@ -160,7 +164,7 @@ class IndexPublisher:
         assert node.dht is not None
         while True:
             try:
-                if len(node.dht.routing) == 0:
+                if self._join_dht and len(node.dht.routing) == 0:
                     await node.bootstrap_dht()
                 if await self._due(node):
                     await self.sync_now()

@@ -8,13 +8,21 @@ roster but never forge or roll one back):
   ``push_fanout`` random active members, and to every member the new roster revokes (so
   a revoked node learns it). Every member that adopts pushes on in turn: the roster
   floods the federation in a few hops.
-- **Anti-entropy.** Every ``pull_interval_s`` (jittered ±50 %) and once at start, the
+- **Anti-entropy.** Once at start and then every ``pull_interval_s`` (jittered ±50 %), the
   node tells ``pull_peers`` random members which roster version it holds (a few bytes,
   not the roster: a roster of N members is O(N) to send and to check, and N members
   doing this every round made gossip O(N²) per round), fetches theirs when the answer
   names a newer version and sends its own when the answer names an older one. A node that was offline, or missed every push, catches
   up at its next round; a node whose roster does not yet list the peer is handled by
   the offer itself (the peer adopts the newer roster that lists us).
+  The period backs off while nothing changes, as Trickle does (RFC 6206): a round in
+  which every member that answered holds our version doubles the period, up to
+  ``pull_max_factor`` × ``pull_interval_s`` (16 × 10 s); adopting a roster, or hearing a
+  different version, starts again at ``pull_interval_s``. So after every change all the
+  members that have the new roster offer it at the fast rate — which is what repairs a
+  member that missed the pushes (an offer to a member holding an older version hands it
+  the roster) — and a quiet federation of N members sends N × 3 / 160 version offers a
+  second instead of N × 3 / 10 (1,000 simulated members: 19 instead of 300).
 
 Bound (stated in the README, tested): a member reachable from the member that got the
 roster adopts it within one push round (one peer call, ``call_timeout_s``); one that
@@ -48,6 +56,7 @@ class GossipSettings:
     pull_interval_s: float = 10.0  # anti-entropy period (0 = only at start)
     pull_peers: int = 3            # members asked per anti-entropy round
     call_timeout_s: float = 5.0    # deadline of one roster exchange
+    pull_max_factor: int = 16      # quiet rounds back off up to this × pull_interval_s
 
     @classmethod
     def from_federation(cls, fed: Any) -> "GossipSettings":
@@ -86,6 +95,8 @@ class RosterGossip:
         self._loop_task: asyncio.Task[None] | None = None
         self._previous: Roster = book.current
         self._subscribed = False
+        self._interval = settings.pull_interval_s      # Trickle: grows while quiet
+        self._wake: asyncio.Future[bool] | None = None  # True: the period was reset
         self._check_revoked(book.current)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -117,6 +128,7 @@ class RosterGossip:
         log.info("roster v%d adopted (%s): %d active members, %d revoked", roster.version,
                  roster.federation, len(roster.active()), len(roster.revoked))
         self._check_revoked(roster)
+        self._reset_period()
         if self.revoked or self._loop_task is None:
             return
         newly_revoked = [m for m in roster.members if m.node_id in roster.revoked
@@ -136,18 +148,53 @@ class RosterGossip:
     # -- anti-entropy --------------------------------------------------------------
     async def _run(self) -> None:
         await self.round()   # catch up at start (and tell peers about us)
-        interval = self.settings.pull_interval_s
-        if interval <= 0:
+        base = self.settings.pull_interval_s
+        if base <= 0:
             return
         while True:
-            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
-            await self.round()
+            if await self._pause(self._interval * self._rng.uniform(0.5, 1.5)):
+                continue     # the period was reset: wait the short one instead
+            quiet = await self.round()
+            if quiet is None:
+                continue     # nobody answered: nothing learnt either way
+            self._interval = (min(self._interval * 2, base * self.settings.pull_max_factor)
+                              if quiet else base)
 
-    async def round(self) -> None:
-        """One anti-entropy round with ``pull_peers`` random members."""
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True if ``_reset_period`` cut it short."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[bool] = loop.create_future()
+        self._wake = wake
+        timer = loop.call_later(delay, lambda: wake.done() or wake.set_result(False))
+        try:
+            return await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    def _reset_period(self) -> None:
+        """Something changed: back to the fast period (and stop a longer wait now)."""
+        self._interval = self.settings.pull_interval_s
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(True)
+
+    async def round(self) -> bool | None:
+        """One anti-entropy round with ``pull_peers`` random members. True: every member
+        that answered holds our version (quiet); False: one held another; None: nobody
+        answered."""
         if self.revoked:
-            return   # nothing left to learn; peers refuse us anyway
-        await self._exchange_all(self._sample(self.settings.pull_peers), full=False)
+            return None   # nothing left to learn; peers refuse us anyway
+        ours = self.book.current.version
+        versions = await asyncio.gather(*(self._exchange(m, full=False)
+                                          for m in self._sample(self.settings.pull_peers)))
+        heard = [v for v in versions if v is not None]
+        if not heard:
+            return None
+        quiet = all(v == ours for v in heard) and self.book.current.version == ours
+        if not quiet:
+            self._reset_period()
+        return quiet
 
     def _sample(self, count: int) -> list[Member]:
         others = [m for m in self.book.current.active() if m.node_id != self.node_id]
@@ -158,15 +205,16 @@ class RosterGossip:
     async def _exchange_all(self, members: list[Member], *, full: bool = True) -> None:
         await asyncio.gather(*(self._exchange(m, full=full) for m in members))
 
-    async def _exchange(self, member: Member, *, full: bool = True) -> None:
+    async def _exchange(self, member: Member, *, full: bool = True) -> int | None:
         """Offer our roster (``full=False``: first only its version, and the whole roster
         only if theirs is older or they do not know us); fetch theirs when they hold a
-        newer one. Never raises."""
+        newer one. Returns the version they named first (-1: they wanted ours whole),
+        None if the exchange failed. Never raises."""
         contact = self.state.contacts.setdefault(member.node_id, PeerContact())
         timeout = self.settings.call_timeout_s
         try:
             try:
-                version = None if full else await self._offer_version(member, timeout)
+                version = first = None if full else await self._offer_version(member, timeout)
                 if version is None or (isinstance(version, int)
                                        and version < self.book.current.version):
                     answer = await self.client.call(member, "POST", ROSTER_PATH,
@@ -176,18 +224,20 @@ class RosterGossip:
             except PeerRefused as exc:
                 if exc.code != "revoked":
                     raise
-                version = None   # we are revoked there: read the roster that says so
+                version = first = None   # we are revoked there: read the roster that says so
             if version is None or (isinstance(version, int)
                                    and version > self.book.current.version):
                 self._adopt(member, await self.client.call(member, "GET", ROSTER_PATH,
                                                            timeout=timeout, allow_revoked=True))
             contact.last_ok, contact.last_error = time.time(), ""
             contact.their_version = version if isinstance(version, int) else contact.their_version
+            return first if isinstance(first, int) else -1
         except (PeerError, RosterError, OSError) as exc:
             contact.last_error = f"{type(exc).__name__}: {exc}"[:200]
             log.debug("roster exchange with %s failed: %s", member.name, contact.last_error)
         except ValueError as exc:   # a member's address in the roster is unusable
             contact.last_error = f"bad address: {exc}"[:200]
+        return None
 
     async def _offer_version(self, member: Member, timeout: float) -> int | None:
         """Tell ``member`` only which roster version we hold; its answer names its own.

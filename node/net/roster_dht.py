@@ -19,7 +19,8 @@ On every roster this node adopts (``RosterBook.subscribe``):
 
 At start, a node that brings a saved routing table (a restart) looks itself up through
 it, so members that wrote it off while it was down hear from it again at once (an
-empty table is filled by the index publisher's bootstrap through the whole roster).
+empty table is filled by the index publisher's bootstrap through a sample of the roster,
+``DHTServer.join_through``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from node.config.model import ConfigError, parse_config
 from node.net.client import PeerClient
 from node.net.federation import revoke
 from node.net.keeper import KeeperSettings, PeerKeeper, sample_rank
-from node.net.server import PeerServer
+from node.net.server import ROSTER_PATH, PeerRequest, PeerServer
 from node.net.testbed import LocalMember, build_federation
 from sim.grid import PEER_PORT, host_transport, seeded_identity, virtual_host
 from sim.netmodel import NetModel
@@ -49,6 +49,7 @@ async def _federation(tmp: Path, n: int, run: Callable[[SimNetwork, list[Site], 
         audit = AuditLog(tmp / f"site{i}" / "audit.log", m.identity)
         server = PeerServer(m.identity, m.membership.roster, m.membership.server_tls(),
                             audit=audit, transport=transport)
+        server.add_route("GET", ASK_PATH, _answer)     # stands for a query: counts as asking
         await server.start(host, PEER_PORT)
         client = PeerClient(m.identity, m.membership.client_tls(), roster=m.membership.roster,
                             transport=transport)
@@ -59,6 +60,13 @@ async def _federation(tmp: Path, n: int, run: Callable[[SimNetwork, list[Site], 
         for site in sites:
             await site.client.close()
             await site.server.stop()
+
+
+ASK_PATH = "/v1/test/ask"
+
+
+async def _answer(call: PeerRequest) -> dict[str, str]:
+    return {"ok": "yes"}
 
 
 def _keeper(site: Site, warm: int) -> PeerKeeper:
@@ -82,13 +90,34 @@ def test_keeps_a_bounded_seeded_set_warm_and_adopts_members_it_asks(tmp_path: Pa
         # connection is the one the call opened, not a second dial
         outside = next(s for s in sites[1:]
                        if s.member.identity.node_id_hex not in keeper.kept)
-        await home.client.call(outside.member.member, "GET", "/v1/roster", timeout=2.0)
+        await home.client.call(outside.member.member, "GET", ASK_PATH, timeout=2.0)
         asked = outside.member.identity.node_id_hex
         assert keeper.kept[0] == asked and len(keeper.kept) == 3 and keeper.warm(asked)
         assert keeper.stats["dials"] == 3 and network.handshakes[home.host] == 4
         # asking a kept member again uses the warm connection: no handshake
-        await home.client.call(outside.member.member, "GET", "/v1/roster", timeout=2.0)
+        await home.client.call(outside.member.member, "GET", ASK_PATH, timeout=2.0)
         assert network.handshakes[home.host] == 4
+        await keeper.stop()
+
+    run_virtual(_federation(tmp_path, 6, run))
+
+
+def test_roster_gossip_with_a_member_does_not_turn_over_the_kept_set(tmp_path: Path) -> None:
+    async def run(network: SimNetwork, sites: list[Site], operator: Path) -> None:
+        home = sites[0]
+        keeper = _keeper(home, 3)
+        keeper.start()
+        await asyncio.sleep(1.0)
+        kept = keeper.kept
+        outside = [s for s in sites[1:] if s.member.identity.node_id_hex not in kept]
+        for site in outside:                      # anti-entropy asks random members
+            await home.client.call(site.member.member, "POST", ROSTER_PATH,
+                                   {"version": home.member.membership.roster.current.version},
+                                   timeout=2.0)
+            await home.client.call(site.member.member, "GET", ROSTER_PATH, timeout=2.0)
+        await asyncio.sleep(1.0)
+        assert keeper.kept == kept and all(keeper.warm(n) for n in kept)
+        assert keeper.stats["dials"] == 3         # no dial for a member gossip talked to
         await keeper.stop()
 
     run_virtual(_federation(tmp_path, 6, run))
