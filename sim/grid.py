@@ -176,7 +176,8 @@ class SimGrid:
                     network: SimNetwork | None = None, progress: Any = None) -> "SimGrid":
         """Start ``n`` nodes. ``bootstrap="join"``: nodes join the DHT one after another
         through ``join_seeds`` random earlier members (a federation that grew);
-        ``"roster"``: every node pings the whole roster, as ``medfed run`` does;
+        ``"roster"``: every node joins through its roster (a 2k sample of it first, as
+        ``medfed run`` does: ``DHTServer.join_through``);
         ``"none"``: the caller joins them (``join_range``).
         The link model is installed after the DHT has formed."""
         if n < 1:

@@ -39,7 +39,7 @@ class SimOptions:
     duration_s: float = 3600.0    # churn / durability: simulated time span
     repair: bool = True           # durability: run the owners' repair
     broadcast: bool = False       # query: ask every member instead of DHT planning
-    bootstrap: str = "join"       # "join": grow through a few seeds; "roster": ping all
+    bootstrap: str = "join"       # "join": grow through a few seeds; "roster": through the roster (a sample)
     realtime: bool = False        # real sockets, TLS and wall clock instead of virtual time
     workers: int = 1              # processes sharing the nodes (sim.workers); lookup only
 
