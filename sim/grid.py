@@ -329,6 +329,7 @@ class SimGrid:
         live = [j for j in self.up if j != i]
         await self._join(i, random.Random(self.seed + i).sample(live, min(join_seeds, len(live))))
         self._install_link(i)
+        await _publish_after_join(node)
         return node
 
     def set_link(self, spec: LinkSpec) -> None:
@@ -362,6 +363,18 @@ class SimGrid:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _publish_after_join(node: Node) -> None:
+    """What a restarted node's index publisher does once its DHT has joined: publish
+    its terms again (records held by nodes that were down are gone: their stores are in
+    memory). The grid joins the DHT itself, so the simulator's publishers leave the
+    join to it (``IndexPublisher(join_dht=False)``) and this is their first round."""
+    from node.index.publisher import IndexPublisher
+    publisher = node.service(IndexPublisher.name)
+    if isinstance(publisher, IndexPublisher) and publisher.running \
+            and not publisher.joins_dht:
+        await publisher.sync_now()
 
 
 JOIN_WAVE_FRACTION = 4   # a wave adds at most a quarter of the nodes already joined

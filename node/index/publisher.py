@@ -85,7 +85,8 @@ class IndexPublisher:
                  parallel: int = 8, publish_rate: float = 200.0, join_dht: bool = True) -> None:
         """``join_dht``: join the DHT through the roster when its routing table is empty
         (a node started by ``medfed run``); False when the caller joins it (the
-        simulator's grid joins nodes in waves and on revive)."""
+        simulator's grid joins nodes in waves and on revive): a round before that is
+        skipped, as publishing into an empty routing table reaches nobody."""
         if poll_s <= 0 or parallel < 1 or (republish_s is not None and republish_s <= 0) \
                 or publish_rate <= 0:
             raise ValueError("index publisher: poll_s, republish_s and publish_rate must be "
@@ -122,6 +123,10 @@ class IndexPublisher:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    @property
+    def joins_dht(self) -> bool:
+        return self._join_dht
 
     @property
     def running(self) -> bool:
@@ -164,9 +169,11 @@ class IndexPublisher:
         assert node.dht is not None
         while True:
             try:
-                if self._join_dht and len(node.dht.routing) == 0:
+                joined = len(node.dht.routing) > 0
+                if not joined and self._join_dht:
                     await node.bootstrap_dht()
-                if await self._due(node):
+                    joined = True
+                if joined and await self._due(node):
                     await self.sync_now()
             except asyncio.CancelledError:
                 raise
