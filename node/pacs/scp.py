@@ -73,6 +73,9 @@ QUERY_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                   DeflatedExplicitVRLittleEndian]
 STORE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _RESULT_BATCH = 32
+# C-MOVE: at most one pending response per this many seconds (progress for the
+# requester; the final response always follows)
+MOVE_PENDING_INTERVAL_S = 0.05
 
 
 def set_nodelay(event: Any) -> None:
@@ -424,11 +427,20 @@ class DicomService:
 
     def _send_all(self, assoc: Association, msg: Message, items: list[RetrieveItem],
                   sender: Sender, action: str, field_: int) -> None:
-        """Every sub-operation, a pending response after each, then the final one."""
+        """Every sub-operation, pending responses while they run, then the final one.
+
+        C-GET: a pending response after each sub-operation, riding in the same write
+        as the next C-STORE-RQ. C-MOVE: the next C-STORE-RQ goes to the destination
+        first and the pending response to the requester after it, at most one per
+        MOVE_PENDING_INTERVAL_S (PS3.4 C.4.2.3.1: pending responses are optional):
+        the destination, not this node, sets a C-MOVE's pace, so it should never wait
+        while the requester is woken for a progress report (see bench/RESULTS.md)."""
         cmd, cx_id = msg.command, int(msg.context.context_id)
         progress = Progress(len(items))
         same_link = sender.assoc is assoc  # C-GET: sub-operations on this association
         pending = b""  # C-GET: the last pending response rides with the next C-STORE
+        deferred: bytes | None = None  # C-MOVE: sent once the next sub-operation left
+        last_update = time.monotonic()
 
         def prepare(i: int) -> Outgoing | SubOperationFailed | None:
             if i >= len(items):
@@ -452,6 +464,9 @@ class DicomService:
                     raise out or SubOperationFailed("not prepared")
                 msg_id = sender.start(out, pending)
                 pending = b""
+                if deferred is not None:
+                    assoc.io.send(deferred)
+                    deferred = None
                 ahead = prepare(n + 1)  # read while the receiver stores this one
                 count(progress, sender.finish(msg_id))
             except SubOperationFailed as exc:
@@ -475,7 +490,9 @@ class DicomService:
                 if same_link:
                     pending = assoc.io.message(cx_id, update)
                 else:
-                    assoc.send(cx_id, update)
+                    now = time.monotonic()
+                    if now - last_update >= MOVE_PENDING_INTERVAL_S:
+                        deferred, last_update = assoc.io.message(cx_id, update), now
         outcome = "ok" if not progress.failed else "failed"
         self.audit.append(action, assoc.calling_ae, outcome, instances=len(items),
                           failed=progress.failed)

@@ -151,3 +151,46 @@ def test_get_transcodes_when_receiver_wants_uncompressed(start_node) -> None:
     original = ds.copy()
     original.decompress()
     assert received[0][1].PixelData == original.PixelData
+
+
+def test_move_pending_responses_are_consistent(loaded, tmp_path: Path) -> None:
+    """C-MOVE sends the next sub-operation before its (rate-limited, optional) pending
+    response: every response the requester sees still adds up, and the final one
+    counts every instance."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+    node, sent, viewer_port = loaded
+    study, _ = _study_series(sent)
+    out = tmp_path / "viewer"
+    out.mkdir()
+    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "VIEWER", "-od", str(out),
+                            str(viewer_port)], stderr=subprocess.PIPE)
+    try:
+        wait_listening(viewer_port)
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="MEDFED")
+        assert assoc.is_established
+        query = pydicom.Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        responses = [rsp for rsp, _ in assoc.send_c_move(query, "VIEWER", MOVE)]
+        assoc.release()
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    want = {u for u, d in sent.items() if d.StudyInstanceUID == study}
+    assert set(_received(out)) == want
+    *pending, final = responses
+    done = 0
+    for rsp in pending:
+        assert rsp.Status == 0xFF00
+        counts = (rsp.NumberOfCompletedSuboperations, rsp.NumberOfFailedSuboperations,
+                  rsp.NumberOfWarningSuboperations, rsp.NumberOfRemainingSuboperations)
+        assert sum(counts) == len(want) and counts[1:3] == (0, 0)
+        assert counts[0] >= done
+        done = counts[0]
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == len(want)
+    assert final.NumberOfFailedSuboperations == 0
