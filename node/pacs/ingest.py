@@ -134,13 +134,28 @@ class Ingestor:
     def ingest_received(self, ds: Dataset, received: PartialFile, *, context_sop_class: str,
                         affected_sop_instance: str, transfer_syntax: str,
                         raw: bytes | bytearray | None = None) -> IngestOutcome:
-        """Store one instance already streamed into ``received`` (a Part-10 file): it is
-        placed under its name or discarded, never left behind. ``raw``: the file's
-        bytes, for the journal record (without it the file is flushed itself)."""
+        """Store one instance into ``received`` (a Part-10 file): it is placed under
+        its name or discarded, never left behind. ``raw``: the file's bytes, for the
+        journal record; while ``received`` is still empty they are written into it
+        only after the record, while the disk writes that record (without a journal
+        the file is flushed itself). Without ``raw``, ``received`` holds the file."""
+        digest: list[str] = []
+        written = received.size > 0 or raw is None
+
+        def sha256() -> str:
+            if written:
+                return received.sha256
+            if not digest:
+                digest.append(hashlib.sha256(raw).hexdigest())  # type: ignore[arg-type]
+            return digest[0]
+
+        def fill() -> None:
+            if not written:
+                received.write(raw, sha256_hex=sha256())  # type: ignore[arg-type]
+
         try:
-            return self._ingest(ds, lambda: received.sha256,
-                                lambda rel, sync: received.place(rel, sync=sync),
-                                received.discard, raw=raw,
+            return self._ingest(ds, sha256, lambda rel, sync: received.place(rel, sync=sync),
+                                received.discard, raw=raw, fill=fill,
                                 context_sop_class=context_sop_class,
                                 affected_sop_instance=affected_sop_instance,
                                 transfer_syntax=transfer_syntax)
@@ -150,7 +165,8 @@ class Ingestor:
     def _ingest(self, ds: Dataset, sha256: Callable[[], str],
                 place: Callable[[str, bool], tuple[int, str]], drop: Callable[[], None], *,
                 context_sop_class: str, affected_sop_instance: str,
-                transfer_syntax: str, raw: bytes | bytearray | None = None) -> IngestOutcome:
+                transfer_syntax: str, raw: bytes | bytearray | None = None,
+                fill: Callable[[], None] = lambda: None) -> IngestOutcome:
         self.last_received = time.monotonic()
         ts = UID(transfer_syntax)
         try:
@@ -179,7 +195,8 @@ class Ingestor:
             seq = 0
             if journal is not None:
                 try:
-                    seq = journal.append(rel, raw, sha256())
+                    seq = journal.append(rel, raw, sha256())  # its writeback starts
+                    fill()  # the file, written while the disk writes the record
                     journal.sync(seq)  # the instance is durable from here on
                 except JournalError as exc:
                     log.error("%s", exc)
@@ -188,6 +205,8 @@ class Ingestor:
                     drop()
                     return IngestOutcome(status.OUT_OF_RESOURCES,
                                          "cannot write file: storage full")
+            else:
+                fill()
             try:
                 size, sha = place(rel, journal is None)
             except FileStoreError as exc:

@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 
 from ..audit.files import fsync_dir
 from ..datadir import make_private_dir
+from ..store.files import start_writeback
 
 log = logging.getLogger("medfed.ingest")
 
@@ -208,11 +209,17 @@ class Journal:
                 raise JournalError(f"cannot write the ingest journal under {self.folder}: "
                                    f"{exc.strerror or exc}") from exc
             self._seq = self._written = seq
+            start = seg.offset
             seg.offset = _aligned(seg.offset + size)
             seg.size = max(seg.size, seg.offset)
             seg.max_seq = seq
             self._dirty.add(seg)
-            return seq
+        # The disk starts writing the record now: what the caller does before its
+        # sync() (the instance's own file) overlaps with it, and the flush then
+        # waits only for what is still in flight. The fd stays open: a segment with
+        # a record not yet synced is never recycled.
+        start_writeback(seg.fd, start, size)
+        return seq
 
     def sync(self, seq: int) -> None:
         """Return once record ``seq`` is durable. Whoever finds no flush running does

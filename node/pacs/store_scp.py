@@ -103,12 +103,6 @@ class StoreHandler:
         except FileStoreError as exc:
             log.error("%s", exc)
             return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
-        partial.write(raw)
-        if partial.error is not None:
-            log.error("cannot write image file under %s: %s", self.files.root,
-                      partial.error.strerror or partial.error)
-            partial.discard()
-            return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
         return self.ingestor.ingest_received(
             ds, partial, context_sop_class=str(context.abstract_syntax),
             affected_sop_instance=str(command.get("AffectedSOPInstanceUID", "")),

@@ -26,18 +26,20 @@ TMP_DIR = ".tmp"
 
 
 def _writeback_starter():  # type: ignore[no-untyped-def]
-    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) where libc has it."""
+    """sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) where libc has it:
+    starts writeback of that range (0, 0: the whole file) and returns."""
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
         fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        return lambda fd: fn(fd, 0, 0, 2)
+        return lambda fd, offset=0, nbytes=0: fn(fd, offset, nbytes, 2)
     except (OSError, AttributeError):
-        return lambda fd: None
+        return lambda fd, offset=0, nbytes=0: None
 
 
-_start_writeback = _writeback_starter()
+start_writeback = _writeback_starter()
+_start_writeback = start_writeback
 
 
 class FileStoreError(Exception):
@@ -62,17 +64,25 @@ class PartialFile:
         self.path = tmp
         self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._digest = hashlib.sha256()
+        self._known_sha: str | None = None  # write(..., sha256_hex=): hashed by the caller
         self.size = 0
         self.error: OSError | None = None
         self._placed = False
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview, *,
+              sha256_hex: str | None = None) -> None:
         """Append ``chunk``; after a write error (disk full) later chunks are dropped
-        and the error is kept for :meth:`place` to report."""
+        and the error is kept for :meth:`place` to report. ``sha256_hex``: ``chunk`` is
+        the whole file and the caller already hashed it (not hashed again)."""
         if self.error is not None or self._fd is None:
             return
         view = memoryview(chunk)
-        self._digest.update(view)
+        if sha256_hex is not None or self._known_sha is not None:
+            if self.size or sha256_hex is None:
+                raise ValueError("sha256_hex is for one write of the whole file")
+            self._known_sha = sha256_hex
+        else:
+            self._digest.update(view)
         self.size += len(view)
         try:
             while view:
@@ -82,7 +92,7 @@ class PartialFile:
 
     @property
     def sha256(self) -> str:
-        return self._digest.hexdigest()
+        return self._known_sha if self._known_sha is not None else self._digest.hexdigest()
 
     def place(self, rel: str, *, sync: bool = True) -> tuple[int, str]:
         """Make the file durable under ``rel``; returns (size, sha256 hex). With
