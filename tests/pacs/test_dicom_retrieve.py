@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -63,21 +65,28 @@ def test_getscu_levels_byte_identical(loaded, tmp_path: Path, level: str) -> Non
         assert ds.PixelData == sent[uid].PixelData
 
 
+@contextmanager
+def _viewer(out: Path, port: int) -> Iterator[None]:
+    """A dcmtk storescp as the C-MOVE destination VIEWER, writing into ``out``."""
+    out.mkdir()
+    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "VIEWER", "-od", str(out),
+                            str(port)], stderr=subprocess.PIPE)
+    try:
+        wait_listening(port)
+        yield
+    finally:
+        scp.terminate()
+        scp.wait(10)
+
+
 def test_movescu_to_storescp(loaded, tmp_path: Path) -> None:
     node, sent, viewer_port = loaded
     study, _ = _study_series(sent)
     out = tmp_path / "viewer"
-    out.mkdir()
-    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "VIEWER", "-od", str(out),
-                            str(viewer_port)], stderr=subprocess.PIPE)
-    try:
-        wait_listening(viewer_port)
+    with _viewer(out, viewer_port):
         proc = dcmtk("movescu", "-d", "-aet", "MOVESCU", "-aec", "MEDFED", "-aem", "VIEWER", "-S",
                      "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
                      "127.0.0.1", node.dicom_port)
-    finally:
-        scp.terminate()
-        scp.wait(10)
     assert proc.returncode == 0, proc.stderr
     want = {u for u, d in sent.items() if d.StudyInstanceUID == study}
     got = _received(out)
@@ -163,11 +172,7 @@ def test_move_pending_responses_are_consistent(loaded, tmp_path: Path) -> None:
     node, sent, viewer_port = loaded
     study, _ = _study_series(sent)
     out = tmp_path / "viewer"
-    out.mkdir()
-    scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "VIEWER", "-od", str(out),
-                            str(viewer_port)], stderr=subprocess.PIPE)
-    try:
-        wait_listening(viewer_port)
+    with _viewer(out, viewer_port):
         ae = AE(ae_title="PYNETDICOM")
         ae.add_requested_context(MOVE)
         assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="MEDFED")
@@ -177,9 +182,6 @@ def test_move_pending_responses_are_consistent(loaded, tmp_path: Path) -> None:
         query.StudyInstanceUID = study
         responses = [rsp for rsp, _ in assoc.send_c_move(query, "VIEWER", MOVE)]
         assoc.release()
-    finally:
-        scp.terminate()
-        scp.wait(10)
     want = {u for u, d in sent.items() if d.StudyInstanceUID == study}
     assert set(_received(out)) == want
     *pending, final = responses

@@ -41,9 +41,10 @@ def _host(i: int) -> str:
     return f"10.9.0.{i + 1}"
 
 
-async def _publishers_missed_by_each_read() -> tuple[list[int], int]:
-    network = SimNetwork(NetModel(latency_ms=20.0, jitter_ms=10.0, seed=5), 5)
-    identities = [NodeIdentity.from_seed(f"paging:{i}".encode()) for i in range(NODES)]
+async def _start(network: SimNetwork, tag: str, n: int
+                 ) -> tuple[list[NodeIdentity], StaticMembership, list[DHTServer]]:
+    """``n`` DHT nodes on the simulated network, each joined through the first."""
+    identities = [NodeIdentity.from_seed(f"{tag}:{i}".encode()) for i in range(n)]
     membership = StaticMembership({i.verify_key for i in identities})
     servers = []
     for i, identity in enumerate(identities):
@@ -51,10 +52,15 @@ async def _publishers_missed_by_each_read() -> tuple[list[int], int]:
         server = _server(network, membership, identity, i)
         await server.start(_host(i), PORT)
         servers.append(server)
+    for server in servers[1:]:
+        await server.bootstrap([servers[0].address])
+    return identities, membership, servers
+
+
+async def _publishers_missed_by_each_read() -> tuple[list[int], int]:
+    network = SimNetwork(NetModel(latency_ms=20.0, jitter_ms=10.0, seed=5), 5)
+    identities, membership, servers = await _start(network, "paging", NODES)
     try:
-        first = servers[0].address
-        for server in servers[1:]:
-            await server.bootstrap([first])
         key = hashlib.sha256(b"popular key").digest()
         for server in servers:                 # every node publishes under one key
             await server.publish(key, 1, PayloadKind.NONE)
@@ -93,17 +99,8 @@ async def _read_with_closest_holders_dead() -> tuple[float, int, float]:
     """16 nodes publish one key; 3 of the key's closest holders die without anyone being
     told; a node that has measured its contacts' round trips reads the key."""
     network = SimNetwork(NetModel(latency_ms=20.0, jitter_ms=5.0, seed=3), 3)
-    identities = [NodeIdentity.from_seed(f"dead-holders:{i}".encode()) for i in range(16)]
-    membership = StaticMembership({i.verify_key for i in identities})
-    servers = []
-    for i, identity in enumerate(identities):
-        network.add_host(_host(i), 0)
-        server = _server(network, membership, identity, i)
-        await server.start(_host(i), PORT)
-        servers.append(server)
+    _, _, servers = await _start(network, "dead-holders", 16)
     try:
-        for server in servers[1:]:
-            await server.bootstrap([servers[0].address])
         key = hashlib.sha256(b"one patient").digest()[:ID_BYTES]
         for server in servers:
             await server.publish(key, 1, PayloadKind.NONE)
