@@ -36,6 +36,7 @@ from node.dht.messages import REPLY_KIND, Kind
 from node.dht.replay import ReplayCache
 from node.dht.wire import ANYONE, MSG_ID_BYTES, Datagram, WireError, open_datagram, seal
 from node.identity import NodeIdentity
+from node.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         self._clock = clock
         self._replay = ReplayCache(self.max_skew_ms)
         self._pending: dict[bytes, _Pending] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()   # request handlers, in arrival order
         self._timers: set[asyncio.TimerHandle] = set()
         self.transport: asyncio.DatagramTransport | None = None
         self.local_address: Address = ("0.0.0.0", 0)
@@ -125,7 +126,6 @@ class DHTProtocol(asyncio.DatagramProtocol):
         self._on_sender(dgram, address, False)
         task = asyncio.get_running_loop().create_task(self._serve(dgram, address))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, dgram: Datagram, address: Address) -> None:
         try:
@@ -190,7 +190,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        for task in list(self._tasks):
+        for task in self._tasks:
             task.cancel()
         for pending in self._pending.values():
             if not pending.future.done():

@@ -38,6 +38,7 @@ from node.dht.storage import MemoryRecordStore, RecordStore
 from node.dht.wire import Datagram
 from node.identity import NodeIdentity
 from node.net.transport import SOCKETS, Transport
+from node.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class DHTServer:
         self._client: RpcClient | None = None
         self._published: dict[bytes, _Publication] = {}
         self._last_issued = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()   # upkeep and straggling RPCs, in start order
         self._probing: set[bytes] = set()
         self._challenging: set[bytes] = set()
         self._last_refresh = self._last_save = -1.0   # loop time; set at start
@@ -164,9 +165,10 @@ class DHTServer:
         if protocol is None:
             return
         self._protocol = None
-        for task in list(self._tasks):
+        tasks = self._tasks.take()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         protocol.close()
         await protocol.drain()
         try:
@@ -189,13 +191,11 @@ class DHTServer:
         """RPCs a finished lookup no longer waits for run on to their deadline, so a
         dead contact is still noticed; stop() cancels them."""
         for future in stragglers:
-            self._tasks.add(future)  # type: ignore[arg-type]
-            future.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+            self._tasks.add(future)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- routing upkeep ------------------------------------------------------------
     def _learn(self, dgram: Datagram, address: Address, proven: bool) -> None:

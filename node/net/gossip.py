@@ -46,6 +46,7 @@ from node.net.errors import PeerError, PeerRefused
 from node.net.roster import Member, Roster, RosterError
 from node.net.rosterbook import RosterBook
 from node.net.server import ROSTER_PATH
+from node.tasks import TaskSet
 
 log = logging.getLogger("medfed.roster")
 
@@ -91,7 +92,7 @@ class RosterGossip:
         self.settings = settings
         self.state = GossipState(adopted_at=time.time())
         self._rng = rng or random.Random()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()   # pushes in flight, in start order
         self._loop_task: asyncio.Task[None] | None = None
         self._previous: Roster = book.current
         self._subscribed = False
@@ -110,8 +111,8 @@ class RosterGossip:
         if self._subscribed:
             self.book.unsubscribe(self._on_adopted)
             self._subscribed = False
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
-        self._loop_task, self._tasks = None, set()
+        tasks = [t for t in (self._loop_task, *self._tasks.take()) if t is not None]
+        self._loop_task = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -136,7 +137,6 @@ class RosterGossip:
         targets = self._sample(self.settings.push_fanout) + newly_revoked
         task = asyncio.get_running_loop().create_task(self._exchange_all(targets))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _check_revoked(self, roster: Roster) -> None:
         if roster.status(self.node_id) == "revoked" and not self.revoked:

@@ -34,7 +34,7 @@ from node.net.errors import PeerError, PeerTimeout, PeerUnreachable
 from node.net.roster import Member, Roster
 from node.net.rosterbook import RosterBook
 from node.net.server import PING_PATH, ROSTER_PATH
-from node.tasks import cancel_and_wait
+from node.tasks import TaskSet, cancel_and_wait
 
 log = logging.getLogger("medfed.keeper")
 
@@ -97,7 +97,7 @@ class PeerKeeper:
         self._recent: OrderedDict[str, float] = OrderedDict()   # node id -> last asked
         self._ranked: tuple[int, list[Member]] = (-1, [])       # (roster version, sample)
         self._running = False
-        self._ending: set[asyncio.Task[Any]] = set()   # cancelled dials, awaited at stop
+        self._ending = TaskSet()   # cancelled dials, awaited at stop (in cancel order)
         self.stats: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -121,8 +121,7 @@ class PeerKeeper:
         kept, self._kept = list(self._kept.values()), {}
         for k in kept:
             await self._drop(k)
-        ending, self._ending = list(self._ending), set()
-        for task in ending:
+        for task in self._ending.take():
             await cancel_and_wait(task)
 
     @property
@@ -281,7 +280,6 @@ class PeerKeeper:
         if k.dialing is not None:
             k.dialing.cancel()     # awaited at stop: no task outlives the keeper
             self._ending.add(k.dialing)
-            k.dialing.add_done_callback(self._ending.discard)
             k.dialing = None
         if self.book.member(k.member.node_id) is None:
             self._close(k)         # revoked or gone: no connection stays open to it

@@ -198,7 +198,7 @@ async def test_start_stop_are_clean_and_misuse_is_a_clear_error() -> None:
     assert result.stored_locally and result.accepted == 0
     await node.stop()
     await node.stop()
-    assert node._tasks == set()
+    assert len(node._tasks) == 0
     await node.start()
     await node.stop()
     with pytest.raises(DHTConfigError, match="alpha"):
