@@ -209,7 +209,7 @@ class Retriever:
         ago = self.node.client.connect_failed_within(owner, OWNER_DOWN_MEMORY_S)
         if ago is not None:
             return f"could not be connected to {ago:.1f} s ago"
-        keeper = getattr(self.node, "keeper", None)
+        keeper = self.node.keeper
         down = keeper.down_for(owner) if keeper is not None else None
         if down is not None:
             return f"this node's keeper has not reached it for {down:.1f} s"

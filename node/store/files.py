@@ -39,7 +39,6 @@ def _writeback_starter():  # type: ignore[no-untyped-def]
 
 
 start_writeback = _writeback_starter()
-_start_writeback = start_writeback
 
 
 class FileStoreError(Exception):
@@ -227,7 +226,7 @@ class ObjectFiles:
                 except FileNotFoundError:
                     continue  # replaced or removed since: nothing of it to keep
             for fd in fds:
-                _start_writeback(fd)
+                start_writeback(fd)
             for fd in fds:
                 os.fdatasync(fd)
         finally:

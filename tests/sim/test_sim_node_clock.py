@@ -51,23 +51,21 @@ def test_assertion_lifetime_passes_in_virtual_time_not_wall_time(tmp_path: Path)
             out["issued_vs_node_clock"] = stale.issued_at - requester.transport.wall_clock()
             await asyncio.sleep(DEFAULT_TTL_S + CLOCK_SKEW_S + 60)   # virtual: no wall time
             fresh = local_assertion(requester, **CLINICIAN)
-            try:
-                await Retriever(requester, deadline_s=60).fetch(ref, stale, lambda _b: MemorySink())
-                out["owner_stale"] = "accepted"
-            except FetchRefused as exc:
-                out["owner_stale"] = str(exc)
-            sink = MemorySink()
-            result = await Retriever(requester, deadline_s=60).fetch(ref, fresh, lambda _b: sink)
-            out["owner_fresh"] = (result.source, len(sink.instances) == instances)
+
+            async def stale_then_fresh(refused: type[Exception]) -> tuple[str, tuple[str, bool]]:
+                """The stale assertion's outcome, then the fresh one's (source, all there)."""
+                try:
+                    await Retriever(requester, deadline_s=60).fetch(ref, stale, lambda _b: MemorySink())
+                    stale_outcome = "accepted"
+                except refused as exc:
+                    stale_outcome = str(exc)
+                sink = MemorySink()
+                result = await Retriever(requester, deadline_s=60).fetch(ref, fresh, lambda _b: sink)
+                return stale_outcome, (result.source.split(":")[0], len(sink.instances) == instances)
+
+            out["owner_stale"], out["owner_fresh"] = await stale_then_fresh(FetchRefused)
             await grid.kill(0)                                       # replica + key shares
-            try:
-                await Retriever(requester, deadline_s=60).fetch(ref, stale, lambda _b: MemorySink())
-                out["replica_stale"] = "accepted"
-            except FetchError as exc:
-                out["replica_stale"] = str(exc)
-            sink = MemorySink()
-            result = await Retriever(requester, deadline_s=60).fetch(ref, fresh, lambda _b: sink)
-            out["replica_fresh"] = (result.source.split(":")[0], len(sink.instances) == instances)
+            out["replica_stale"], out["replica_fresh"] = await stale_then_fresh(FetchError)
             return out
         finally:
             await grid.stop()
