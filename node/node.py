@@ -31,6 +31,7 @@ from .net.server import PeerServer, PeerServerSettings
 from .net.transport import SOCKETS, Transport
 from .pacs.ingest import Ingestor
 from .pacs.journal import Journal
+from .pacs.receivers.pool import ReceiverPool, receiver_count
 from .pacs.scp import DicomService
 from .ports import listening
 from .query.local import LocalBackend
@@ -146,7 +147,8 @@ class Node:
         await asyncio.to_thread(self.ingestor.open_journal)
         if self._with_dicom:
             self.dicom = DicomService(self.cfg.dicom, ingestor=self.ingestor,
-                                      backend=self._dicom_backend(), audit=self.audit, loop=loop)
+                                      backend=self._dicom_backend(), audit=self.audit, loop=loop,
+                                      receivers=await self._start_receivers())
             dicom = self.dicom
             self.ports.dicom = await listening(
                 lambda: asyncio.to_thread(dicom.start), service="DICOM",
@@ -157,6 +159,21 @@ class Node:
             self._started.append(svc)
         self.audit.append("node.start", self.identity.node_id_hex[:16], "ok",
                           dicom_port=self.ports.dicom, peer_port=self.ports.peer)
+
+    async def _start_receivers(self) -> ReceiverPool | None:
+        """Receiver processes for storage associations (``[dicom] receivers``), ready
+        before the DICOM port opens so that the first senders already use them."""
+        count = receiver_count(self.cfg.dicom.receivers)
+        if not count:
+            return None
+        assert self.ingestor is not None and self.audit is not None
+        pool = ReceiverPool(count, ingestor=self.ingestor, audit=self.audit,
+                            data_dir=self.cfg.data_dir, journal=self.cfg.durability == "full",
+                            network_timeout_s=self.cfg.dicom.network_timeout_s,
+                            dimse_timeout_s=self.cfg.dicom.dimse_timeout_s,
+                            log_file=self.cfg.log_path)
+        await asyncio.to_thread(pool.start)
+        return pool
 
     def _dicom_backend(self):  # type: ignore[no-untyped-def]
         """The C-FIND/C-GET backend: a service named 'dicom-backend' may replace the

@@ -72,6 +72,9 @@ class DicomConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 30.0
     max_associations: int = 64
+    # storage associations served by this many receiver processes (node/pacs/receivers);
+    # -1 = one per CPU core up to 4 when there are two or more, 0 = all in the main process
+    receivers: int = -1
     # DICOM TLS (PS3.15 B.1, BCP 195 profile) on a second port; None = off. tls_ca set:
     # callers must present a certificate signed by it (their AE still needs "allow").
     tls_port: int | None = None
@@ -274,6 +277,13 @@ def _http_tls(http: dict[str, Any], base_dir: Path) -> tuple[Path | None, Path |
     return ((base_dir / cert).resolve(), (base_dir / key).resolve())
 
 
+def _receivers(value: int) -> int:
+    if not -1 <= value <= 16:
+        raise ConfigError(f"dicom.receivers must be -1 (one per CPU core), 0 (none) or up "
+                          f"to 16 processes, not {value}")
+    return value
+
+
 def _dicom_tls(dicom: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """[dicom] tls_port / tls_cert / tls_key / tls_ca: all paths relative to the config."""
     if "tls_port" not in dicom:
@@ -337,6 +347,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None
         acse_timeout_s=_get(dicom, "acse_timeout_s", float, 30.0, "dicom"),
         dimse_timeout_s=_get(dicom, "dimse_timeout_s", float, 30.0, "dicom"),
         max_associations=_get(dicom, "max_associations", int, 64, "dicom"),
+        receivers=_receivers(_get(dicom, "receivers", int, -1, "dicom")),
         **_dicom_tls(dicom, base_dir),
     )
 

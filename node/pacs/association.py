@@ -223,6 +223,30 @@ class Association:
         self.io.close()
 
 
+def serve_messages(assoc: Association, sink_for: SinkFactory,
+                   dispatch: Callable[[Association, Message], None]) -> None:
+    """Receive and dispatch DIMSE messages until the peer releases or the association
+    aborts; the socket is closed either way."""
+    try:
+        while True:
+            dispatch(assoc, assoc.receive(sink_for))
+    except Released:
+        assoc.io.close()
+    except Aborted as exc:
+        log.info("association with %s ended: %s", assoc.calling_ae, exc)
+        assoc.io.close()
+
+
+def unsupported(assoc: Association, msg: Message) -> None:
+    """A command this association does not serve: abort (PS3.7 has no status for it)."""
+    if msg.dataset is not None:
+        msg.dataset.abandon()
+    log.info("association with %s: unsupported DIMSE command 0x%04X on %s; aborting",
+             assoc.calling_ae, msg.command.field, msg.context.abstract_syntax)
+    assoc.abort(0x02, 0x02)
+    raise Aborted("unsupported command")
+
+
 # -- negotiation ------------------------------------------------------------------
 def user_information(max_pdu: int) -> list[Any]:
     max_length = MaximumLengthNotification()

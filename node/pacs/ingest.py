@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -28,13 +26,13 @@ from pydicom.uid import UID
 
 from ..store.db import MetadataStore, StoredFile, StoreError
 from ..store.files import FileStoreError, ObjectFiles, PartialFile
-from ..store.records import RecordMemo, record_from_dataset
+from ..store.records import InstanceRecord, RecordMemo, record_from_dataset
 from . import status
 from .journal import Checkpointer, Journal, JournalError, Record
+from .ledger import JOURNAL_KEY, Claim, Ledger, LocalLedger
 from .validate import InvalidInstance, ValidationMemo, validate_instance
 
 log = logging.getLogger("medfed.ingest")
-_JOURNAL_KEY = "ingest_journal_seq"
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,25 @@ class IngestOutcome:
 
 
 class Ingestor:
-    def __init__(self, store: MetadataStore, files: ObjectFiles, *,
+    """``store``: this process's metadata store, or ``ledger``: where the rows go
+    instead (a receiver process commits through the node's main process).
+    ``journal_key``: the meta key that records this journal's checkpoint."""
+
+    def __init__(self, store: MetadataStore | None, files: ObjectFiles, *,
                  series_idle_s: float = 30.0, source: str = "local",
-                 journal: Journal | None = None) -> None:
-        self.store = store
+                 journal: Journal | None = None, ledger: Ledger | None = None,
+                 journal_key: str = JOURNAL_KEY) -> None:
+        if ledger is None:
+            if store is None:
+                raise ValueError("an Ingestor needs a store or a ledger")
+            ledger = LocalLedger(store)
+        self.ledger = ledger
         self.files = files
         self.series_idle_s = series_idle_s
         self.source = source
         self.journal = journal
+        self.journal_key = journal_key
         self._checkpointer: Checkpointer | None = None
-        self._stripes = [threading.Lock() for _ in range(64)]
         self._validation_memo = ValidationMemo()
         self.last_received = 0.0   # time.monotonic() of the latest instance offered
         self._record_memo = RecordMemo()
@@ -74,16 +81,29 @@ class Ingestor:
         and start journalling. Returns how many instances were restored."""
         if self.journal is None:
             return 0
-        row = self.store.writer.read_one("SELECT value FROM meta WHERE key=?", (_JOURNAL_KEY,))
-        after = int(row[0]) if row else 0
-        restored = sum(self._replay(record) for record in self.journal.records(after))
-        newest = max(after, self.journal.last_seq)
-        self._persist(newest, [])
-        self.journal.start(newest)
-        self._checkpointer = Checkpointer(self.journal, self._persist)
+        restored, newest = self.replay(self.journal, self.journal_key)
+        self.resume_journal(newest)
         if restored:
             log.warning("restored %d instance(s) from the ingest journal", restored)
         return restored
+
+    def resume_journal(self, checkpointed: int) -> None:
+        """Start journalling after ``checkpointed``, with nothing left to replay (a
+        receiver process: the main process replayed its journal just before)."""
+        assert self.journal is not None
+        self.journal.start(checkpointed)
+        self._checkpointer = Checkpointer(self.journal, self._persist)
+
+    def replay(self, journal: Journal, key: str) -> tuple[int, int]:
+        """Store again what ``journal`` holds after the checkpoint recorded under
+        ``key``, and record the new checkpoint: (instances restored, newest seq).
+        Also for a receiver process's journal, replayed by the main process."""
+        after = self.ledger.journal_seq(key)
+        restored = sum(self._replay(record) for record in journal.records(after))
+        newest = max(after, journal.last_seq)
+        self.files.make_durable([])
+        self.ledger.persist_journal_seq(key, newest)
+        return restored, newest
 
     def close(self) -> None:
         """Checkpoint what is finished and close the journal (at shutdown)."""
@@ -99,9 +119,7 @@ class Ingestor:
 
     def _persist(self, upto: int, rels: list[str]) -> None:
         self.files.make_durable(rels)
-        self.store.writer.run(lambda conn: conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-            "value=excluded.value", (_JOURNAL_KEY, str(upto))))
+        self.ledger.persist_journal_seq(self.journal_key, upto)
 
     def _replay(self, record: Record) -> int:
         try:
@@ -110,7 +128,8 @@ class Ingestor:
         except Exception:
             log.error("an ingest journal record cannot be read back; skipped")
             return 0
-        known = self.store.instance_file_sync(sop_uid)
+        with self.ledger.claim(sop_uid) as claim:
+            known = claim.known()
         sha = hashlib.sha256(record.data).hexdigest()
         if known is None:
             outcome = self.ingest(ds, record.data, context_sop_class=str(ds.SOPClassUID),
@@ -182,54 +201,78 @@ class Ingestor:
             log.info("rejected an instance: dataset cannot be parsed (%s)", type(exc).__name__)
             return IngestOutcome(status.CANNOT_PARSE, "dataset cannot be parsed")
 
-        with self._stripes[zlib.crc32(sop_uid.encode()) % len(self._stripes)]:
-            known = self.store.instance_file_sync(sop_uid)
-            if known is not None:
-                # Idempotent: the stored copy stays; a differing resend is logged.
-                if sha256() != known.sha256:
-                    log.warning("a resent instance differs from the stored copy; "
-                                "kept the stored copy")
-                drop()
-                return IngestOutcome(status.SUCCESS, "", None, duplicate=True)
-            journal = self.journal if raw is not None and self._checkpointer else None
-            seq = 0
-            if journal is not None:
-                try:
-                    seq = journal.append(rel, raw, sha256())  # its writeback starts
-                    fill()  # the file, written while the disk writes the record
-                    journal.sync(seq)  # the instance is durable from here on
-                except JournalError as exc:
-                    log.error("%s", exc)
-                    if seq:
-                        journal.cancel(seq)
-                    drop()
-                    return IngestOutcome(status.OUT_OF_RESOURCES,
-                                         "cannot write file: storage full")
-            else:
-                fill()
-            try:
-                size, sha = place(rel, journal is None)
-            except FileStoreError as exc:
-                log.error("%s", exc)
-                if journal is not None:
-                    journal.cancel(seq)
-                return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
-            try:
-                result = self.store.ingest_sync(
-                    record, StoredFile(rel, size, sha), self.source,
-                    jobs=[("publish", series_uid, self.series_idle_s)],
-                    relaxed=journal is not None)
-            except Exception as exc:
-                self.files.remove(rel)
-                if journal is not None:
-                    journal.cancel(seq)
-                log.error("metadata commit failed, instance not stored: %s",
-                          type(exc).__name__ if not isinstance(exc, StoreError) else exc)
-                return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
-            if journal is not None:
-                journal.done(seq, rel)
-        if self._checkpointer is not None and journal is not None:
+        journal = self.journal if raw is not None and self._checkpointer else None
+        try:
+            with self.ledger.claim(sop_uid) as claim:
+                outcome = self._claimed(claim, journal, record, rel, series_uid, sha256,
+                                        place, drop, raw, fill)
+        except StoreError as exc:  # the claim itself could not be made
+            drop()
+            log.error("metadata database unavailable, instance not stored: %s", exc)
+            return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
+        if journal is not None and self._checkpointer is not None:
             self._checkpointer.nudge()
+        return outcome
+
+    def _claimed(self, claim: Claim, journal: Journal | None, record: InstanceRecord,
+                 rel: str, series_uid: str, sha256: Callable[[], str],
+                 place: Callable[[str, bool], tuple[int, str]], drop: Callable[[], None],
+                 raw: bytes | bytearray | None, fill: Callable[[], None]) -> IngestOutcome:
+        """Journal, place and commit one claimed instance. With the journal, the record
+        is written and flushed before the claim's answer is read: a receiver's claim
+        travels to the main process while the disk flushes (a resent instance then
+        costs a cancelled record)."""
+        seq = 0
+        if journal is not None:
+            try:
+                seq = journal.append(rel, raw, sha256())  # type: ignore[arg-type]
+                fill()  # the file, written while the disk writes the record
+                journal.sync(seq)  # the instance is durable from here on
+            except JournalError as exc:
+                log.error("%s", exc)
+                if seq:
+                    journal.cancel(seq)
+                drop()
+                return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
+        try:
+            known = claim.known()
+        except StoreError as exc:
+            if journal is not None:
+                journal.cancel(seq)
+            drop()
+            log.error("metadata database unavailable, instance not stored: %s", exc)
+            return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
+        if known is not None:
+            # Idempotent: the stored copy stays; a differing resend is logged.
+            if journal is not None:
+                journal.cancel(seq)
+            if sha256() != known.sha256:
+                log.warning("a resent instance differs from the stored copy; "
+                            "kept the stored copy")
+            drop()
+            return IngestOutcome(status.SUCCESS, "", None, duplicate=True)
+        if journal is None:
+            fill()
+        try:
+            size, sha = place(rel, journal is None)
+        except FileStoreError as exc:
+            log.error("%s", exc)
+            if journal is not None:
+                journal.cancel(seq)
+            return IngestOutcome(status.OUT_OF_RESOURCES, "cannot write file: storage full")
+        try:
+            result = self.ledger.commit(
+                record, StoredFile(rel, size, sha), self.source,
+                [("publish", series_uid, self.series_idle_s)], relaxed=journal is not None)
+        except Exception as exc:
+            self.files.remove(rel)
+            if journal is not None:
+                journal.cancel(seq)
+            log.error("metadata commit failed, instance not stored: %s",
+                      type(exc).__name__ if not isinstance(exc, StoreError) else exc)
+            return IngestOutcome(status.OUT_OF_RESOURCES, "metadata database unavailable")
+        if journal is not None:
+            journal.done(seq, rel)
         return IngestOutcome(status.SUCCESS, "", result.instance_id, result.duplicate)
 
 

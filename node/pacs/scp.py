@@ -34,12 +34,15 @@ from pynetdicom.sop_class import (
 from ..config.model import DicomConfig
 from . import codec, dimse, status
 from .association import (Aborted, Association, BytesSink, Message, Rejection, Released,
-                          accept, read_request, reject, request_association)
+                          accept, read_request, reject, request_association,
+                          serve_messages, unsupported)
 from .fast_identifier import FastIdentifier
 from .fast_identifier import parse as fast_parse
 from .backend import Auditor, QueryBackend, QueryRefused, RetrieveItem
 from .identifier import QR_LEVEL
 from .ingest import Ingestor
+from .receivers.messages import Handoff
+from .receivers.pool import ReceiverPool
 from .retrieve_scp import (Outgoing, Progress, Sender, SubOperationFailed, count,
                            move_contexts)
 from .server import AssociationServer
@@ -106,6 +109,16 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
+STORAGE_SOP_CLASSES = frozenset([str(cx.abstract_syntax)
+                                  for cx in AllStoragePresentationContexts] + [Verification])
+
+
+def _storage_only(contexts: dict[int, PresentationContext]) -> bool:
+    """Only C-STORE and C-ECHO can arrive on it: a receiver process can serve it."""
+    return bool(contexts) and all(str(cx.abstract_syntax) in STORAGE_SOP_CLASSES
+                                  for cx in contexts.values())
+
+
 def _level(identifier: Dataset | FastIdentifier) -> str:
     """QueryRetrieveLevel as sent (for the audit entry)."""
     if isinstance(identifier, FastIdentifier):
@@ -121,8 +134,10 @@ def _failure_command(request: dimse.Command, field_: int, code: int, text: str,
 
 class DicomService:
     def __init__(self, cfg: DicomConfig, *, ingestor: Ingestor, backend: QueryBackend,
-                 audit: Auditor, loop: asyncio.AbstractEventLoop) -> None:
+                 audit: Auditor, loop: asyncio.AbstractEventLoop,
+                 receivers: ReceiverPool | None = None) -> None:
         self.cfg = cfg
+        self.receivers = receivers   # storage associations go there (started by the caller)
         self.ingestor = ingestor
         self.backend = backend
         self.audit = audit
@@ -157,6 +172,8 @@ class DicomService:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self.receivers is not None:
+            self.receivers.stop()
 
     def _call(self, coro: Awaitable[Any]) -> Any:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
@@ -187,6 +204,11 @@ class DicomService:
         contexts = accept(io, request, self.supported, self.cfg.max_pdu)
         self.audit.append("dicom.associate", f"{calling}@{addr[0]}", "accepted", called=called,
                           **({"tls": True} if tls else {}))
+        if self.receivers is not None and not tls and _storage_only(contexts):
+            handoff = Handoff.of(calling, called, addr[0], io.max_send, io.max_receive,
+                                 contexts, io.buffered)
+            if self.receivers.hand_over(sock, handoff):
+                return  # the receiver process serves it; we only close our descriptor
         sock.settimeout(self.cfg.network_timeout_s)
         assoc = Association(io, calling, called, addr[0], contexts,
                             dimse_timeout=self.cfg.dimse_timeout_s,
@@ -207,7 +229,9 @@ class DicomService:
             self.audit.append("dicom.associate", f"{calling}@{host}", "rejected",
                               reason="called AE not recognised")
             return Rejection(0x01, 0x01, 0x07)
-        if self._server is not None and self._server.busy:
+        if self._server is not None and self._server.open_count + (
+                self.receivers.active if self.receivers is not None else 0) \
+                > self.cfg.max_associations:
             log.warning("rejected association from %s@%s: %d associations already open",
                         calling, host, self.cfg.max_associations)
             self.audit.append("dicom.associate", f"{calling}@{host}", "rejected",
@@ -228,46 +252,21 @@ class DicomService:
         io.close()
 
     def _message_loop(self, assoc: Association) -> None:
-        try:
-            while True:
-                msg = assoc.receive(self._sink_for)
-                self._dispatch(assoc, msg)
-        except Released:
-            assoc.io.close()
-        except Aborted as exc:
-            log.info("association with %s ended: %s", assoc.calling_ae, exc)
-            assoc.io.close()
-
-    def _sink_for(self, assoc: Association, context: PresentationContext,
-                  command: dimse.Command) -> Any:
-        if command.field == dimse.C_STORE_RQ:
-            return self.store.sink(assoc, context, command)
-        return BytesSink()
+        serve_messages(assoc, self.store.sink_for, self._dispatch)
 
     def _dispatch(self, assoc: Association, msg: Message) -> None:
         self.last_request = time.monotonic()
-        cmd, ctx = msg.command, msg.context
-        cx_id = int(ctx.context_id)
-        sop = str(ctx.abstract_syntax)
-        if cmd.field == dimse.C_ECHO_RQ:
-            assoc.send(cx_id, dimse.response(cmd, dimse.C_ECHO_RSP, status.SUCCESS))
-        elif cmd.field == dimse.C_STORE_RQ and msg.dataset is not None:
-            self.store.handle(assoc, ctx, cmd, msg.dataset)  # type: ignore[arg-type]
+        cmd, sop = msg.command, str(msg.context.abstract_syntax)
+        if self.store.answer(assoc, msg):
+            pass
         elif cmd.field == dimse.C_FIND_RQ and sop in FIND_CLASSES:
             self._find(assoc, msg)
         elif cmd.field == dimse.C_GET_RQ and sop in GET_CLASSES:
             self._get(assoc, msg)
         elif cmd.field == dimse.C_MOVE_RQ and sop in MOVE_CLASSES:
             self._move(assoc, msg)
-        elif cmd.field == dimse.C_CANCEL_RQ:
-            pass  # for an operation that already ended: nothing to do (PS3.7 9.3.2.3)
         else:
-            if msg.dataset is not None:
-                msg.dataset.abandon()
-            log.info("association with %s: unsupported DIMSE command 0x%04X on %s; aborting",
-                     assoc.calling_ae, cmd.field, sop)
-            assoc.abort(0x02, 0x02)
-            raise Aborted("unsupported command")
+            unsupported(assoc, msg)
 
     def _identifier(self, msg: Message) -> Dataset:
         sink = msg.dataset

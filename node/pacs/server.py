@@ -23,7 +23,7 @@ Handler = Callable[[socket.socket, tuple[str, int], bool], None]
 class AssociationServer:
     """Accepts connections on ``(host, port)`` and runs ``handler(sock, address, tls)``
     on a thread per connection, at most ``max_connections`` at once (the handler
-    rejects the rest itself: see ``busy``)."""
+    rejects the rest itself: see ``open_count``)."""
 
     def __init__(self, handler: Handler, *, max_connections: int = 64,
                  handshake_timeout: float = 30.0) -> None:
@@ -56,9 +56,10 @@ class AssociationServer:
         return int(sock.getsockname()[1])
 
     @property
-    def busy(self) -> bool:
+    def open_count(self) -> int:
+        """Connections this server's threads serve now (the one asking included)."""
         with self._lock:
-            return len(self._conns) > self.max_connections
+            return len(self._conns)
 
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping:

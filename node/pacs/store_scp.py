@@ -21,7 +21,7 @@ from pynetdicom.presentation import PresentationContext
 
 from ..store.files import FileStoreError, ObjectFiles
 from . import codec, dimse, status
-from .association import Association
+from .association import Association, BytesSink, DatasetSink, Message
 from .backend import Auditor
 from .ingest import IngestOutcome, Ingestor
 
@@ -68,6 +68,29 @@ class StoreHandler:
         except Exception:  # values pydicom refuses to write: answered, not stored
             return StoreSink(None)
         return StoreSink(header)
+
+    def sink_for(self, assoc: Association, context: PresentationContext,
+                 command: dimse.Command) -> DatasetSink:
+        """Where an incoming data set goes: a C-STORE's to its file, others in memory."""
+        if command.field == dimse.C_STORE_RQ:
+            return self.sink(assoc, context, command)
+        return BytesSink()
+
+    def answer(self, assoc: Association, msg: Message) -> bool:
+        """C-ECHO, C-STORE and a late C-CANCEL; False for anything else. What a
+        storage-only association (a receiver process) needs, and the start of every
+        other association's dispatch."""
+        cmd, ctx = msg.command, msg.context
+        if cmd.field == dimse.C_ECHO_RQ:
+            assoc.send(int(ctx.context_id), dimse.response(cmd, dimse.C_ECHO_RSP,
+                                                           status.SUCCESS))
+        elif cmd.field == dimse.C_STORE_RQ and isinstance(msg.dataset, StoreSink):
+            self.handle(assoc, ctx, cmd, msg.dataset)
+        elif cmd.field == dimse.C_CANCEL_RQ:
+            pass  # for an operation that already ended: nothing to do (PS3.7 9.3.2.3)
+        else:
+            return False
+        return True
 
     def handle(self, assoc: Association, context: PresentationContext,
                command: dimse.Command, sink: StoreSink) -> None:

@@ -72,6 +72,15 @@ class PduSocket:
         self.max_send = UNLIMITED_SEND_PDU
         self._buf = bytearray()
 
+    @property
+    def buffered(self) -> bytes:
+        """Bytes read from the socket and not yet consumed (handed over with it)."""
+        return bytes(self._buf)
+
+    def prime(self, data: bytes) -> None:
+        """Consume ``data`` before the socket: what another process read already."""
+        self._buf[:0] = data
+
     # -- reading --------------------------------------------------------------
     def _fill(self, n: int) -> None:
         while len(self._buf) < n:

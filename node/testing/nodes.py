@@ -33,14 +33,16 @@ def loopback_config(data_dir: Path, *, name: str = "Test Hospital", ae_title: st
                                               "GETSCU@127.0.0.1", "MOVESCU@127.0.0.1",
                                               "ECHOSCU@127.0.0.1", "PYNETDICOM@127.0.0.1"),
                     destinations: dict[str, tuple[str, int]] | None = None,
-                    **overrides: Any) -> NodeConfig:
-    """A NodeConfig on ephemeral loopback ports, for tests and the demo."""
+                    receivers: int = 0, **overrides: Any) -> NodeConfig:
+    """A NodeConfig on ephemeral loopback ports, for tests and the demo. ``receivers``:
+    DICOM receiver processes (0: the node's own process serves every association, as
+    an in-process test expects; ``medfed run`` defaults to one per core)."""
     dicom = DicomConfig(
         ae_title=ae_title, host="127.0.0.1", port=0,
         allow=tuple(AllowedPeer.parse(a) for a in allow),
         destinations=tuple(Destination(ae, h, p) for ae, (h, p) in (destinations or {}).items()),
         users=tuple((AllowedPeer.parse(a).ae_title, TEST_VIEWER) for a in allow),
-        network_timeout_s=10, acse_timeout_s=10, dimse_timeout_s=20)
+        network_timeout_s=10, acse_timeout_s=10, dimse_timeout_s=20, receivers=receivers)
     return NodeConfig(name=name, data_dir=data_dir, dicom=dicom, http_port=0, peer_port=0,
                       dht_port=0, **overrides)
 

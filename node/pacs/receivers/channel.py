@@ -1,0 +1,140 @@
+"""One local socket between the main process and a receiver: JSON messages, file
+descriptors beside them, and request/reply matching.
+
+A ``SOCK_SEQPACKET`` Unix socket keeps message boundaries (no framing) and carries an
+accepted connection's descriptor with the message that describes it (SCM_RIGHTS).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from typing import Any
+
+MAX_MESSAGE = 1 << 20
+
+
+class ChannelClosed(Exception):
+    """The process at the other end stopped (or the socket was closed)."""
+
+
+class Channel:
+    """Thread-safe sends; one thread receives (``receive``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.Lock()
+
+    @staticmethod
+    def pair() -> tuple["Channel", socket.socket]:
+        """This end, and the socket to hand to the child process."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return Channel(ours), theirs
+
+    def send(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode()
+        if len(data) > MAX_MESSAGE:
+            raise ValueError(f"message of {len(data)} bytes is over {MAX_MESSAGE}")
+        try:
+            with self._send_lock:
+                if fds:
+                    socket.send_fds(self.sock, [data], list(fds))
+                else:
+                    self.sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+
+    def receive(self) -> tuple[dict[str, Any], list[int]]:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if not data:
+            for fd in fds:
+                socket.close(fd)
+            raise ChannelClosed("the other process closed the channel")
+        message = json.loads(data)
+        if not isinstance(message, dict):
+            raise ChannelClosed("a message that is not an object")
+        return message, fds
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Calls:
+    """Requests waiting for their reply, by id (the receiving thread calls ``answer``)."""
+
+    def __init__(self, channel: Channel, timeout_s: float) -> None:
+        self.channel = channel
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._next = 0
+        self._waiting: dict[int, list[Any]] = {}
+        self._closed = False
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``op`` and wait for its reply; ChannelClosed if the other side is gone
+        or does not answer within ``timeout_s``."""
+        return self.start(op, **fields).result()
+
+    def start(self, op: str, **fields: Any) -> "Pending":
+        """Send ``op`` now; its reply is waited for with ``.result()`` (work done in
+        between overlaps the round trip)."""
+        pending = Pending(self, op)
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed("the node's main process is gone")
+            self._next += 1
+            pending.call_id = self._next
+            self._waiting[pending.call_id] = pending
+        try:
+            self.channel.send({"op": op, "id": pending.call_id, **fields})
+        except ChannelClosed:
+            self._forget(pending)
+            raise
+        return pending
+
+    def _forget(self, pending: "Pending") -> None:
+        with self._lock:
+            self._waiting.pop(pending.call_id, None)
+
+    def answer(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            pending = self._waiting.pop(int(message.get("id", 0)), None)
+        if pending is not None:
+            pending.reply = message
+            pending.done.set()
+
+    def close(self) -> None:
+        """Wake every waiting caller with ChannelClosed."""
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for pending in waiting:
+            pending.done.set()
+
+
+class Pending:
+    """A request sent, its reply not yet read."""
+
+    def __init__(self, calls: Calls, op: str) -> None:
+        self.calls = calls
+        self.op = op
+        self.call_id = 0
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+
+    def result(self) -> dict[str, Any]:
+        if not self.done.wait(self.calls.timeout_s):
+            self.calls._forget(self)
+            raise ChannelClosed(f"no answer to {self.op!r} within "
+                                f"{self.calls.timeout_s:.0f} s")
+        if self.reply is None:
+            raise ChannelClosed("the node's main process is gone")
+        return self.reply

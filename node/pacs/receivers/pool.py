@@ -1,0 +1,313 @@
+"""The main process's side: starts the receiver processes, hands them storage
+associations, and answers their claims, commits, checkpoints and audit entries.
+
+Every request is answered from the thread that reads that receiver's channel (a
+commit is one relaxed SQLite transaction, ~0.2 ms); a claim that must wait for another
+ingest of the same instance is answered later by the thread that releases it, so no
+reader ever blocks on another. A receiver that dies (kill -9, a crash) loses only what
+it had not acknowledged: its claims are released, its journal is replayed here, and a
+fresh receiver takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ...audit.errors import AuditWriteError
+from ..ingest import Ingestor
+from ..journal import Journal
+from ..ledger import JOURNAL_KEY, LocalLedger
+from .channel import Channel, ChannelClosed
+from .messages import Handoff, record_from_json, result_to_json, stored_from_json, \
+    stored_to_json
+from .worker import Settings
+
+log = logging.getLogger("medfed.dicom")
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+RESTARTS_PER_MINUTE = 5
+
+
+def receiver_count(configured: int) -> int:
+    """``[dicom] receivers``: -1 = one per CPU core up to 4 when there are two or more
+    cores (with one core a second process only adds hand-offs); 0 = none."""
+    if configured >= 0:
+        return configured
+    cores = os.cpu_count() or 1
+    return min(cores, 4) if cores > 1 else 0
+
+
+def journal_dir(data_dir: Path, index: int) -> Path:
+    return data_dir / f"journal-r{index}"
+
+
+def journal_key(index: int) -> str:
+    return f"{JOURNAL_KEY}.r{index}"
+
+
+@dataclass
+class _Receiver:
+    index: int
+    channel: Channel | None = None
+    process: subprocess.Popen[bytes] | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    active: int = 0                      # associations it serves now
+    claims: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    starts: list[float] = field(default_factory=list)
+
+
+class ReceiverPool:
+    """``count`` receiver processes for one DICOM service."""
+
+    def __init__(self, count: int, *, ingestor: Ingestor, audit: Any, data_dir: Path,
+                 journal: bool, network_timeout_s: float, dimse_timeout_s: float,
+                 log_file: Path | None, on_store: Callable[[], None] = lambda: None) -> None:
+        if not isinstance(ingestor.ledger, LocalLedger):
+            raise TypeError("receivers commit through the main process's own store")
+        self.ledger: LocalLedger = ingestor.ledger
+        self.ingestor = ingestor
+        self.audit = audit
+        self.data_dir = data_dir
+        self.journal = journal
+        self.network_timeout_s = network_timeout_s
+        self.dimse_timeout_s = dimse_timeout_s
+        self.log_file = log_file
+        self.on_store = on_store
+        self._receivers = [_Receiver(i) for i in range(count)]
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> int:
+        """Replay each receiver's journal, start the processes, wait until they are
+        ready (or the timeout: the main process then serves alone). Returns how many
+        are ready."""
+        for rec in self._receivers:
+            self._launch(rec)
+        deadline = time.monotonic() + timeout_s
+        for rec in self._receivers:
+            if not rec.ready.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("DICOM receiver %d did not start within %.0f s; the main "
+                            "process serves its share", rec.index, timeout_s)
+        return self.ready_count
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for r in self._receivers if r.ready.is_set())
+
+    @property
+    def active(self) -> int:
+        return sum(r.active for r in self._receivers)
+
+    def pids(self) -> list[int]:
+        return [r.process.pid for r in self._receivers
+                if r.process is not None and r.ready.is_set()]
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Each receiver ends its associations, checkpoints its journal and exits."""
+        with self._lock:
+            self._stopping = True
+        for rec in self._receivers:
+            if rec.channel is not None:
+                try:
+                    rec.channel.send({"op": "stop"})
+                except ChannelClosed:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for rec in self._receivers:
+            proc = rec.process
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("DICOM receiver %d did not stop in time; killed (its journal "
+                            "is replayed at the next start)", rec.index)
+                proc.kill()
+                proc.wait()
+
+    def _launch(self, rec: _Receiver) -> None:
+        folder = journal_dir(self.data_dir, rec.index) if self.journal else None
+        seq = 0
+        if folder is not None:
+            restored, seq = self.ingestor.replay(Journal(folder), journal_key(rec.index))
+            if restored:
+                log.warning("restored %d instance(s) from DICOM receiver %d's journal",
+                            restored, rec.index)
+        settings = Settings(
+            index=rec.index, files_root=str(self.ingestor.files.root),
+            journal_dir=str(folder) if folder is not None else None,
+            journal_key=journal_key(rec.index), journal_seq=seq,
+            series_idle_s=self.ingestor.series_idle_s,
+            network_timeout_s=self.network_timeout_s, dimse_timeout_s=self.dimse_timeout_s,
+            log_file=str(self.log_file) if self.log_file else None,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+        channel, theirs = Channel.pair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "node.pacs.receivers.worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+        rec.channel, rec.process, rec.active = channel, proc, 0
+        rec.ready.clear()
+        rec.starts = [t for t in rec.starts if t > time.monotonic() - 60] + [time.monotonic()]
+        channel.send(settings.to_json())
+        threading.Thread(target=self._read, args=(rec, channel, proc), daemon=True,
+                         name=f"dicom-receiver-{rec.index}").start()
+
+    # -- hand-over --------------------------------------------------------------
+    def hand_over(self, sock: socket.socket, handoff: Handoff) -> bool:
+        """Give the association to the ready receiver with the fewest; False when
+        none can take it (the caller serves it). The caller then only closes its
+        own descriptor."""
+        with self._lock:
+            ready = [r for r in self._receivers if r.ready.is_set() and r.channel]
+            if not ready or self._stopping:
+                return False
+            rec = min(ready, key=lambda r: r.active)
+            rec.active += 1
+        try:
+            assert rec.channel is not None
+            rec.channel.send({"op": "assoc", **handoff.to_json()}, fds=(sock.fileno(),))
+        except ChannelClosed:
+            with self._lock:
+                rec.active -= 1
+            return False
+        return True
+
+    # -- requests -----------------------------------------------------------------
+    def _read(self, rec: _Receiver, channel: Channel, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            while True:
+                message, fds = channel.receive()
+                for fd in fds:
+                    socket.close(fd)
+                if message.get("op") == "stopped":
+                    break
+                self._answer(rec, channel, message)
+        except ChannelClosed:
+            pass
+        except Exception:
+            log.exception("DICOM receiver %d: request handling failed", rec.index)
+        channel.close()
+        rec.ready.clear()
+        self._forget(rec)
+        code = proc.wait()
+        with self._lock:
+            stopping = self._stopping
+        if stopping:
+            return
+        log.error("DICOM receiver %d (pid %d) exited with code %s; its associations were "
+                  "cut, nothing they had acknowledged is lost", rec.index, proc.pid, code)
+        if len(rec.starts) >= RESTARTS_PER_MINUTE:
+            log.error("DICOM receiver %d restarted %d times within a minute; not "
+                      "restarted again (the main process serves its share)", rec.index,
+                      len(rec.starts))
+            return
+        try:
+            self._launch(rec)
+        except Exception as exc:
+            log.error("DICOM receiver %d could not be restarted: %s", rec.index, exc)
+
+    def _forget(self, rec: _Receiver) -> None:
+        """The receiver is gone: its claims go, its associations with it."""
+        with rec.lock:
+            held, rec.claims = rec.claims, set()
+        for sop in held:
+            self.ledger.claims.release(sop)
+        with self._lock:
+            rec.active = 0
+
+    def _answer(self, rec: _Receiver, channel: Channel, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "claim":
+            self._claim(rec, channel, int(m["id"]), str(m["sop"]))
+            return
+        if op == "release":
+            self._release(rec, str(m["sop"]))
+            return
+        if op == "audit":
+            try:
+                self.audit.append(str(m["action"]), str(m["actor"]), str(m["outcome"]),
+                                  str(m.get("subject", "")), **dict(m.get("detail") or {}))
+            except AuditWriteError as exc:
+                log.error("audit entry of DICOM receiver %d not written: %s", rec.index, exc)
+            return
+        if op == "ended":
+            with self._lock:
+                rec.active = max(0, rec.active - 1)
+            return
+        if op == "ready":
+            rec.ready.set()
+            return
+        if op == "failed":
+            log.error("DICOM receiver %d could not start: %s", rec.index, m.get("reason"))
+            return
+        reply: dict[str, Any] = {"op": "reply", "id": m.get("id")}
+        try:
+            if op == "commit":
+                record = record_from_json(m["record"])
+                result = self.ledger.commit(
+                    record, stored_from_json(m["stored"]),  # type: ignore[arg-type]
+                    str(m["source"]), [(str(a), str(b), float(c)) for a, b, c in m["jobs"]],
+                    relaxed=bool(m["relaxed"]))
+                self._release(rec, record.instance.sop_uid)  # a commit ends its claim
+                self.ingestor.last_received = time.monotonic()
+                self.on_store()
+                reply["result"] = result_to_json(result)
+            elif op == "journal_seq":
+                reply["seq"] = self.ledger.journal_seq(str(m["key"]))
+            elif op == "persist":
+                self.ledger.persist_journal_seq(str(m["key"]), int(m["upto"]))
+            else:
+                reply["error"] = f"unknown request {op!r}"
+        except Exception as exc:
+            log.error("DICOM receiver %d: %s failed: %s", rec.index, op, exc)
+            reply["error"] = f"{op} failed on the node: {type(exc).__name__}"
+        try:
+            channel.send(reply)
+        except ChannelClosed:
+            pass
+
+    def _release(self, rec: _Receiver, sop: str) -> None:
+        with rec.lock:
+            held = sop in rec.claims
+            rec.claims.discard(sop)
+        if held:
+            self.ledger.claims.release(sop)
+
+    def _claim(self, rec: _Receiver, channel: Channel, call_id: int, sop: str) -> None:
+        def granted() -> None:
+            with rec.lock:
+                rec.claims.add(sop)
+            try:
+                known = self.ledger.store.instance_file_sync(sop)
+                channel.send({"op": "reply", "id": call_id, "known": stored_to_json(known)})
+            except ChannelClosed:
+                with rec.lock:
+                    rec.claims.discard(sop)
+                self.ledger.claims.release(sop)
+            except Exception as exc:
+                log.error("DICOM receiver %d: claim failed: %s", rec.index, exc)
+                with rec.lock:
+                    rec.claims.discard(sop)
+                self.ledger.claims.release(sop)
+                try:
+                    channel.send({"op": "reply", "id": call_id,
+                                  "error": f"claim failed on the node: {type(exc).__name__}"})
+                except ChannelClosed:
+                    pass
+
+        self.ledger.claims.acquire(sop, granted)
