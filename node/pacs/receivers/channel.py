@@ -45,6 +45,9 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def receive(self) -> tuple[dict[str, Any], list[int]]:
         try:
             data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
@@ -118,6 +121,44 @@ class Calls:
             waiting, self._waiting = list(self._waiting.values()), {}
         for pending in waiting:
             pending.done.set()
+
+
+class Sequential:
+    """Calls on a channel that one thread owns (an association's): the reply to a call
+    is the next message on it, read by the calling thread itself - no reader thread,
+    so no second thread to wake for every reply."""
+
+    def __init__(self, channel: Channel, timeout_s: float) -> None:
+        self.channel = channel
+        self.timeout_s = timeout_s
+        self._next = 0
+        channel.sock.settimeout(timeout_s)
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        return self.start(op, **fields).result()
+
+    def start(self, op: str, **fields: Any) -> "Next":
+        self._next += 1
+        self.channel.send({"op": op, "id": self._next, **fields})
+        return Next(self, op, self._next)
+
+
+class Next:
+    """A call on a ``Sequential`` channel whose reply is the next message."""
+
+    def __init__(self, calls: Sequential, op: str, call_id: int) -> None:
+        self.calls, self.op, self.call_id = calls, op, call_id
+        self._reply: dict[str, Any] | None = None
+
+    def result(self) -> dict[str, Any]:
+        if self._reply is None:
+            message, fds = self.calls.channel.receive()   # a timeout: ChannelClosed
+            for fd in fds:
+                socket.close(fd)
+            if message.get("id") != self.call_id:
+                raise ChannelClosed(f"an answer out of order to {self.op!r}")
+            self._reply = message
+        return self._reply
 
 
 class Pending:

@@ -1,10 +1,14 @@
 """The main process's side: starts the receiver processes, hands them storage
 associations, and answers their claims, commits, checkpoints and audit entries.
 
-Every request is answered from the thread that reads that receiver's channel (a
-commit is one relaxed SQLite transaction, ~0.2 ms); a claim that must wait for another
-ingest of the same instance is answered later by the thread that releases it, so no
-reader ever blocks on another. A receiver that dies (kill -9, a crash) loses only what
+One thread (``dicom-ledger``) reads every channel - each receiver's control channel
+and one channel per handed-over association - through one selector and answers in
+order: a commit is one relaxed SQLite transaction (~0.2 ms), and the metadata writer is
+single anyway. One thread and not one per receiver: two reader threads in this process
+handed the interpreter lock back and forth (a reply's ``sendall`` took 0.44 ms on
+average, measured with cProfile at 4 senders). A claim that must wait for another
+ingest of the same instance is answered later by the thread that releases it, so the
+reader never blocks on one. A receiver that dies (kill -9, a crash) loses only what
 it had not acknowledged: its claims are released, its journal is replayed here, and a
 fresh receiver takes its place.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -62,9 +67,17 @@ class _Receiver:
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     active: int = 0                      # associations it serves now
+    starts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Link:
+    """One handed-over association's channel, and the claims made on it."""
+
+    receiver: _Receiver
+    channel: Channel
     claims: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    starts: list[float] = field(default_factory=list)
 
 
 class ReceiverPool:
@@ -87,12 +100,20 @@ class ReceiverPool:
         self._receivers = [_Receiver(i) for i in range(count)]
         self._lock = threading.Lock()
         self._stopping = False
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._to_register: list[tuple[Channel, object]] = []
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, timeout_s: float = START_TIMEOUT_S) -> int:
         """Replay each receiver's journal, start the processes, wait until they are
         ready (or the timeout: the main process then serves alone). Returns how many
         are ready."""
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dicom-ledger")
+        self._thread.start()
         for rec in self._receivers:
             self._launch(rec)
         deadline = time.monotonic() + timeout_s
@@ -136,6 +157,13 @@ class ReceiverPool:
                             "is replayed at the next start)", rec.index)
                 proc.kill()
                 proc.wait()
+        if self._thread is not None:
+            self._wake()
+            self._thread.join(timeout_s)
+            self._thread = None
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _launch(self, rec: _Receiver) -> None:
         folder = journal_dir(self.data_dir, rec.index) if self.journal else None
@@ -164,8 +192,7 @@ class ReceiverPool:
         rec.ready.clear()
         rec.starts = [t for t in rec.starts if t > time.monotonic() - 60] + [time.monotonic()]
         channel.send(settings.to_json())
-        threading.Thread(target=self._read, args=(rec, channel, proc), daemon=True,
-                         name=f"dicom-receiver-{rec.index}").start()
+        self._register(channel, rec)
 
     # -- hand-over --------------------------------------------------------------
     def hand_over(self, sock: socket.socket, handoff: Handoff) -> bool:
@@ -178,36 +205,94 @@ class ReceiverPool:
                 return False
             rec = min(ready, key=lambda r: r.active)
             rec.active += 1
+        ours, theirs = Channel.pair()
+        link = _Link(rec, ours)
+        self._register(ours, link)
         try:
             assert rec.channel is not None
-            rec.channel.send({"op": "assoc", **handoff.to_json()}, fds=(sock.fileno(),))
+            rec.channel.send({"op": "assoc", **handoff.to_json()},
+                             fds=(sock.fileno(), theirs.fileno()))
         except ChannelClosed:
-            with self._lock:
-                rec.active -= 1
+            ours.close()   # the loop sees it closed and forgets the link
             return False
+        finally:
+            theirs.close()
         return True
 
-    # -- requests -----------------------------------------------------------------
-    def _read(self, rec: _Receiver, channel: Channel, proc: subprocess.Popen[bytes]) -> None:
+    # -- the ledger thread ----------------------------------------------------------
+    def _register(self, channel: Channel, owner: object) -> None:
+        with self._lock:
+            self._to_register.append((channel, owner))
+        self._wake()
+
+    def _wake(self) -> None:
         try:
-            while True:
-                message, fds = channel.receive()
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                stopping = self._stopping
+                adding, self._to_register = self._to_register, []
+            for channel, owner in adding:
+                self._selector.register(channel.sock, selectors.EVENT_READ, (channel, owner))
+            if stopping and not any(r.process is not None and r.process.poll() is None
+                                    for r in self._receivers) and not adding:
+                return
+            for key, _events in self._selector.select():
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                channel, owner = key.data
+                try:
+                    message, fds = channel.receive()
+                except ChannelClosed:
+                    message, fds = {"op": "stopped"}, []
                 for fd in fds:
                     socket.close(fd)
-                if message.get("op") == "stopped":
-                    break
-                self._answer(rec, channel, message)
-        except ChannelClosed:
-            pass
-        except Exception:
-            log.exception("DICOM receiver %d: request handling failed", rec.index)
-        channel.close()
+                if message.get("op") == "stopped":   # closed, or checkpointed and done
+                    self._selector.unregister(channel.sock)
+                    channel.close()   # a stopped receiver exits when it sees this
+                    self._closed(owner)
+                    continue
+                try:
+                    if isinstance(owner, _Link):
+                        self._answer_link(owner, message)
+                    else:
+                        self._answer_control(owner, message)  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("DICOM receivers: a request failed")
+
+    def _closed(self, owner: object) -> None:
+        if isinstance(owner, _Link):   # the association ended (or its receiver died)
+            with owner.lock:
+                held, owner.claims = owner.claims, set()
+            for sop in held:
+                self.ledger.claims.release(sop)
+            with self._lock:
+                owner.receiver.active = max(0, owner.receiver.active - 1)
+            return
+        rec: _Receiver = owner  # type: ignore[assignment]
         rec.ready.clear()
-        self._forget(rec)
+        threading.Thread(target=self._died, args=(rec, rec.process), daemon=True,
+                         name=f"dicom-receiver-{rec.index}-exit").start()
+
+    def _died(self, rec: _Receiver, proc: subprocess.Popen[bytes] | None) -> None:
+        """A receiver's control channel closed: wait for its exit, then (unless the
+        node is stopping) replay its journal and start a fresh one."""
+        if proc is None:
+            return
         code = proc.wait()
         with self._lock:
             stopping = self._stopping
         if stopping:
+            self._wake()
             return
         log.error("DICOM receiver %d (pid %d) exited with code %s; its associations were "
                   "cut, nothing they had acknowledged is lost", rec.index, proc.pid, code)
@@ -221,34 +306,8 @@ class ReceiverPool:
         except Exception as exc:
             log.error("DICOM receiver %d could not be restarted: %s", rec.index, exc)
 
-    def _forget(self, rec: _Receiver) -> None:
-        """The receiver is gone: its claims go, its associations with it."""
-        with rec.lock:
-            held, rec.claims = rec.claims, set()
-        for sop in held:
-            self.ledger.claims.release(sop)
-        with self._lock:
-            rec.active = 0
-
-    def _answer(self, rec: _Receiver, channel: Channel, m: dict[str, Any]) -> None:
+    def _answer_control(self, rec: _Receiver, m: dict[str, Any]) -> None:
         op = m.get("op")
-        if op == "claim":
-            self._claim(rec, channel, int(m["id"]), str(m["sop"]))
-            return
-        if op == "release":
-            self._release(rec, str(m["sop"]))
-            return
-        if op == "audit":
-            try:
-                self.audit.append(str(m["action"]), str(m["actor"]), str(m["outcome"]),
-                                  str(m.get("subject", "")), **dict(m.get("detail") or {}))
-            except AuditWriteError as exc:
-                log.error("audit entry of DICOM receiver %d not written: %s", rec.index, exc)
-            return
-        if op == "ended":
-            with self._lock:
-                rec.active = max(0, rec.active - 1)
-            return
         if op == "ready":
             rec.ready.set()
             return
@@ -257,17 +316,7 @@ class ReceiverPool:
             return
         reply: dict[str, Any] = {"op": "reply", "id": m.get("id")}
         try:
-            if op == "commit":
-                record = record_from_json(m["record"])
-                result = self.ledger.commit(
-                    record, stored_from_json(m["stored"]),  # type: ignore[arg-type]
-                    str(m["source"]), [(str(a), str(b), float(c)) for a, b, c in m["jobs"]],
-                    relaxed=bool(m["relaxed"]))
-                self._release(rec, record.instance.sop_uid)  # a commit ends its claim
-                self.ingestor.last_received = time.monotonic()
-                self.on_store()
-                reply["result"] = result_to_json(result)
-            elif op == "journal_seq":
+            if op == "journal_seq":
                 reply["seq"] = self.ledger.journal_seq(str(m["key"]))
             elif op == "persist":
                 self.ledger.persist_journal_seq(str(m["key"]), int(m["upto"]))
@@ -276,37 +325,71 @@ class ReceiverPool:
         except Exception as exc:
             log.error("DICOM receiver %d: %s failed: %s", rec.index, op, exc)
             reply["error"] = f"{op} failed on the node: {type(exc).__name__}"
+        assert rec.channel is not None
         try:
-            channel.send(reply)
+            rec.channel.send(reply)
         except ChannelClosed:
             pass
 
-    def _release(self, rec: _Receiver, sop: str) -> None:
-        with rec.lock:
-            held = sop in rec.claims
-            rec.claims.discard(sop)
+    def _answer_link(self, link: _Link, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "claim":
+            self._claim(link, int(m["id"]), str(m["sop"]))
+        elif op == "release":
+            self._release(link, str(m["sop"]))
+        elif op == "audit":
+            try:
+                self.audit.append(str(m["action"]), str(m["actor"]), str(m["outcome"]),
+                                  str(m.get("subject", "")), **dict(m.get("detail") or {}))
+            except AuditWriteError as exc:
+                log.error("audit entry of a DICOM receiver not written: %s", exc)
+        elif op == "commit":
+            reply: dict[str, Any] = {"op": "reply", "id": m.get("id")}
+            try:
+                record = record_from_json(m["record"])
+                result = self.ledger.commit(
+                    record, stored_from_json(m["stored"]),  # type: ignore[arg-type]
+                    str(m["source"]), [(str(a), str(b), float(c)) for a, b, c in m["jobs"]],
+                    relaxed=bool(m["relaxed"]))
+                self._release(link, record.instance.sop_uid)  # a commit ends its claim
+                self.ingestor.last_received = time.monotonic()
+                self.on_store()
+                reply["result"] = result_to_json(result)
+            except Exception as exc:
+                log.error("DICOM receiver %d: commit failed: %s", link.receiver.index, exc)
+                reply["error"] = f"commit failed on the node: {type(exc).__name__}"
+            try:
+                link.channel.send(reply)
+            except ChannelClosed:
+                pass
+        else:
+            log.warning("DICOM receiver %d: unknown request %r ignored",
+                        link.receiver.index, op)
+
+    def _release(self, link: _Link, sop: str) -> None:
+        with link.lock:
+            held = sop in link.claims
+            link.claims.discard(sop)
         if held:
             self.ledger.claims.release(sop)
 
-    def _claim(self, rec: _Receiver, channel: Channel, call_id: int, sop: str) -> None:
+    def _claim(self, link: _Link, call_id: int, sop: str) -> None:
         def granted() -> None:
-            with rec.lock:
-                rec.claims.add(sop)
+            with link.lock:
+                link.claims.add(sop)
             try:
                 known = self.ledger.store.instance_file_sync(sop)
-                channel.send({"op": "reply", "id": call_id, "known": stored_to_json(known)})
+                link.channel.send({"op": "reply", "id": call_id,
+                                   "known": stored_to_json(known)})
             except ChannelClosed:
-                with rec.lock:
-                    rec.claims.discard(sop)
-                self.ledger.claims.release(sop)
+                self._release(link, sop)
             except Exception as exc:
-                log.error("DICOM receiver %d: claim failed: %s", rec.index, exc)
-                with rec.lock:
-                    rec.claims.discard(sop)
-                self.ledger.claims.release(sop)
+                log.error("DICOM receiver %d: claim failed: %s", link.receiver.index, exc)
+                self._release(link, sop)
                 try:
-                    channel.send({"op": "reply", "id": call_id,
-                                  "error": f"claim failed on the node: {type(exc).__name__}"})
+                    link.channel.send({"op": "reply", "id": call_id,
+                                       "error": f"claim failed on the node: "
+                                                f"{type(exc).__name__}"})
                 except ChannelClosed:
                     pass
 

@@ -27,7 +27,7 @@ from ..ingest import Ingestor
 from ..journal import Journal
 from ..store_scp import StoreHandler
 from ..wire import PduSocket
-from .channel import Calls, Channel, ChannelClosed
+from .channel import Calls, Channel, ChannelClosed, Sequential
 from .messages import Handoff
 from .remote import RemoteAudit, RemoteLedger
 
@@ -62,13 +62,15 @@ class Receiver:
     def __init__(self, channel: Channel, settings: Settings) -> None:
         self.channel = channel
         self.settings = settings
-        self.calls = Calls(channel, timeout_s=max(settings.dimse_timeout_s, 10.0))
+        self.call_timeout_s = max(settings.dimse_timeout_s, 10.0)
+        self.calls = Calls(channel, timeout_s=self.call_timeout_s)
         files = ObjectFiles(Path(settings.files_root))
         journal = Journal(Path(settings.journal_dir)) if settings.journal_dir else None
+        self.ledger = RemoteLedger(self.calls)
         self.ingestor = Ingestor(None, files, series_idle_s=settings.series_idle_s,
-                                 journal=journal, ledger=RemoteLedger(self.calls),
+                                 journal=journal, ledger=self.ledger,
                                  journal_key=settings.journal_key)
-        self.store = StoreHandler(files, self.ingestor, RemoteAudit(channel))
+        self.store = StoreHandler(files, self.ingestor, RemoteAudit(self.ledger))
         self._lock = threading.Lock()
         self._open: dict[int, tuple[socket.socket, threading.Thread]] = {}
 
@@ -87,8 +89,8 @@ class Receiver:
                 op = message.get("op")
                 if op == "reply":
                     self.calls.answer(message)
-                elif op == "assoc" and len(fds) == 1:
-                    self._start_association(Handoff.from_json(message), fds[0])
+                elif op == "assoc" and len(fds) == 2:
+                    self._start_association(Handoff.from_json(message), *fds)
                 elif op == "stop":
                     threading.Thread(target=self._stop, name="receiver-stop",
                                      daemon=True).start()
@@ -102,15 +104,17 @@ class Receiver:
         self.calls.close()
         self._close_associations()
 
-    def _start_association(self, handoff: Handoff, fd: int) -> None:
+    def _start_association(self, handoff: Handoff, fd: int, channel_fd: int) -> None:
         sock = socket.socket(fileno=fd)
-        thread = threading.Thread(target=self._serve, args=(handoff, sock), daemon=True,
-                                  name=f"receiver-assoc-{handoff.peer_host}")
+        link = Channel(socket.socket(fileno=channel_fd))
+        thread = threading.Thread(target=self._serve, args=(handoff, sock, link),
+                                  daemon=True, name=f"receiver-assoc-{handoff.peer_host}")
         with self._lock:
             self._open[id(sock)] = (sock, thread)
         thread.start()
 
-    def _serve(self, handoff: Handoff, sock: socket.socket) -> None:
+    def _serve(self, handoff: Handoff, sock: socket.socket, link: Channel) -> None:
+        self.ledger.bind(Sequential(link, self.call_timeout_s))
         try:
             sock.settimeout(self.settings.network_timeout_s)
             io = PduSocket(sock, max_receive=handoff.max_receive)
@@ -125,13 +129,11 @@ class Receiver:
             log.exception("receiver %d: association from %s failed", self.settings.index,
                           handoff.peer_host)
         finally:
+            self.ledger.bind(None)
+            link.close()   # the main process sees the association end
             sock.close()
             with self._lock:
                 self._open.pop(id(sock), None)
-            try:
-                self.channel.send({"op": "ended"})
-            except ChannelClosed:
-                pass
 
     def _dispatch(self, assoc: Association, msg: Message) -> None:
         if not self.store.answer(assoc, msg):
