@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from typing import Any, Awaitable
 
@@ -148,6 +149,8 @@ class DicomService:
         self.last_request = 0.0   # time.monotonic() of the latest DIMSE request
         self.port: int | None = None
         self.tls_port: int | None = None
+        self._storage_lock = threading.Lock()
+        self._storage_here = 0     # storage associations served in this process now
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> int:
@@ -204,16 +207,33 @@ class DicomService:
         contexts = accept(io, request, self.supported, self.cfg.max_pdu)
         self.audit.append("dicom.associate", f"{calling}@{addr[0]}", "accepted", called=called,
                           **({"tls": True} if tls else {}))
-        if self.receivers is not None and not tls and _storage_only(contexts):
+        storage = self.receivers is not None and not tls and _storage_only(contexts)
+        if storage and not self._serve_storage_here():
             handoff = Handoff.of(calling, called, addr[0], io.max_send, io.max_receive,
                                  contexts, io.buffered)
-            if self.receivers.hand_over(sock, handoff):
+            if self.receivers.hand_over(sock, handoff):  # type: ignore[union-attr]
                 return  # the receiver process serves it; we only close our descriptor
+            storage = False
         sock.settimeout(self.cfg.network_timeout_s)
         assoc = Association(io, calling, called, addr[0], contexts,
                             dimse_timeout=self.cfg.dimse_timeout_s,
                             network_timeout=self.cfg.network_timeout_s)
-        self._message_loop(assoc)
+        try:
+            self._message_loop(assoc)
+        finally:
+            if storage:
+                with self._storage_lock:
+                    self._storage_here -= 1
+
+    def _serve_storage_here(self) -> bool:
+        """The first storage association at a time stays in this process (no hand-off,
+        no round trips to the ledger: one sender is as fast as without receivers);
+        those that arrive while it runs go to the receivers."""
+        with self._storage_lock:
+            if self._storage_here >= 1:
+                return False
+            self._storage_here += 1
+            return True
 
     def _refusal(self, calling: str, called: str, host: str) -> Rejection | None:
         if not self.cfg.is_allowed(calling, host):

@@ -1,7 +1,11 @@
 """DICOM receiver processes (``[dicom] receivers``), as a site runs them: `medfed init`
-+ `medfed run`, dcmtk and pynetdicom from outside. Storage associations are served by
-the receivers, everything else by the main process; a receiver killed mid-stream
-loses nothing it acknowledged, and a fresh one takes its place."""
++ `medfed run`, dcmtk and pynetdicom from outside. The first storage association at a
+time is served by the main process, storage associations beside it by the receivers,
+everything else by the main process; a receiver killed mid-stream loses nothing it
+acknowledged, and a fresh one takes its place.
+
+``_main_busy`` opens a storage association first and holds it open, so that what the
+test sends next goes to a receiver."""
 
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformationModelFind,
+                                  Verification)
 
 from node.config.model import ConfigError, load_config
 from node.synth.generate import generate
@@ -59,6 +66,25 @@ def _receiver_pids(node: NodeProcess) -> list[int]:
     return sorted(out)
 
 
+@contextmanager
+def _main_busy(port: int, *, outlives_node: bool = True) -> Iterator[None]:
+    """A storage association held open: the main process serves it, so the storage
+    associations opened meanwhile are handed to the receivers. ``outlives_node``
+    False: the node is killed meanwhile, the association with it."""
+    ae = scu(contexts=[(CTImageStorage, [ExplicitVRLittleEndian]),
+                       (Verification, [ExplicitVRLittleEndian])])
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDFED")
+    assert assoc.is_established
+    try:
+        yield
+    finally:
+        if outlives_node:
+            assert assoc.send_c_echo().Status == 0x0000   # still served all along
+            assoc.release()
+        else:
+            assoc.abort()
+
+
 def _wait_for(what: str, check) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + DEADLINE_S
     while not check():
@@ -97,13 +123,14 @@ def test_storage_associations_are_served_by_the_receiver_processes(tmp_path: Pat
     try:
         assert len(_receiver_pids(node)) == 2
         groups = [files[i::4] for i in range(4)]
-        procs = [subprocess.Popen(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "MEDFED",
-                                   "127.0.0.1", str(port), *map(str, group)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for group in groups]
-        for proc in procs:
-            out, _ = proc.communicate(timeout=DEADLINE_S)
-            assert proc.returncode == 0, out.decode(errors="replace")
+        with _main_busy(port):
+            procs = [subprocess.Popen(["/usr/bin/storescu", "-aet", "STORESCU", "-aec",
+                                       "MEDFED", "127.0.0.1", str(port), *map(str, group)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                     for group in groups]
+            for proc in procs:
+                out, _ = proc.communicate(timeout=DEADLINE_S)
+                assert proc.returncode == 0, out.decode(errors="replace")
         study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         find = dcmtk("findscu", "-aet", "FINDSCU", "-aec", "MEDFED", "-S",  # the main process
                      "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}",
@@ -122,7 +149,7 @@ def test_storage_associations_are_served_by_the_receiver_processes(tmp_path: Pat
     assert "did not stop in time" not in (data / "medfed.log").read_text()
     audit = (data / "audit.log").read_text()
     assert audit.count('"action":"dicom.store"') == len(files)
-    assert audit.count('"action":"dicom.associate"') == 5   # 4 storescu + findscu
+    assert audit.count('"action":"dicom.associate"') == 6   # holder, 4 storescu, findscu
 
 
 def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
@@ -133,6 +160,8 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Pa
     node = NodeProcess(cfg)
     node.start()
     acked: list[str] = []
+    holder = _main_busy(port)
+    holder.__enter__()
     try:
         before = _receiver_pids(node)
         assert len(before) == 2
@@ -168,6 +197,7 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Pa
             assert assoc.send_c_store(ds).Status == 0x0000
             acked.append(str(ds.SOPInstanceUID))
         assoc.release()
+        holder.__exit__(None, None, None)
     finally:
         assert node.stop() == 0
     log = (tmp_path / "n" / "data" / "medfed.log").read_text()
@@ -187,9 +217,11 @@ def test_killing_the_main_process_stops_the_receivers_and_a_restart_replays_them
     node.start()
     assert node.proc is not None
     receivers = _receiver_pids(node)
-    store = dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1", port, *files)
-    node.proc.send_signal(signal.SIGKILL)   # no checkpoint anywhere: straight after the acks
-    node.proc.wait(10)
+    with _main_busy(port, outlives_node=False):
+        store = dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1", port,
+                      *files)
+        node.proc.send_signal(signal.SIGKILL)   # no checkpoint anywhere: right after the acks
+        node.proc.wait(10)
     node.proc = None
     assert store.returncode == 0, store.stdout + store.stderr
 
@@ -207,6 +239,9 @@ def test_killing_the_main_process_stops_the_receivers_and_a_restart_replays_them
                                for p in files}
     finally:
         assert node.stop() == 0
+    meta = _meta(tmp_path / "n" / "data")   # they came from a receiver's journal
+    assert int(meta["ingest_journal_seq.r0"]) + int(meta["ingest_journal_seq.r1"]) \
+        == len(files)
 
 
 def test_one_instance_sent_on_two_associations_at_once_is_stored_once(tmp_path: Path) -> None:
@@ -280,6 +315,8 @@ def test_malformed_pdus_on_a_handed_over_association_abort_it_only(tmp_path: Pat
     files = sorted(sent.rglob("*.dcm"))
     node = NodeProcess(cfg)
     node.start()
+    holder = _main_busy(port)
+    holder.__enter__()
     try:
         ae = scu(contexts=[(CTImageStorage, [ExplicitVRLittleEndian])])
         assoc = ae.associate("127.0.0.1", port, ae_title="MEDFED")
@@ -293,9 +330,29 @@ def test_malformed_pdus_on_a_handed_over_association_abort_it_only(tmp_path: Pat
                       *files)
         assert store.returncode == 0, store.stdout + store.stderr
         assert _receiver_pids(node) == pids, "a receiver died of the garbage"
+        holder.__exit__(None, None, None)
     finally:
         assert node.stop() == 0
     assert len(_stored(tmp_path / "n" / "data")) == len(files)
+
+
+def test_one_sender_alone_is_served_by_the_main_process(tmp_path: Path) -> None:
+    cfg, port = _init(tmp_path / "n")
+    sent = tmp_path / "sent"
+    generate(sent, patients=1, studies=1, series=1, slices=6, rows=32, cols=32)
+    files = sorted(sent.rglob("*.dcm"))
+    node = NodeProcess(cfg)
+    node.start()
+    try:
+        for _ in range(2):   # one after the other: never two at once
+            dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1", port,
+                  *files, check=True)
+    finally:
+        assert node.stop() == 0
+    meta = _meta(tmp_path / "n" / "data")
+    assert int(meta["ingest_journal_seq"]) >= len(files)
+    assert int(meta.get("ingest_journal_seq.r0", "0")) == 0
+    assert int(meta.get("ingest_journal_seq.r1", "0")) == 0
 
 
 @pytest.mark.parametrize("value", ["-2", "17"])
