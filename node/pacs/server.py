@@ -13,7 +13,7 @@ import ssl
 import threading
 from typing import Callable
 
-from .wire import tune
+from .wire import end_connections, shut, tune
 
 log = logging.getLogger("medfed.dicom")
 
@@ -103,21 +103,12 @@ class AssociationServer:
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         for sock, _tls in self._listeners:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shut(sock)
             sock.close()
         for thread in self._accept_threads:
             thread.join(timeout)
         with self._lock:
             conns = list(self._conns.values())
-        for sock, _thread in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _sock, thread in conns:
-            thread.join(timeout)
+        end_connections(conns, timeout)
         self._listeners.clear()
         self._accept_threads.clear()

@@ -13,6 +13,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -60,6 +61,24 @@ class Fragment:
     is_command: bool
     is_last: bool
     data: bytes | bytearray
+
+
+def shut(sock: socket.socket) -> None:
+    """End both directions of a connection now (the peer sees it closed), if it is
+    still open; the descriptor stays until closed."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def end_connections(conns: list[tuple[socket.socket, threading.Thread]],
+                    timeout_s: float) -> None:
+    """Shut every connection, then wait for the threads that served them."""
+    for sock, _thread in conns:
+        shut(sock)
+    for _sock, thread in conns:
+        thread.join(timeout_s)
 
 
 class PduSocket:
@@ -228,10 +247,7 @@ class PduSocket:
         self.send(self.message(context_id, command, dataset))
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shut(self.sock)
         self.sock.close()
 
 

@@ -49,6 +49,16 @@ def _init(folder: Path, receivers: int = 2) -> tuple[Path, int]:
     return cfg, port
 
 
+def _site(tmp_path: Path, slices: int, size: int = 64) -> tuple[NodeProcess, int, list[Path]]:
+    """A node with two receivers, started, and a synthetic series of ``slices`` files."""
+    cfg, port = _init(tmp_path / "n")
+    sent = tmp_path / "sent"
+    generate(sent, patients=1, studies=1, series=1, slices=slices, rows=size, cols=size)
+    node = NodeProcess(cfg)
+    node.start()
+    return node, port, sorted(sent.rglob("*.dcm"))
+
+
 def _receiver_pids(node: NodeProcess) -> list[int]:
     assert node.proc is not None
     pids: list[int] = []
@@ -114,12 +124,7 @@ def _meta(data: Path) -> dict[str, str]:
 
 
 def test_storage_associations_are_served_by_the_receiver_processes(tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=32, rows=64, cols=64)
-    files = sorted(sent.rglob("*.dcm"))
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 32)
     try:
         assert len(_receiver_pids(node)) == 2
         groups = [files[i::4] for i in range(4)]
@@ -153,12 +158,8 @@ def test_storage_associations_are_served_by_the_receiver_processes(tmp_path: Pat
 
 
 def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=40, rows=64, cols=64)
-    datasets = [dcmread(p) for p in sorted(sent.rglob("*.dcm"))]
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 40)
+    datasets = [dcmread(p) for p in files]
     acked: list[str] = []
     holder = _main_busy(port)
     holder.__enter__()
@@ -209,12 +210,7 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Pa
 
 def test_killing_the_main_process_stops_the_receivers_and_a_restart_replays_them(
         tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=24, rows=64, cols=64)
-    files = sorted(sent.rglob("*.dcm"))
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 24)
     assert node.proc is not None
     receivers = _receiver_pids(node)
     with _main_busy(port, outlives_node=False):
@@ -245,12 +241,8 @@ def test_killing_the_main_process_stops_the_receivers_and_a_restart_replays_them
 
 
 def test_one_instance_sent_on_two_associations_at_once_is_stored_once(tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=20, rows=64, cols=64)
-    datasets = [dcmread(p) for p in sorted(sent.rglob("*.dcm"))]
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 20)
+    datasets = [dcmread(p) for p in files]
     statuses: list[int] = []
     try:
         def send_all() -> None:
@@ -278,12 +270,8 @@ def test_one_instance_sent_on_two_associations_at_once_is_stored_once(tmp_path: 
 
 def test_an_association_with_storage_and_query_contexts_stays_in_the_main_process(
         tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=3, rows=32, cols=32)
-    datasets = [dcmread(p) for p in sorted(sent.rglob("*.dcm"))]
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 3, size=32)
+    datasets = [dcmread(p) for p in files]
     try:
         ae = scu(contexts=[(CTImageStorage, [ExplicitVRLittleEndian]),
                            (StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian])])
@@ -291,7 +279,7 @@ def test_an_association_with_storage_and_query_contexts_stays_in_the_main_proces
         assert assoc.is_established
         for ds in datasets:
             assert assoc.send_c_store(ds).Status == 0x0000
-        query = dcmread(sorted(sent.rglob("*.dcm"))[0], stop_before_pixels=True)
+        query = dcmread(files[0], stop_before_pixels=True)
         from pydicom.dataset import Dataset
         ident = Dataset()
         ident.QueryRetrieveLevel = "STUDY"
@@ -309,12 +297,7 @@ def test_an_association_with_storage_and_query_contexts_stays_in_the_main_proces
 
 
 def test_malformed_pdus_on_a_handed_over_association_abort_it_only(tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=4, rows=32, cols=32)
-    files = sorted(sent.rglob("*.dcm"))
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 4, size=32)
     holder = _main_busy(port)
     holder.__enter__()
     try:
@@ -337,12 +320,7 @@ def test_malformed_pdus_on_a_handed_over_association_abort_it_only(tmp_path: Pat
 
 
 def test_one_sender_alone_is_served_by_the_main_process(tmp_path: Path) -> None:
-    cfg, port = _init(tmp_path / "n")
-    sent = tmp_path / "sent"
-    generate(sent, patients=1, studies=1, series=1, slices=6, rows=32, cols=32)
-    files = sorted(sent.rglob("*.dcm"))
-    node = NodeProcess(cfg)
-    node.start()
+    node, port, files = _site(tmp_path, 6, size=32)
     try:
         for _ in range(2):   # one after the other: never two at once
             dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1", port,

@@ -12,6 +12,8 @@ import socket
 import threading
 from typing import Any
 
+from ..wire import shut
+
 MAX_MESSAGE = 1 << 20
 
 
@@ -63,10 +65,7 @@ class Channel:
         return message, fds
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shut(self.sock)
         self.sock.close()
 
 

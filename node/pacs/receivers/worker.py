@@ -26,7 +26,7 @@ from ..association import Association, Message, serve_messages, unsupported
 from ..ingest import Ingestor
 from ..journal import Journal
 from ..store_scp import StoreHandler
-from ..wire import PduSocket
+from ..wire import PduSocket, end_connections
 from .channel import Calls, Channel, ChannelClosed, Sequential
 from .messages import Handoff
 from .remote import RemoteAudit, RemoteLedger
@@ -142,13 +142,7 @@ class Receiver:
     def _close_associations(self, timeout_s: float = 10.0) -> None:
         with self._lock:
             open_now = list(self._open.values())
-        for sock, _thread in open_now:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _sock, thread in open_now:
-            thread.join(timeout_s)
+        end_connections(open_now, timeout_s)
 
     def _stop(self) -> None:
         """Told to stop: end the associations, checkpoint, then say so."""
