@@ -118,11 +118,13 @@ def run(config: Path = ConfigOpt,
             await node.stop()
             console.print("node stopped cleanly")
 
+    from ..store.db import StoreError
     from ..web.tls import WebConfigError
 
     try:
         asyncio.run(main())
-    except (IdentityError, DataFolderError, PortUnavailableError, WebConfigError) as exc:
+    except (IdentityError, DataFolderError, PortUnavailableError, WebConfigError,
+            StoreError) as exc:
         err.print(f"[red]the node did not start:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
 

@@ -344,3 +344,28 @@ def test_an_impossible_receiver_count_is_refused_with_a_reason(tmp_path: Path,
     assert run.returncode != 0
     assert "dicom.receivers" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_receivers_commit_through_a_postgresql_store(tmp_path: Path, postgres_cluster) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    cfg, port = _init(tmp_path / "n")
+    url = postgres_cluster.new_database()
+    cfg.write_text(cfg.read_text() + f'\n[store]\nurl = "{url}"\n')
+    sent = tmp_path / "sent"
+    generate(sent, patients=1, studies=1, series=1, slices=12, rows=32, cols=32)
+    files = sorted(sent.rglob("*.dcm"))
+    node = NodeProcess(cfg)
+    node.start()
+    try:
+        with _main_busy(port):
+            dcmtk("storescu", "-aet", "STORESCU", "-aec", "MEDFED", "127.0.0.1", port,
+                  *files, check=True)
+    finally:
+        assert node.stop() == 0
+    with psycopg.connect(url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM instances").fetchone()
+        keys = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE "
+                                 "'ingest_journal_seq.r%'").fetchall())
+    assert count == len(files)
+    assert sum(int(v) for v in keys.values()) == len(files)   # a receiver's journal
