@@ -157,14 +157,16 @@ def status(config: Path = ConfigOpt,
            ) -> None:
     """Counts, disk use, pending jobs; the federation: roster, members, publishing, shares."""
     from ..store.db import MetadataStore
-    from .status import federation_status, print_federation
+    from .status import federation_status, live_status, print_federation, receivers_row
 
     cfg = load_or_exit(config)
+    running = live_status(cfg)
     if as_json:
         import json
 
-        doc, live = federation_status(cfg)
-        typer.echo(json.dumps({"live": live, "federation": doc}))
+        doc, live = federation_status(cfg, running)
+        typer.echo(json.dumps({"live": live, "federation": doc,
+                               "dicom": (running or {}).get("dicom")}))
         return
 
     async def main():  # type: ignore[no-untyped-def]
@@ -182,8 +184,11 @@ def status(config: Path = ConfigOpt,
                          ("free on that disk", f"{free / 1e9:,.1f} GB"),
                          ("pending jobs", counts.pending_jobs)):
         table.add_row(label, str(value))
+    receivers = receivers_row(running)
+    if receivers is not None:
+        table.add_row("DICOM receivers", receivers)
     console.print(table)
-    print_federation(*federation_status(cfg))
+    print_federation(*federation_status(cfg, running))
 
 
 @audit_app.command("verify")

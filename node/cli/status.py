@@ -16,17 +16,36 @@ from ..control.federation_status import (age, protection_status, publish_backlog
 LIVE_STATUS_TIMEOUT_S = 30.0
 
 
-def federation_status(cfg: NodeConfig) -> tuple[dict[str, Any] | None, bool]:
-    """(federation section, live?) — live from the control socket when the node runs."""
+def live_status(cfg: NodeConfig) -> dict[str, Any] | None:
+    """The running node's status document (control socket), None when it is not running."""
     from ..control import control_socket_path
     from ..control.client import ControlClient, ControlError
 
     # one call; a busy node gets time to answer (a node that is not running refuses at once)
     client = ControlClient(control_socket_path(cfg.data_dir), timeout_s=LIVE_STATUS_TIMEOUT_S)
     try:
-        return client.status().get("federation"), True
+        return client.status()
     except ControlError:
-        return _offline(cfg), False
+        return None
+
+
+def federation_status(cfg: NodeConfig, live: dict[str, Any] | None
+                      ) -> tuple[dict[str, Any] | None, bool]:
+    """(federation section, live?) — live from the running node's ``live`` document,
+    else from the node's files."""
+    if live is not None:
+        return live.get("federation"), True
+    return _offline(cfg), False
+
+
+def receivers_row(live: dict[str, Any] | None) -> str | None:
+    """`medfed status`'s line for the DICOM receiver processes (running node only)."""
+    rec = ((live or {}).get("dicom") or {}).get("receivers")
+    if not rec:
+        return None
+    pids = ", ".join(str(p) for p in rec.get("pids", []))
+    return (f"{rec['ready']} of {rec['configured']} ready (pid {pids or '-'}), "
+            f"{rec['associations']} association(s) open")
 
 
 def _offline(cfg: NodeConfig) -> dict[str, Any] | None:

@@ -184,7 +184,10 @@ class ControlService:
         return web.json_response({
             "node_id": node.node_id, "name": node.cfg.name, "ports": asdict(node.ports),
             "counts": asdict(counts), "members": members, "pending_jobs": counts.pending_jobs,
-            "federation": await node_federation_status(node)})
+            "federation": await node_federation_status(node),
+            "dicom": {"receivers": node.dicom.receivers.describe()
+                      if node.dicom is not None and node.dicom.receivers is not None
+                      else None}})
 
     async def _login(self, request: web.Request) -> web.Response:
         from node.users import AuthenticationFailed, UserError

@@ -10,6 +10,7 @@ test sends next goes to a receiver."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -127,6 +128,16 @@ def test_storage_associations_are_served_by_the_receiver_processes(tmp_path: Pat
     node, port, files = _site(tmp_path, 32)
     try:
         assert len(_receiver_pids(node)) == 2
+        status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config",
+                                 str(node.config), "--json"], capture_output=True, text=True,
+                                timeout=DEADLINE_S, check=True)
+        receivers = json.loads(status.stdout)["dicom"]["receivers"]
+        assert receivers["configured"] == receivers["ready"] == 2
+        assert sorted(receivers["pids"]) == _receiver_pids(node)
+        table = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config",
+                                str(node.config)], capture_output=True, text=True,
+                               timeout=DEADLINE_S, env=dict(os.environ, COLUMNS="200"))
+        assert "DICOM receivers" in table.stdout and "2 of 2 ready" in table.stdout
         groups = [files[i::4] for i in range(4)]
         with _main_busy(port):
             procs = [subprocess.Popen(["/usr/bin/storescu", "-aet", "STORESCU", "-aec",

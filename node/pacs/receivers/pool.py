@@ -135,6 +135,11 @@ class ReceiverPool:
         return [r.process.pid for r in self._receivers
                 if r.process is not None and r.ready.is_set()]
 
+    def describe(self) -> dict[str, Any]:
+        """For `medfed status`: how many there are, which run, what they serve now."""
+        return {"configured": len(self._receivers), "ready": self.ready_count,
+                "pids": self.pids(), "associations": self.active}
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Each receiver ends its associations, checkpoints its journal and exits."""
         with self._lock:
