@@ -9,6 +9,7 @@ Keys live in ``<data_dir>/keys`` as raw bytes, readable by the owner only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ class IdentityError(Exception):
 
 def node_id_for(verify_key: bytes) -> bytes:
     """The node id that belongs to a signing public key."""
+    return _node_id(bytes(verify_key))
+
+
+# Every DHT datagram, contact and record derives its sender's id from a key several
+# times (300 simulated nodes: 12 million derivations in a churn run, 2 % of its CPU),
+# from the few thousand keys of a federation. Pure; bounded.
+@functools.lru_cache(maxsize=1 << 14)
+def _node_id(verify_key: bytes) -> bytes:
     return hashlib.sha256(verify_key).digest()
 
 
@@ -57,7 +66,7 @@ class NodeIdentity:
         return cls(SigningKey(hashlib.sha256(b"sign:" + seed).digest()),
                    PrivateKey(hashlib.sha256(b"box:" + seed).digest()))
 
-    @property
+    @functools.cached_property
     def verify_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
@@ -65,7 +74,7 @@ class NodeIdentity:
     def box_public_key(self) -> bytes:
         return bytes(self.box_key.public_key)
 
-    @property
+    @functools.cached_property
     def node_id(self) -> bytes:
         return node_id_for(self.verify_key)
 
