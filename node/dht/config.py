@@ -23,6 +23,9 @@ class DHTConfig:
     rpc_timeout_min: float = 0.05       # lookups wait for one contact at least this long
                                         # before asking the next (adaptive: liveness.py)
     suspect_for: float = 60.0           # a contact that missed a deadline is asked last
+    live_for: float = 60.0              # a contact heard from this recently is live: a
+                                        # full bucket whose oldest contact is live is not
+                                        # probed, and takes no newcomer (no challenge)
     hurry_reads: bool = True            # value lookups stop waiting for contacts that seem
                                         # dead (adaptive patience, never below the slowest
                                         # answer so far; a paging holder is never given up)
@@ -50,6 +53,7 @@ class DHTConfig:
             (0 < self.rpc_timeout_min <= self.rpc_timeout,
              "rpc_timeout_min must be > 0 and <= rpc_timeout"),
             (self.suspect_for > 0, "suspect_for must be > 0 seconds"),
+            (self.live_for >= 0, "live_for must be >= 0 seconds"),
             (0 < self.record_ttl <= self.max_record_ttl,
              "record_ttl must be > 0 and <= max_record_ttl"),
             (0 < self.republish_after < 1, "republish_after must be within (0, 1)"),

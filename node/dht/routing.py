@@ -129,6 +129,18 @@ class RoutingTable(_UpstreamTable):
         elif self._on_full is not None:
             self._on_full(bucket.head())
 
+    def takes(self, node: Node) -> bool:
+        """Would ``add_contact(node)`` put it in the table (room, already there, or a
+        split), rather than only in a full bucket's replacement cache?"""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        return (node.id in bucket.nodes or len(bucket) < bucket.ksize
+                or bucket.has_in_range(self.node) or bucket.depth() % 5 != 0)
+
+    def head_for(self, node: Node) -> Contact | None:
+        """The oldest contact of the bucket ``node`` falls in (None if it is empty)."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        return next(iter(bucket.nodes.values()), None)
+
     def lonely_buckets(self) -> list[KBucket]:
         cutoff = self._clock() - self.lonely_after
         return [b for b in self.buckets if b.last_updated < cutoff]

@@ -212,8 +212,24 @@ class DHTServer:
         known = self.routing.get_contact(contact.id)
         if proven or (known is not None and known.address == contact.address):
             self.routing.add_contact(contact)
+        elif known is None and not self.routing.takes(contact) and self._head_live(contact):
+            self.stats["address_challenges_unneeded"] += 1
         else:
             self._challenge(contact)
+
+    def _head_live(self, node: Node) -> bool:
+        """Has the oldest contact of ``node``'s (full) bucket been heard from within
+        ``live_for``? Then a newcomer could only enter the bucket's replacement cache
+        and the probe of the oldest would find it alive: a request from an unknown
+        member changes nothing, so it is neither challenged nor the oldest probed.
+        (In a federation much larger than a table most requests come from members not
+        in it: 300 simulated nodes, one hour, 61,000 challenges and 70,000 probes, a
+        quarter of all DHT requests; 200 nodes: 63 % of probed heads had been heard
+        within 10 s.) Contacts learnt from replies still fill the replacement caches,
+        and one not heard from for ``live_for`` is probed as before."""
+        head = self.routing.head_for(node)
+        return head is not None and self.liveness.heard_since(
+            head.id, _loop_time() - self.config.live_for)
 
     def _challenge(self, contact: Contact) -> None:
         """Ping the claimed address, addressed to the claimed node with a fresh msg id:
@@ -237,6 +253,9 @@ class DHTServer:
     def _probe_head(self, head: Contact) -> None:
         """A full bucket: keep its oldest contact only if it still answers."""
         if head.id in self._probing or self._protocol is None:
+            return
+        if self.liveness.heard_since(head.id, _loop_time() - self.config.live_for):
+            self.stats["head_probes_unneeded"] += 1   # heard from lately: it is alive
             return
         self._probing.add(head.id)
 

@@ -131,3 +131,62 @@ def test_corrupt_routing_state_is_refused_with_a_hint(mutate) -> None:
         load_contacts("{not json", me.node_id)
     with pytest.raises(RoutingStateError, match="another node"):
         load_contacts(dump_contacts(NodeIdentity.generate().node_id, []), me.node_id)
+
+
+def test_find_neighbors_in_bucket_order_matches_a_full_scan_on_a_large_table() -> None:
+    """Buckets visited in XOR order (not every contact scanned) give the exact answer,
+    also with a contact excluded and for targets inside the table."""
+    rng = random.Random(7)
+    me = Contact(NodeIdentity.generate().verify_key, "127.0.0.1", 9999)
+    table = RoutingTable(me, 8)
+    for peer in contacts(600):
+        table.add_contact(peer)
+    everything = in_table(table)
+    assert len(table.buckets) > 8 and len(everything) > 64
+    for _ in range(200):
+        probe = Node(int_to_id(rng.getrandbits(256)))
+        assert [c.id for c in table.find_neighbors(probe, 8)] == oracle(everything, probe, 8)
+    for member in everything[:50]:
+        got = [c.id for c in table.find_neighbors(Node(member.id), 8, exclude=member)]
+        want = oracle([c for c in everything if c.id != member.id], Node(member.id), 8)
+        assert got == want and member.id not in got
+
+
+def test_bucket_depth_is_upstreams_shared_prefix() -> None:
+    from kademlia.utils import bytes_to_bit_string, shared_prefix
+    table = RoutingTable(Contact(NodeIdentity.generate().verify_key, "127.0.0.1", 1), 4)
+    for peer in contacts(300):
+        table.add_contact(peer)
+    for bucket in table.buckets:
+        ids = [n.id for n in bucket.nodes.values()]
+        if ids:
+            want = len(shared_prefix([bytes_to_bit_string(i) for i in ids]))
+            assert bucket.depth() == want
+
+
+def test_bucket_bounds_follow_splits() -> None:
+    table = RoutingTable(Node(int_to_id(0)), 2)
+    for peer in contacts(200):
+        table.add_contact(peer)
+        for c in table.contacts():
+            assert table.buckets[table.get_bucket_for(c)].has_in_range(c)
+            assert table.get_contact(c.id) is c
+    table.flush()
+    assert len(table.buckets) == 1 and table.get_bucket_for(Node(int_to_id(ID_MAX))) == 0
+
+
+def test_lonely_buckets_follow_the_injected_clock() -> None:
+    """The table reads bucket ages from its clock (the DHT's event loop: virtual time in
+    the simulator), not from time.monotonic."""
+    now = [1000.0]
+    table = RoutingTable(Node(int_to_id(0)), 2, lonely_after=3600.0, clock=lambda: now[0])
+    for peer in contacts(40):
+        table.add_contact(peer)
+    assert table.lonely_buckets() == []
+    now[0] += 3601.0
+    assert table.lonely_buckets() == table.buckets
+    probe = table.contacts()[0]
+    table.find_neighbors(Node(probe.id), 2)      # a lookup into a bucket touches it
+    lonely = table.lonely_buckets()
+    assert table.buckets[table.get_bucket_for(probe)] not in lonely
+    assert len(lonely) == len(table.buckets) - 1
