@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from node.dht.codec import DecodeError, Reader, u8, u16
-from node.dht.ids import ID_BYTES, VERIFY_KEY_BYTES, Contact, ip_text, packed_ip
+from node.dht.ids import ID_BYTES, VERIFY_KEY_BYTES, Contact, contact_of, ip_text, packed_ip
 from node.dht.records import Record, encode_record, read_record
 from node.dht.wire import MAX_BODY
 
@@ -106,7 +106,7 @@ def read_contact(reader: Reader) -> Contact:
     host = ip_text(reader.take(size, "address"))
     port = reader.u16("port")
     try:
-        return Contact(key, host, port)
+        return contact_of(key, host, port)
     except ValueError as exc:
         raise DecodeError(str(exc)) from exc
 

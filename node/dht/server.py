@@ -22,7 +22,7 @@ from kademlia.routing import KBucket
 
 from node.dht.client import RpcClient
 from node.dht.config import DHTConfig
-from node.dht.ids import Address, Contact, distance, random_id_between, target
+from node.dht.ids import Address, Contact, contact_of, distance, random_id_between, target
 from node.dht.keeper import RecordKeeper, newest_per_publisher
 from node.dht.liveness import Liveness
 from node.dht.link import LinkModel
@@ -205,7 +205,7 @@ class DHTServer:
         challenged first."""
         self.liveness.heard_from(dgram.sender_id)
         try:
-            contact = Contact(dgram.sender_key, address[0], address[1])
+            contact = contact_of(dgram.sender_key, address[0], address[1])
         except ValueError:
             self.stats["contacts_unaddressable"] += 1
             return
