@@ -162,3 +162,21 @@ def test_mutated_records_never_verify(pos: int, xor: int) -> None:
         return
     with pytest.raises(RecordError):
         check(rec)
+
+
+def test_decoded_contacts_are_shared_and_bad_ones_still_refused() -> None:
+    """Equal contacts from different replies are one object (node.dht.ids.contact_of);
+    a contact with a bad address is refused every time (failures are not cached)."""
+    peers = [Contact(NodeIdentity.generate().verify_key, "10.1.2.3", 4000 + i)
+             for i in range(3)]
+    body = NodesResponse(peers).encode()
+    first, again = NodesResponse.decode(body).contacts, NodesResponse.decode(body).contacts
+    assert [c.id for c in first] == [p.id for p in peers]
+    assert all(a is b for a, b in zip(first, again))
+    assert first[0].address == ("10.1.2.3", 4000) and first[0].verify_key == peers[0].verify_key
+    bad = bytearray(body)
+    port_at = 1 + 32 + 1 + 4        # count, key, address length, IPv4 address
+    bad[port_at:port_at + 2] = b"\x00\x00"    # port 0
+    for _ in range(2):
+        with pytest.raises(DecodeError, match="port"):
+            NodesResponse.decode(bytes(bad))
