@@ -23,9 +23,10 @@ class DHTConfig:
     rpc_timeout_min: float = 0.05       # lookups wait for one contact at least this long
                                         # before asking the next (adaptive: liveness.py)
     suspect_for: float = 60.0           # a contact that missed a deadline is asked last
-    live_for: float = 60.0              # a contact heard from this recently is live: a
+    live_for: float = 900.0             # a contact heard from this recently is live: a
                                         # full bucket whose oldest contact is live is not
-                                        # probed, and takes no newcomer (no challenge)
+                                        # probed, and takes no newcomer (no challenge);
+                                        # BEP 5's "good" node: heard within 15 minutes
     hurry_reads: bool = True            # value lookups stop waiting for contacts that seem
                                         # dead (adaptive patience, never below the slowest
                                         # answer so far; a paging holder is never given up)
