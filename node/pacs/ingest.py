@@ -101,7 +101,6 @@ class Ingestor:
         after = self.ledger.journal_seq(key)
         restored = sum(self._replay(record) for record in journal.records(after))
         newest = max(after, journal.last_seq)
-        self.files.make_durable([])
         self.ledger.persist_journal_seq(key, newest)
         return restored, newest
 

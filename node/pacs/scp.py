@@ -157,8 +157,7 @@ class DicomService:
         """Start listening; returns the bound port (config port 0 = any free port).
         With ``tls_port`` set, DICOM TLS listens there too (``self.tls_port``)."""
         tls = server_context(self.cfg) if self.cfg.tls_port is not None else None
-        server = AssociationServer(self._serve, max_connections=self.cfg.max_associations,
-                                   handshake_timeout=self.cfg.acse_timeout_s)
+        server = AssociationServer(self._serve, handshake_timeout=self.cfg.acse_timeout_s)
         self._server = server
         try:
             self.port = server.listen(self.cfg.host, self.cfg.port)

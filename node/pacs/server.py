@@ -22,14 +22,12 @@ Handler = Callable[[socket.socket, tuple[str, int], bool], None]
 
 class AssociationServer:
     """Accepts connections on ``(host, port)`` and runs ``handler(sock, address, tls)``
-    on a thread per connection, at most ``max_connections`` at once (the handler
-    rejects the rest itself: see ``open_count``)."""
+    on a thread per connection; the handler rejects what is over its limit itself
+    (``open_count``: how many this server serves now)."""
 
-    def __init__(self, handler: Handler, *, max_connections: int = 64,
-                 handshake_timeout: float = 30.0) -> None:
+    def __init__(self, handler: Handler, *, handshake_timeout: float = 30.0) -> None:
         self.handler = handler
         self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._accept_threads: list[threading.Thread] = []
         self._conns: dict[int, tuple[socket.socket, threading.Thread]] = {}

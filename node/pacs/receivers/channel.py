@@ -77,17 +77,12 @@ class Calls:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._next = 0
-        self._waiting: dict[int, list[Any]] = {}
+        self._waiting: dict[int, Pending] = {}
         self._closed = False
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send ``op`` and wait for its reply; ChannelClosed if the other side is gone
         or does not answer within ``timeout_s``."""
-        return self.start(op, **fields).result()
-
-    def start(self, op: str, **fields: Any) -> "Pending":
-        """Send ``op`` now; its reply is waited for with ``.result()`` (work done in
-        between overlaps the round trip)."""
         pending = Pending(self, op)
         with self._lock:
             if self._closed:
@@ -100,7 +95,7 @@ class Calls:
         except ChannelClosed:
             self._forget(pending)
             raise
-        return pending
+        return pending.result()
 
     def _forget(self, pending: "Pending") -> None:
         with self._lock:

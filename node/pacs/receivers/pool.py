@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...audit.errors import AuditWriteError
 from ..ingest import Ingestor
@@ -85,7 +85,7 @@ class ReceiverPool:
 
     def __init__(self, count: int, *, ingestor: Ingestor, audit: Any, data_dir: Path,
                  journal: bool, network_timeout_s: float, dimse_timeout_s: float,
-                 log_file: Path | None, on_store: Callable[[], None] = lambda: None) -> None:
+                 log_file: Path | None) -> None:
         if not isinstance(ingestor.ledger, LocalLedger):
             raise TypeError("receivers commit through the main process's own store")
         self.ledger: LocalLedger = ingestor.ledger
@@ -96,7 +96,6 @@ class ReceiverPool:
         self.network_timeout_s = network_timeout_s
         self.dimse_timeout_s = dimse_timeout_s
         self.log_file = log_file
-        self.on_store = on_store
         self._receivers = [_Receiver(i) for i in range(count)]
         self._lock = threading.Lock()
         self._stopping = False
@@ -211,17 +210,19 @@ class ReceiverPool:
             rec = min(ready, key=lambda r: r.active)
             rec.active += 1
         ours, theirs = Channel.pair()
-        link = _Link(rec, ours)
-        self._register(ours, link)
         try:
             assert rec.channel is not None
             rec.channel.send({"op": "assoc", **handoff.to_json()},
                              fds=(sock.fileno(), theirs.fileno()))
-        except ChannelClosed:
-            ours.close()   # the loop sees it closed and forgets the link
+        except ChannelClosed:   # the receiver went away just now
+            ours.close()
+            with self._lock:
+                rec.active -= 1
             return False
         finally:
             theirs.close()
+        # registered once sent: what the receiver writes first waits in the socket
+        self._register(ours, _Link(rec, ours))
         return True
 
     # -- the ledger thread ----------------------------------------------------------
@@ -358,7 +359,6 @@ class ReceiverPool:
                     relaxed=bool(m["relaxed"]))
                 self._release(link, record.instance.sop_uid)  # a commit ends its claim
                 self.ingestor.last_received = time.monotonic()
-                self.on_store()
                 reply["result"] = result_to_json(result)
             except Exception as exc:
                 log.error("DICOM receiver %d: commit failed: %s", link.receiver.index, exc)
