@@ -81,16 +81,35 @@ def _receiver_pids(node: NodeProcess) -> list[int]:
 def _main_busy(port: int, *, outlives_node: bool = True) -> Iterator[None]:
     """A storage association held open: the main process serves it, so the storage
     associations opened meanwhile are handed to the receivers. ``outlives_node``
-    False: the node is killed meanwhile, the association with it."""
+    False: the node is killed meanwhile, the association with it.
+
+    A thread sends a C-ECHO on it every second, so that neither side's idle timeout
+    (the node's 30 s network timeout, the SCU's 20 s) ends it while a loaded machine
+    takes its time over what the test does meanwhile."""
     ae = scu(contexts=[(CTImageStorage, [ExplicitVRLittleEndian]),
                        (Verification, [ExplicitVRLittleEndian])])
     assoc = ae.associate("127.0.0.1", port, ae_title="MEDFED")
     assert assoc.is_established
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def keep() -> None:
+        while not stop.wait(1.0):
+            status = assoc.send_c_echo() if assoc.is_established else None
+            if getattr(status, "Status", None) != 0x0000:
+                failures.append(f"C-ECHO on the held association answered {status!r}")
+                return
+
+    keeper = threading.Thread(target=keep, name="held-association", daemon=True)
+    keeper.start()
     try:
         yield
     finally:
+        stop.set()
+        keeper.join(timeout=30)
         if outlives_node:
-            assert assoc.send_c_echo().Status == 0x0000   # still served all along
+            assert not failures, failures   # still served all along
+            assert assoc.send_c_echo().Status == 0x0000
             assoc.release()
         else:
             assoc.abort()
