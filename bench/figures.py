@@ -51,7 +51,8 @@ def latency(samples_ms: Sequence[float]) -> Latency:
 @dataclass(frozen=True)
 class ServerFigures:
     """One server's figures on the series: ingest (1 and N associations), C-FIND
-    (pynetdicom loop, and dcmtk ``findscu --repeat`` ms per query), C-GET, C-MOVE."""
+    (pynetdicom loop on one association, a new association per query, one findscu
+    process per query, and dcmtk ``findscu --repeat`` ms per query), C-GET, C-MOVE."""
 
     ingest_1: Rate
     ingest_n: Rate
@@ -59,6 +60,8 @@ class ServerFigures:
     get: Rate
     find_repeat_ms: float | None = None
     move: Rate | None = None
+    find_fresh: Latency | None = None     # pynetdicom, a new association per query
+    find_process: Latency | None = None   # dcmtk findscu, a new process per query
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,24 @@ def median_figures(rounds: Sequence[ServerFigures]) -> ServerFigures:
     return ServerFigures(
         ingest_1=_median_rate([r.ingest_1 for r in rounds]),
         ingest_n=_median_rate([r.ingest_n for r in rounds]),
-        find=Latency(sum(r.find.n for r in rounds),
-                     statistics.median(r.find.p50_ms for r in rounds),
-                     statistics.median(r.find.p95_ms for r in rounds),
-                     statistics.median(r.find.mean_ms for r in rounds)),
+        find=_median_latency([r.find for r in rounds]),
         get=_median_rate([r.get for r in rounds]),
         find_repeat_ms=_median_or_none([r.find_repeat_ms for r in rounds]),
         move=_median_rate([r.move for r in rounds if r.move is not None])
-        if all(r.move is not None for r in rounds) else None)
+        if all(r.move is not None for r in rounds) else None,
+        find_fresh=_median_latency_or_none([r.find_fresh for r in rounds]),
+        find_process=_median_latency_or_none([r.find_process for r in rounds]))
+
+
+def _median_latency(values: Sequence[Latency]) -> Latency:
+    return Latency(sum(v.n for v in values), statistics.median(v.p50_ms for v in values),
+                   statistics.median(v.p95_ms for v in values),
+                   statistics.median(v.mean_ms for v in values))
+
+
+def _median_latency_or_none(values: Sequence[Latency | None]) -> Latency | None:
+    present = [v for v in values if v is not None]
+    return _median_latency(present) if present and len(present) == len(values) else None
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -144,8 +157,16 @@ def compare(medfed: ServerFigures, orthanc: ServerFigures | None, parallel: int)
 
 
 def _extra_rows(medfed: ServerFigures, o: ServerFigures | None, row) -> list[Comparison]:  # type: ignore[no-untyped-def]
-    """findscu --repeat and C-MOVE, when both servers were measured that way."""
+    """The other C-FIND measures and C-MOVE, when both servers were measured that way."""
     rows = []
+    for label, mine_l, theirs_l in (
+            ("C-FIND study level, new association per query (pynetdicom), p50",
+             medfed.find_fresh, o.find_fresh if o else None),
+            ("C-FIND study level, one findscu process per query, p50",
+             medfed.find_process, o.find_process if o else None)):
+        if mine_l is not None:
+            rows.append(row(label, "ms", mine_l.p50_ms, theirs_l.p50_ms if theirs_l else None,
+                            better="lower", target=True))
     if medfed.find_repeat_ms is not None:
         rows.append(row("C-FIND study level, findscu --repeat", "ms/query",
                         medfed.find_repeat_ms, o.find_repeat_ms if o else None,

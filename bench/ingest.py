@@ -28,7 +28,8 @@ from .ingest_report import RunInfo, markdown_section, rich_table
 from .medfed_node import MOVE_DESTINATION, MedfedNode
 from .orthanc import find_repeat_orthanc, run_baseline
 from .results import load_average, stamp, write_section
-from .scu import (BenchError, find_latencies, find_repeat_ms, free_port, get_series,
+from .scu import (BenchError, find_fresh_latencies, find_latencies, find_repeat_ms,
+                  findscu_process_latencies, free_port, get_series,
                   move_series, store)
 
 SECTION = "ingest"
@@ -93,6 +94,8 @@ def measure_medfed(work: Path, series: Series, parallel: int, find_repeats: int,
         if matches < 1:
             raise BenchError("medfed's C-FIND found no study for the series' PatientID")
         per_query = find_repeat_ms(node.target, series.patient_id, FINDSCU_REPEATS)
+        fresh = find_fresh_latencies(node.target, series.patient_id)
+        process = findscu_process_latencies(node.target, series.patient_id, find_repeats)
         got = get_series(node.target, series.study_uid, series.series_uid, work / "get")
         moved = move_series(node.target, MOVE_DESTINATION, move_port, series.study_uid,
                             series.series_uid, work / "move")
@@ -102,7 +105,8 @@ def measure_medfed(work: Path, series: Series, parallel: int, find_repeats: int,
                                  f"{len(series.files)} instances")
     finally:
         node.stop()
-    return ServerFigures(one, many, latency(samples), got, per_query, moved)
+    return ServerFigures(one, many, latency(samples), got, per_query, moved,
+                         find_fresh=latency(fresh), find_process=latency(process))
 
 
 def measure_orthanc(series_dir: Path, series: Series, args: argparse.Namespace,

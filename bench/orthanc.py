@@ -35,9 +35,15 @@ def _rate(entry: dict[str, Any], nbytes: int | None = None) -> Rate:
                 nbytes if nbytes is not None else round(float(entry["MB"]) * 1e6))
 
 
+def _latency(entry: dict[str, Any]) -> Latency:
+    return Latency(int(entry["n"]), float(entry["p50_ms"]), float(entry["p95_ms"]),
+                   float(entry["mean_ms"]))
+
+
 def figures_from_json(out: dict[str, Any], parallel: int, nbytes: int) -> ServerFigures:
     """Our figures from the script's JSON. Ingest uses the exact byte count of the
-    series (the JSON rounds to 0.1 MB); C-FIND is the pynetdicom loop with TCP_NODELAY."""
+    series (the JSON rounds to 0.1 MB); C-FIND is the pynetdicom loop with TCP_NODELAY,
+    pynetdicom with a new association per query, and one findscu process per query."""
     try:
         expected = int(out["dataset"]["instances"])
         for key in ("ingest_1assoc", f"ingest_{parallel}parallel"):
@@ -49,10 +55,11 @@ def figures_from_json(out: dict[str, Any], parallel: int, nbytes: int) -> Server
                              f"of {expected} instances")
         find = out["find_pynetdicom_same_assoc_nodelay"]
         return ServerFigures(
+            find_fresh=_latency(out["find_pynetdicom_fresh_assoc"]),
+            find_process=_latency(out["find_study_latency"]),
             ingest_1=_rate(out["ingest_1assoc"], nbytes),
             ingest_n=_rate(out[f"ingest_{parallel}parallel"], nbytes),
-            find=Latency(int(find["n"]), float(find["p50_ms"]), float(find["p95_ms"]),
-                         float(find["mean_ms"])),
+            find=_latency(find),
             get=_rate(out["cget_series"]),
             move=_rate(out["cmove_series"]) if "cmove_series" in out else None)
     except KeyError as exc:

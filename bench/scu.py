@@ -147,30 +147,83 @@ def move_series(target: Target, dest_ae: str, dest_port: int, study_uid: str,
     return Rate(seconds, len(got), sum(p.stat().st_size for p in got))
 
 
-def find_latencies(target: Target, patient_id: str, repeats: int) -> tuple[list[float], int]:
-    """Study-level C-FIND by PatientID, ``repeats`` times on one open association with
-    TCP_NODELAY on the SCU socket (pynetdicom never sets it). Returns (ms each, matches
-    in the last answer)."""
+def _find_query(patient_id: str) -> Dataset:
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.PatientID = patient_id
     query.StudyInstanceUID = ""
+    return query
+
+
+def _find_ae() -> AE:
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(FIND)
+    return ae
+
+
+def _associate(ae: AE, target: Target):  # type: ignore[no-untyped-def]
     assoc = ae.associate(HOST, target.port, ae_title=target.ae_title)
     if not assoc.is_established:
         raise BenchError(f"C-FIND association to {target.ae_title} on port {target.port} "
                          "was refused (is PYNETDICOM@127.0.0.1 allowed?)")
+    return assoc
+
+
+def _matches(assoc, query: Dataset) -> int:  # type: ignore[no-untyped-def]
+    return sum(1 for st, _ds in assoc.send_c_find(query, FIND)
+               if st and st.Status in (0xFF00, 0xFF01))
+
+
+def find_latencies(target: Target, patient_id: str, repeats: int) -> tuple[list[float], int]:
+    """Study-level C-FIND by PatientID, ``repeats`` times on one open association with
+    TCP_NODELAY on the SCU socket (pynetdicom never sets it). Returns (ms each, matches
+    in the last answer)."""
+    query = _find_query(patient_id)
+    assoc = _associate(_find_ae(), target)
     samples: list[float] = []
     matches = 0
     try:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(repeats):
             t0 = time.perf_counter()
-            matches = sum(1 for st, _ds in assoc.send_c_find(query, FIND)
-                          if st and st.Status in (0xFF00, 0xFF01))
+            matches = _matches(assoc, query)
             samples.append((time.perf_counter() - t0) * 1e3)
     finally:
         assoc.release()
     return samples, matches
+
+
+def find_fresh_latencies(target: Target, patient_id: str, repeats: int = 20) -> list[float]:
+    """The same query from pynetdicom with a new association each time (associate, one
+    C-FIND, release: how most workstations ask), as the anchor script's
+    ``find_pynetdicom_fresh_assoc`` measures Orthanc. Milliseconds each."""
+    query, ae = _find_query(patient_id), _find_ae()
+    samples: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        assoc = _associate(ae, target)
+        try:
+            if _matches(assoc, query) < 1:
+                raise BenchError(f"C-FIND to {target.ae_title} found no study")
+        finally:
+            assoc.release()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def findscu_process_latencies(target: Target, patient_id: str,
+                              repeats: int = 50) -> list[float]:
+    """One dcmtk ``findscu`` process per query (start, associate, query, release), the
+    keys of the anchor script's ``find_study_latency``: what a PACS team times on the
+    command line. Milliseconds each."""
+    samples: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _finish("findscu", _dcmtk("findscu", "-aet", "FINDSCU", "-aec", target.ae_title, "-S",
+                                  "-k", "QueryRetrieveLevel=STUDY",
+                                  "-k", f"PatientID={patient_id}", "-k", "StudyInstanceUID",
+                                  "-k", "StudyDate", "-k", "PatientName",
+                                  "-k", "NumberOfStudyRelatedInstances", HOST, target.port))
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples

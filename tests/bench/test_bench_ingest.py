@@ -63,6 +63,21 @@ def test_rates_and_verdicts_follow_the_issue_targets() -> None:
     assert untargeted.met is None
 
 
+def test_the_per_query_association_and_process_latencies_are_lower_is_better_targets() -> None:
+    mine = replace(_figures(1.0, 3.0, 1.0), find_fresh=latency([8.0] * 3),
+                   find_process=latency([30.0] * 3))
+    theirs = replace(_figures(1.0, 3.0, 1.0), find_fresh=latency([10.0] * 3),
+                     find_process=latency([25.0] * 3))
+    rows = {r.measure: r for r in compare(mine, theirs, parallel=4)}
+    fresh = rows["C-FIND study level, new association per query (pynetdicom), p50"]
+    assert fresh.ratio == pytest.approx(0.8) and fresh.met is True and fresh.target
+    process = rows["C-FIND study level, one findscu process per query, p50"]
+    assert process.ratio == pytest.approx(1.2) and process.met is False
+    med = median_figures([mine, replace(mine, find_fresh=latency([20.0] * 3)), mine])
+    assert med.find_fresh is not None and med.find_fresh.p50_ms == pytest.approx(8.0)
+    assert median_figures([mine, _figures(1.0, 3.0, 1.0)]).find_fresh is None
+
+
 def test_without_orthanc_there_are_no_ratios_or_verdicts() -> None:
     rows = compare(_figures(1.0, 2.0, 1.0), None, parallel=4)
     assert rows and all(r.orthanc is None and r.ratio is None and r.met is None for r in rows)
@@ -116,10 +131,16 @@ def test_anchor_json_is_checked_before_use() -> None:
            "ingest_4parallel": {"seconds": 0.25, "instances": 3, "MB": 1.5, "stored": 3},
            "cget_series": {"seconds": 0.1, "instances": 3, "MB": 1.5},
            "find_pynetdicom_same_assoc_nodelay": {"n": 5, "p50_ms": 2.0, "p95_ms": 3.0,
-                                                  "mean_ms": 2.2}}
+                                                  "mean_ms": 2.2},
+           "find_pynetdicom_fresh_assoc": {"n": 20, "p50_ms": 9.0, "p95_ms": 11.0,
+                                           "mean_ms": 9.5},
+           "find_study_latency": {"n": 50, "p50_ms": 30.0, "p95_ms": 40.0, "mean_ms": 31.0,
+                                  "matches_last": 1}}
     fig = figures_from_json(out, parallel=4, nbytes=1_500_123)
     assert fig.ingest_1.nbytes == 1_500_123 and fig.ingest_1.inst_per_s == pytest.approx(6.0)
     assert fig.find == Latency(5, 2.0, 3.0, 2.2)
+    assert fig.find_fresh == Latency(20, 9.0, 11.0, 9.5)
+    assert fig.find_process == Latency(50, 30.0, 40.0, 31.0)
     out["ingest_4parallel"]["stored"] = 2
     with pytest.raises(BenchError, match="stored 2 of 3"):
         figures_from_json(out, parallel=4, nbytes=1)
