@@ -27,6 +27,7 @@ from pynetdicom.presentation import (PresentationContext, negotiate_as_acceptor,
                                      negotiate_as_requestor)
 
 from . import dimse
+from .accept_memo import AcceptMemo, Negotiated
 from .wire import (A_ABORT, A_ASSOCIATE_AC as AC_TYPE, A_ASSOCIATE_RJ as RJ_TYPE,
                    A_ASSOCIATE_RQ, A_RELEASE_RQ as RELEASE_RQ_TYPE, A_RELEASE_RP as RP_TYPE,
                    P_DATA_TF, UNLIMITED_SEND_PDU, PduSocket, PeerClosed, ProtocolError, tune)
@@ -269,20 +270,37 @@ def send_max_pdu(peer_max: int) -> int:
     return peer_max if peer_max and peer_max >= 64 else UNLIMITED_SEND_PDU
 
 
-def read_request(io: PduSocket) -> A_ASSOCIATE:
-    """The A-ASSOCIATE-RQ a new connection must start with (PS3.8 9.3.2)."""
+@dataclass(frozen=True)
+class Request:
+    """An A-ASSOCIATE-RQ as received: decoded, and the PDU body it came from (the key
+    of an ``AcceptMemo``)."""
+
+    primitive: A_ASSOCIATE
+    body: bytes
+
+
+def read_request(io: PduSocket, memo: AcceptMemo | None = None) -> Request:
+    """The A-ASSOCIATE-RQ a new connection must start with (PS3.8 9.3.2); a request
+    ``memo`` has seen before is not decoded again."""
     pdu_type, length = io.read_header()
     if pdu_type != A_ASSOCIATE_RQ:
         raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", 0x02)
+    body = bytes(io.read_pdu_body(pdu_type, length))
+    known = memo.request(body) if memo is not None else None
+    if known is not None:
+        return Request(known, body)
     pdu = A_ASSOCIATE_RQ_PDU()
     try:
-        pdu.decode(io.read_pdu_body(pdu_type, length))
-        return pdu.to_primitive()
+        pdu.decode(body)
+        primitive = pdu.to_primitive()
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError) as exc:
         raise ProtocolError(f"malformed A-ASSOCIATE-RQ ({type(exc).__name__})", 0x06) from exc
+    if memo is not None:
+        memo.remember_request(body, primitive)
+    return Request(primitive, body)
 
 
-def reject(io: PduSocket, request: A_ASSOCIATE, why: Rejection) -> None:
+def reject(io: PduSocket, request: Request, why: Rejection) -> None:
     primitive = A_ASSOCIATE()
     primitive.result, primitive.result_source = why.result, why.source
     primitive.diagnostic = why.diagnostic
@@ -291,17 +309,29 @@ def reject(io: PduSocket, request: A_ASSOCIATE, why: Rejection) -> None:
     io.send(pdu.encode())
 
 
-def accept(io: PduSocket, request: A_ASSOCIATE, supported: list[PresentationContext],
-           max_pdu: int) -> dict[int, PresentationContext]:
+def accept(io: PduSocket, request: Request, supported: list[PresentationContext],
+           max_pdu: int, memo: AcceptMemo | None = None) -> dict[int, PresentationContext]:
     """Negotiate with pynetdicom's acceptor rules, send A-ASSOCIATE-AC; returns the
-    accepted contexts by id. ``supported`` is shared, read only (never copied)."""
+    accepted contexts by id. ``supported`` is shared, read only (never copied); so are
+    the contexts a ``memo`` (made for this ``supported`` and ``max_pdu``) answers with."""
+    known = memo.negotiated(request.body) if memo is not None else None
+    if known is None:
+        known = _negotiate(request.primitive, supported, max_pdu)
+        if memo is not None:
+            memo.remember_negotiated(request.body, known)
+    io.max_send = known.max_send
+    io.send(known.answer)
+    return {int(cx.context_id): cx for cx in known.contexts}
+
+
+def _negotiate(request: A_ASSOCIATE, supported: list[PresentationContext],
+               max_pdu: int) -> Negotiated:
     roles = {item.sop_class_uid: (item.scu_role, item.scp_role)
              for item in request.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
     proposed = request.presentation_context_definition_list
     result, role_replies = negotiate_as_acceptor(proposed, supported, roles)
     _keep_compressed_first_choice(proposed, result, supported)
-    io.max_send = send_max_pdu(_peer_max_pdu(request.user_information))
     primitive = A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT
     primitive.calling_ae_title = request.calling_ae_title
@@ -311,8 +341,8 @@ def accept(io: PduSocket, request: A_ASSOCIATE, supported: list[PresentationCont
     primitive.user_information = user_information(max_pdu) + list(role_replies)
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(primitive)
-    io.send(pdu.encode())
-    return {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+    return Negotiated(pdu.encode(), send_max_pdu(_peer_max_pdu(request.user_information)),
+                      tuple(cx for cx in result if cx.result == 0x00))
 
 
 def _keep_compressed_first_choice(proposed: list[PresentationContext],
@@ -323,11 +353,14 @@ def _keep_compressed_first_choice(proposed: list[PresentationContext],
     already and converting it costs the sender (or fails: dcmtk cannot decode RLE)."""
     first = {int(cx.context_id): cx.transfer_syntax[0] for cx in proposed
              if cx.transfer_syntax}
-    ours = {cx.abstract_syntax: set(cx.transfer_syntax) for cx in supported}
     for cx in result:
         wanted = first.get(int(cx.context_id))
-        if (cx.result == 0x00 and wanted is not None and UID(wanted).is_compressed
-                and wanted in ours.get(cx.abstract_syntax, ())):
+        if cx.result != 0x00 or wanted is None or not UID(wanted).is_compressed:
+            continue
+        # only a compressed first choice looks at our list (a map of all 177 contexts
+        # built per association cost 0.19 ms of a 0.39 ms negotiation)
+        if any(ours.abstract_syntax == cx.abstract_syntax and wanted in ours.transfer_syntax
+               for ours in supported):
             cx.transfer_syntax = [wanted]
 
 

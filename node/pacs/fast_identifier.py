@@ -7,9 +7,10 @@ terms the matcher wants (``element_terms``/``element_vr`` of ``node.pacs.identif
 
 It accepts only what it reads exactly as pydicom would (tests compare both): Implicit
 or Explicit VR Little Endian, ascending non-private standard tags with a single text VR
-from the dictionary (sent VR equal to it), printable ASCII values, a default-compatible
-character set. Anything else (sequences, binary VRs, numbers, other character sets,
-odd encodings) gives None: the caller decodes with pydicom as before.
+from the dictionary (sent VR equal to it) or an empty IS / DS return key, printable
+ASCII values, a default-compatible character set. Anything else (sequences, binary VRs,
+numbers with a value, other character sets, odd encodings) gives None: the caller
+decodes with pydicom as before.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _CHARSET = 0x00080005
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "LO", "SH", "PN", "UI"})
+# numbers, read only as empty return keys (NumberOfStudyRelatedInstances, SeriesNumber:
+# findscu's and most viewers' study queries ask for one; a value falls back to pydicom)
+_EMPTY_ONLY_VRS = frozenset({"IS", "DS"})
 _CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
 _PRINTABLE = bytes(range(0x20, 0x7F))
 _MAX_ELEMENTS = 64
@@ -56,7 +60,7 @@ def _text_vr(tag: int) -> str | None:
         vr: str | None = dictionary_VR(tag)
     except KeyError:
         vr = None
-    if vr not in _TEXT_VRS:
+    if vr not in _TEXT_VRS and vr not in _EMPTY_ONLY_VRS:
         vr = None
     if len(_vr_cache) < 4096:
         _vr_cache[tag] = vr
@@ -99,6 +103,8 @@ def parse(data: bytes, ts: str) -> FastIdentifier | None:
             length = data[pos + 6] | data[pos + 7] << 8
             pos += 8
         if pos + length > end:
+            return None
+        if length and vr in _EMPTY_ONLY_VRS:
             return None
         raw = data[pos:pos + length]
         pos += length

@@ -34,6 +34,7 @@ from pynetdicom.sop_class import (
 
 from ..config.model import DicomConfig
 from . import codec, dimse, status
+from .accept_memo import AcceptMemo
 from .association import (Aborted, Association, BytesSink, Message, Rejection, Released,
                           accept, read_request, reject, request_association,
                           serve_messages, unsupported)
@@ -144,6 +145,7 @@ class DicomService:
         self.audit = audit
         self.loop = loop
         self.supported = supported_contexts()
+        self.accept_memo = AcceptMemo()   # for self.supported and cfg.max_pdu
         self.store = StoreHandler(ingestor.files, ingestor, audit)
         self._server: AssociationServer | None = None
         self.last_request = 0.0   # time.monotonic() of the latest DIMSE request
@@ -186,7 +188,7 @@ class DicomService:
         io = PduSocket(sock, max_receive=self.cfg.max_pdu)
         sock.settimeout(self.cfg.acse_timeout_s)  # ARTIM: the request must come soon
         try:
-            request = read_request(io)
+            request = read_request(io, self.accept_memo)
         except ProtocolError as exc:
             log.info("DICOM connection from %s: %s", addr[0], exc)
             Association(io, "", "", addr[0]).abort(0x02, exc.abort_reason)
@@ -196,14 +198,14 @@ class DicomService:
                      type(exc).__name__)
             io.close()
             return
-        calling = request.calling_ae_title.strip()
-        called = request.called_ae_title.strip()
+        calling = request.primitive.calling_ae_title.strip()
+        called = request.primitive.called_ae_title.strip()
         why = self._refusal(calling, called, addr[0])
         if why is not None:
             reject(io, request, why)
             self._drain_and_close(io)
             return
-        contexts = accept(io, request, self.supported, self.cfg.max_pdu)
+        contexts = accept(io, request, self.supported, self.cfg.max_pdu, self.accept_memo)
         self.audit.append("dicom.associate", f"{calling}@{addr[0]}", "accepted", called=called,
                           **({"tls": True} if tls else {}))
         storage = self.receivers is not None and not tls and _storage_only(contexts)

@@ -24,6 +24,8 @@ TEXT_KEYS = ["QueryRetrieveLevel", "PatientID", "PatientName",
              "StudyTime", "AccessionNumber", "ModalitiesInStudy", "Modality",
              "StudyDescription", "ReferringPhysicianName", "PatientBirthDate",
              "StudyID", "PatientSex", "RetrieveAETitle", "InstanceAvailability"]
+NUMBER_KEYS = ["NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries", "SeriesNumber",
+               "InstanceNumber", "NumberOfPatientRelatedStudies", "SliceThickness"]
 _value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
 _values = st.lists(_value, min_size=0, max_size=3).map(lambda vs: "\\".join(vs))
 TS = [IMPLICIT_LE, EXPLICIT_LE]
@@ -58,14 +60,18 @@ def _encode(ds: Dataset, ts: str) -> bytes:
 
 @settings(max_examples=300, deadline=None)
 @given(keys=st.dictionaries(st.sampled_from(TEXT_KEYS), _values, max_size=8),
-       charset=st.sampled_from(CHARSETS), ts=st.sampled_from(TS))
+       charset=st.sampled_from(CHARSETS), ts=st.sampled_from(TS),
+       numbers=st.sets(st.sampled_from(NUMBER_KEYS), max_size=3))
 def test_accepted_identifiers_read_as_pydicom_reads_them(keys: dict[str, str],
-                                                         charset: str | None, ts: str) -> None:
+                                                         charset: str | None, ts: str,
+                                                         numbers: set[str]) -> None:
     ds = Dataset()
     if charset is not None:
         ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
     for kw, value in keys.items():
         setattr(ds, kw, value)
+    for kw in numbers:           # empty return keys
+        setattr(ds, kw, None)
     raw = _encode(ds, ts)
     fast = parse(raw, ts)
     reference = _pydicom(raw, ts)
@@ -82,6 +88,9 @@ def test_typical_findscu_identifier_is_read_fast() -> None:
     ds.QueryRetrieveLevel = "STUDY"
     ds.PatientID = "PAT 1"
     ds.StudyInstanceUID = ""
+    ds.StudyDate = ""
+    ds.PatientName = ""
+    ds.NumberOfStudyRelatedInstances = None   # an empty IS return key, as findscu -k sends it
     for ts in TS:
         fast = parse(_encode(ds, ts), ts)
         assert fast is not None
