@@ -38,7 +38,7 @@ class _Entry:
 
 
 class AcceptMemo:
-    """Least recently used memo keyed by the request PDU's body bytes; thread safe (one
+    """Least recently used memo keyed by the request PDU bytes; thread safe (one
     thread per association)."""
 
     def __init__(self, size: int = 64, max_request_bytes: int = 1 << 16) -> None:

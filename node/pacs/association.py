@@ -272,7 +272,7 @@ def send_max_pdu(peer_max: int) -> int:
 
 @dataclass(frozen=True)
 class Request:
-    """An A-ASSOCIATE-RQ as received: decoded, and the PDU body it came from (the key
+    """An A-ASSOCIATE-RQ as received: decoded, and the PDU bytes it came from (the key
     of an ``AcceptMemo``)."""
 
     primitive: A_ASSOCIATE
