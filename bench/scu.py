@@ -91,16 +91,20 @@ def get_series(target: Target, study_uid: str, series_uid: str, out: Path) -> Ra
     return Rate(seconds, len(got), sum(p.stat().st_size for p in got))
 
 
+def _findscu(target: Target, patient_id: str, *more: str | int) -> subprocess.Popen[bytes]:
+    """dcmtk findscu, study level by PatientID (Study Root), with ``more`` options."""
+    return _dcmtk("findscu", "-aet", "FINDSCU", "-aec", target.ae_title, "-S",
+                  "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient_id}",
+                  "-k", "StudyInstanceUID", *more, HOST, target.port)
+
+
 def find_repeat_ms(target: Target, patient_id: str, repeats: int) -> float:
     """Milliseconds per study-level C-FIND with dcmtk ``findscu --repeat``: the time of
     ``repeats`` queries on one association minus that of one, over ``repeats - 1``, so
     neither process start nor association set-up is in the figure."""
     def timed(n: int) -> float:
         t0 = time.perf_counter()
-        _finish("findscu", _dcmtk("findscu", "-aet", "FINDSCU", "-aec", target.ae_title, "-S",
-                                  "--repeat", n, "-k", "QueryRetrieveLevel=STUDY",
-                                  "-k", f"PatientID={patient_id}", "-k", "StudyInstanceUID",
-                                  HOST, target.port))
+        _finish("findscu", _findscu(target, patient_id, "--repeat", n))
         return time.perf_counter() - t0
 
     one = min(timed(1) for _ in range(3))
@@ -220,10 +224,7 @@ def findscu_process_latencies(target: Target, patient_id: str,
     samples: list[float] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _finish("findscu", _dcmtk("findscu", "-aet", "FINDSCU", "-aec", target.ae_title, "-S",
-                                  "-k", "QueryRetrieveLevel=STUDY",
-                                  "-k", f"PatientID={patient_id}", "-k", "StudyInstanceUID",
-                                  "-k", "StudyDate", "-k", "PatientName",
-                                  "-k", "NumberOfStudyRelatedInstances", HOST, target.port))
+        _finish("findscu", _findscu(target, patient_id, "-k", "StudyDate", "-k", "PatientName",
+                                    "-k", "NumberOfStudyRelatedInstances"))
         samples.append((time.perf_counter() - t0) * 1e3)
     return samples

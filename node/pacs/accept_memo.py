@@ -47,31 +47,31 @@ class AcceptMemo:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def request(self, body: bytes) -> A_ASSOCIATE | None:
+    def request(self, pdu: bytes) -> A_ASSOCIATE | None:
         with self._lock:
-            entry = self._entries.get(body)
+            entry = self._entries.get(pdu)
             if entry is None:
                 return None
-            self._entries.move_to_end(body)
+            self._entries.move_to_end(pdu)
             return entry.request
 
-    def remember_request(self, body: bytes, request: A_ASSOCIATE) -> None:
-        if len(body) > self.max_request_bytes:
+    def remember_request(self, pdu: bytes, request: A_ASSOCIATE) -> None:
+        if len(pdu) > self.max_request_bytes:
             return
         with self._lock:
-            self._entries[body] = _Entry(request)
-            self._entries.move_to_end(body)
+            self._entries[pdu] = _Entry(request)
+            self._entries.move_to_end(pdu)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
-    def negotiated(self, body: bytes) -> Negotiated | None:
+    def negotiated(self, pdu: bytes) -> Negotiated | None:
         with self._lock:
-            entry = self._entries.get(body)
+            entry = self._entries.get(pdu)
             return entry.negotiated if entry is not None else None
 
-    def remember_negotiated(self, body: bytes, negotiated: Negotiated) -> None:
+    def remember_negotiated(self, pdu: bytes, negotiated: Negotiated) -> None:
         with self._lock:
-            entry = self._entries.get(body)
+            entry = self._entries.get(pdu)
             if entry is not None:
                 entry.negotiated = negotiated
 

@@ -178,7 +178,11 @@ class MetadataStore:
             return conn.execute(sql, params).fetchall()
         finally:
             with self._sync_lock:
-                self._sync_readers.append(conn)
+                kept = self._writer is not None   # closed meanwhile: not kept
+                if kept:
+                    self._sync_readers.append(conn)
+            if not kept:
+                conn.close()
 
     def _close_sync_readers(self) -> None:
         with self._sync_lock:
@@ -257,8 +261,8 @@ class MetadataStore:
         return StoredFile(*row) if row else None
 
     def instance_file_sync(self, sop_uid: str) -> StoredFile | None:
-        """For DICOM threads: read on the thread's own SQLite reader (``read_sync``;
-        WAL: it sees every commit made before), so that the check does not queue for
+        """For DICOM threads: read on a pooled SQLite reader (``read_sync``; WAL: it
+        sees every commit made before), so that the check does not queue for
         the writer behind other associations' commits (2.8 ms a C-STORE with 4 senders,
         issue 15); PostgreSQL reads on the writer connection."""
         rows = self.read_sync(self._FILE_SQL, (sop_uid,))

@@ -36,3 +36,37 @@ async def test_a_held_stream_does_not_block_other_reads(kind: str, tmp_path: Pat
             assert (await s.__anext__())[0] == 1
         for s in held:
             await s.aclose()
+
+
+async def test_association_threads_share_kept_sqlite_readers(tmp_path: Path) -> None:
+    """``read_sync`` (DICOM association threads): a reader is kept between threads
+    (one per concurrent read, not one per thread) and closed with the store; a read
+    after close is refused with a StoreError."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    from node.store.db import StoreError
+
+    store = await MetadataStore(tmp_path / "m.sqlite").open()
+    await fill_store(store, 50, seed=3)
+    counts: list[int] = []
+
+    def one_association() -> None:
+        rows = store.read_sync("SELECT count(*) FROM instances")
+        assert rows is not None
+        counts.append(int(rows[0][0]))
+
+    for _ in range(5):                       # five association threads, one after another
+        thread = threading.Thread(target=one_association)
+        thread.start()
+        thread.join()
+    assert counts == [50] * 5
+    assert len(store._sync_readers) == 1     # one connection served all five
+    kept = store._sync_readers[0]
+    await store.close()
+    assert store._sync_readers == []
+    with pytest.raises(sqlite3.ProgrammingError):   # the kept connection was closed
+        kept.execute("SELECT 1")
+    with pytest.raises(StoreError):
+        await asyncio.to_thread(store.read_sync, "SELECT 1")
