@@ -75,6 +75,8 @@ class Comparison:
     better: Literal["higher", "lower"]
     target: bool  # the issue sets a target for this row
     round_ratios: tuple[float, ...] = ()  # the same ratio in each interleaved round
+    # (medfed, Orthanc) in each round: tells a slow medfed round from a fast Orthanc one
+    round_values: tuple[tuple[float, float], ...] = ()
 
     @property
     def ratio(self) -> float | None:
@@ -189,5 +191,7 @@ def compare_rounds(medfed: Sequence[ServerFigures], orthanc: Sequence[ServerFigu
         return rows
     per_round = [compare(m, o, parallel) for m, o in zip(medfed, orthanc)]
     return [replace(row, round_ratios=tuple(r[i].ratio for r in per_round
-                                            if r[i].ratio is not None))
+                                            if r[i].ratio is not None),
+                    round_values=tuple((r[i].medfed, r[i].orthanc) for r in per_round
+                                       if r[i].orthanc is not None))
             for i, row in enumerate(rows)]

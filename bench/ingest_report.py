@@ -35,6 +35,11 @@ def _ratio(row: Comparison) -> str:
 
 
 def _rounds(row: Comparison) -> str:
+    """Each round's ratio, and for the ingest rows its two figures (medfed / Orthanc)."""
+    if row.unit == "inst/s" and row.measure.startswith("ingest") \
+            and len(row.round_values) == len(row.round_ratios):
+        return ", ".join(f"{r:.2f}x ({_num(m)} / {_num(o)})"
+                         for r, (m, o) in zip(row.round_ratios, row.round_values)) or "-"
     return ", ".join(f"{r:.2f}x" for r in row.round_ratios) or "-"
 
 

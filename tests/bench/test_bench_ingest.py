@@ -93,6 +93,12 @@ def test_medians_over_rounds_resist_one_slow_round() -> None:
     ingest = rows[0]
     assert len(ingest.round_ratios) == 3
     assert ingest.round_ratios[1] == pytest.approx(1 / 9)
+    medfed_2, orthanc_2 = ingest.round_values[1]  # each round's own two figures
+    assert medfed_2 / orthanc_2 == pytest.approx(ingest.round_ratios[1])
+    info = RunInfo(10, 5_000_000, 4, 5, 3, "1.10.1", "test", "0.1 / 0.1 / 0.1")
+    line = next(l for l in markdown_section("", info, rows).splitlines()
+                if l.startswith(f"| {ingest.measure} | inst/s"))
+    assert f"0.11x ({medfed_2:.2f} / {orthanc_2:.2f})" in line
     with pytest.raises(ValueError):
         median_figures([])
 
