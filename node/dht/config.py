@@ -33,6 +33,9 @@ class DHTConfig:
     record_ttl: float = 24 * 3600.0     # default lifetime of a published record
     max_record_ttl: float = 48 * 3600.0 # longer-lived records are refused
     republish_after: float = 0.5        # republish once this fraction of the TTL passed
+    republish_lookup_after: float = 3600.0  # a republish stores straight on the k closest
+                                        # a lookup found within this long (the paper's
+                                        # hourly republish); one that fails looks up again
     maintenance_interval: float = 30.0  # sweep / republish / refresh tick
     refresh_interval: float = 3600.0    # refresh buckets not used for this long
     save_interval: float = 300.0        # write the routing table this often (and at stop)
@@ -58,6 +61,7 @@ class DHTConfig:
             (0 < self.record_ttl <= self.max_record_ttl,
              "record_ttl must be > 0 and <= max_record_ttl"),
             (0 < self.republish_after < 1, "republish_after must be within (0, 1)"),
+            (self.republish_lookup_after >= 0, "republish_lookup_after must be >= 0 seconds"),
             (self.maintenance_interval > 0, "maintenance_interval must be > 0"),
             (self.refresh_interval > 0 and self.save_interval > 0,
              "refresh_interval and save_interval must be > 0"),

@@ -14,7 +14,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kademlia.node import Node
@@ -74,6 +74,9 @@ class GetResult:
 class _Publication:
     record: Record
     ttl_ms: int
+    holders: list[Contact] = field(default_factory=list)  # the k closest the last lookup found
+    found_at: float = float("-inf")                        # loop time of that lookup
+    local: bool = False                                    # we were among them
 
 
 class DHTServer:
@@ -354,8 +357,8 @@ class DHTServer:
             raise ValueError(f"record ttl {ttl}s exceeds max_record_ttl "
                              f"{self.config.max_record_ttl}s")
         record = self._sign(key, count, payload_kind, payload, ttl_ms)
-        self._published[key] = _Publication(record, ttl_ms)
-        return await self._store_everywhere(record)
+        pub = self._published[key] = _Publication(record, ttl_ms)
+        return await self._store_everywhere(pub)
 
     def unpublish(self, key: bytes) -> None:
         """Stop republishing; holders drop the record when it expires."""
@@ -367,20 +370,62 @@ class DHTServer:
         self._last_issued = issued
         return sign_record(self.identity, key, count, issued, issued + ttl_ms, kind, payload)
 
-    async def _store_everywhere(self, record: Record) -> PublishResult:
-        client = self._rpc()
+    async def _store_everywhere(self, pub: _Publication) -> PublishResult:
+        """Store ``pub.record`` on the k closest nodes: found by a lookup, except on a
+        republish whose holders a lookup found within ``republish_lookup_after`` — then
+        the record goes straight to them, and only if one of them does not take it (gone,
+        full) or our own table knows a closer live contact is the lookup done after all
+        (the new holders that already have it are not asked twice)."""
+        record, stored_here = pub.record, False
+        if self._holders_current(pub):
+            stored_here = pub.local
+            acks = await self._store_on(pub.holders, record, pub.local)
+            if all(a in (StoreStatus.STORED, StoreStatus.STALE) for a in acks):
+                self.stats["republish_lookups_spared"] += 1
+                self.stats["records_published"] += 1
+                return PublishResult(len(acks), 0, 0, pub.local, LookupStats())
+            self.stats["republish_lookups_needed"] += 1
+            placed = {c.id for c, a in zip(pub.holders, acks)
+                      if a in (StoreStatus.STORED, StoreStatus.STALE)}
+        else:
+            placed = set()
         outcome = await self.find_node(record.key)
         holders = outcome.closest[:self.config.k]
         local = len(holders) < self.config.k or (
             distance(self.node_id, record.key) < distance(holders[-1].id, record.key))
-        if local:
-            await self.keeper.accept(record)
-        acks = await asyncio.gather(*(client.store(c, record) for c in holders))
+        fresh = [c for c in holders if c.id not in placed]
+        acks = [StoreStatus.STORED] * (len(holders) - len(fresh))
+        acks += await self._store_on(fresh, record, local and not stored_here)
+        pub.holders, pub.found_at, pub.local = holders, _loop_time(), local
         accepted = sum(1 for a in acks if a in (StoreStatus.STORED, StoreStatus.STALE))
         unreachable = sum(1 for a in acks if a is None)
         self.stats["records_published"] += 1
         return PublishResult(accepted, len(acks) - accepted - unreachable, unreachable,
                              local, outcome.stats)
+
+    async def _store_on(self, holders: list[Contact], record: Record,
+                        local: bool) -> list[StoreStatus | None]:
+        client = self._rpc()
+        if local:
+            await self.keeper.accept(record)
+        return list(await asyncio.gather(*(client.store(c, record) for c in holders)))
+
+    def _holders_current(self, pub: _Publication) -> bool:
+        """May a republish skip the lookup? Its holders were found lately, there are k of
+        them (a smaller federation may have grown), none is suspect, and no live
+        contact of our own table is closer to the key than the farthest of them (a node
+        that joined or came back near the key: then a lookup places the record on it)."""
+        k = self.config.k
+        if len(pub.holders) < k or _loop_time() - pub.found_at >= self.config.republish_lookup_after:
+            return False
+        if any(self.liveness.is_suspect(c.id) for c in pub.holders):
+            return False
+        key = pub.record.key
+        farthest = max(distance(c.id, key) for c in pub.holders)
+        ids = {c.id for c in pub.holders}
+        return not any(c.id not in ids and distance(c.id, key) < farthest
+                       and not self.liveness.is_suspect(c.id)
+                       for c in self.routing.find_neighbors(target(key), k))
 
     # -- maintenance ---------------------------------------------------------------
     async def maintain_once(self) -> None:
@@ -392,7 +437,7 @@ class DHTServer:
                 old = pub.record
                 pub.record = self._sign(key, old.count, old.payload_kind, old.payload,
                                         pub.ttl_ms)
-                await self._store_everywhere(pub.record)
+                await self._store_everywhere(pub)
                 self.stats["records_republished"] += 1
         mono = _loop_time()
         if mono - self._last_refresh >= self.config.refresh_interval:
