@@ -159,6 +159,32 @@ def test_redials_with_backoff_after_a_drop_and_stops_without_leftovers(tmp_path:
     run_virtual(_federation(tmp_path, 4, run))
 
 
+def test_a_member_that_stays_down_is_redialled_ever_more_rarely(tmp_path: Path) -> None:
+    """Default backoff: doubling from 1 s up to 5 minutes (× a seeded 0.5..1), so a
+    member away for half an hour costs ~15 failed dials, not ~45 (60 s cap), and is warm
+    again within one backoff of its return."""
+    async def run(network: SimNetwork, sites: list[Site], operator: Path) -> None:
+        home = sites[0]
+        keeper = PeerKeeper(home.client, home.member.membership.roster,
+                            home.member.identity.node_id_hex, KeeperSettings(warm_peers=2))
+        keeper.start()
+        await asyncio.sleep(1.0)
+        first = keeper.kept[0]
+        peer = next(s for s in sites if s.member.identity.node_id_hex == first)
+        network.set_up(peer.host, False)
+        await asyncio.sleep(1800.0)
+        failures = keeper.stats["dial_failures"]
+        assert 10 <= failures <= 20, keeper.stats
+        down = keeper.down_for(first)
+        assert down is not None and down > 1790.0
+        network.set_up(peer.host, True)
+        await asyncio.sleep(KeeperSettings().backoff_max_s)
+        assert keeper.warm(first) and keeper.down_for(first) is None
+        await keeper.stop()
+
+    run_virtual(_federation(tmp_path, 4, run))
+
+
 def test_a_revoked_member_is_let_go_and_another_kept(tmp_path: Path) -> None:
     async def run(network: SimNetwork, sites: list[Site], operator: Path) -> None:
         home = sites[0]
