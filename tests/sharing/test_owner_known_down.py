@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from node.net.keeper import KeeperSettings
 from node.sharing.retrieve import OWNER_DOWN_MEMORY_S, Retriever, SeriesRef, local_assertion
 from sim.data import Placement, plant
 from sim.grid import SimGrid
@@ -49,7 +50,7 @@ def test_keeper_knows_the_owner_is_down_and_back(tmp_path: Path) -> None:
             await asyncio.sleep(5)
             assert requester.keeper is not None and requester.keeper.warm(owner.node_id)
             await grid.kill(0)
-            await asyncio.sleep(150)             # the keeper's redials fail, backing off to 60 s
+            await asyncio.sleep(150)             # the keeper's redials fail, backing off
             # the client's 5 s failed-connect memory lapses between those redials; forget it
             # outright (and the pool) so only the keeper can know
             await requester.client.close()
@@ -68,7 +69,7 @@ def test_keeper_knows_the_owner_is_down_and_back(tmp_path: Path) -> None:
                 if node.node_id in entry.replica_holders:
                     await grid.kill(grid.index_of(node.node_id))
             await fetch("fallback")
-            await asyncio.sleep(65)              # the next redial reaches it
+            await asyncio.sleep(KeeperSettings().backoff_max_s)   # the next redial reaches it
             out["down_after_redial"] = requester.keeper.down_for(owner.node_id)
             await fetch("back")
             return out
