@@ -17,6 +17,7 @@ from .dht.server import DHTServer
 from .identity import NodeIdentity, node_id_for
 from .net.client import PeerClient
 from .net.membership import Membership, MembershipPaths, load_membership
+from .net.roster import split_address
 from .net.rosterbook import RosterBook
 from .net.server import PeerServer, PeerServerSettings
 from .net.transport import SOCKETS, Transport
@@ -32,6 +33,17 @@ class RosterMembership:
     def is_member(self, verify_key: bytes) -> bool:
         member = self.book.member(node_id_for(verify_key).hex())
         return member is not None and member.verify_key == verify_key
+
+    def listed_address(self, verify_key: bytes) -> tuple[str, int] | None:
+        """The DHT address the CA-signed roster lists for this active member (as the
+        roster spells it: a host name there never equals a datagram's source IP)."""
+        member = self.book.member(node_id_for(verify_key).hex())
+        if member is None or member.verify_key != verify_key:
+            return None
+        try:
+            return split_address(member.dht_address)
+        except ValueError:
+            return None
 
 
 def membership_paths(data_dir: Path) -> MembershipPaths:

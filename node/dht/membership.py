@@ -14,6 +14,10 @@ from typing import Protocol
 class Membership(Protocol):
     def is_member(self, verify_key: bytes) -> bool: ...
 
+    def listed_address(self, verify_key: bytes) -> tuple[str, int] | None:
+        """The DHT address the (signed) roster lists for this member, if any."""
+        ...
+
 
 @dataclass
 class StaticMembership:
@@ -23,6 +27,9 @@ class StaticMembership:
 
     def is_member(self, verify_key: bytes) -> bool:
         return verify_key in self.keys
+
+    def listed_address(self, verify_key: bytes) -> tuple[str, int] | None:
+        return None   # no addresses: every claimed address is challenged
 
     def add(self, verify_key: bytes) -> None:
         self.keys.add(verify_key)

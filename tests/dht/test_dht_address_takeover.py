@@ -11,9 +11,11 @@ from typing import Any
 
 from node.dht.cluster import start_cluster
 from node.dht.ids import Address
+from node.dht.membership import StaticMembership
 from node.dht.messages import Kind
 from node.dht.server import DHTServer
 from node.dht.wire import ANYONE, open_datagram
+from node.identity import NodeIdentity
 from tests.dht.test_dht_hostile import open_probe
 from tests.dht_support import LOADED as GENEROUS
 
@@ -113,3 +115,44 @@ async def test_a_member_that_really_moves_is_followed_after_it_answers() -> None
     finally:
         await moved.stop()
         await b.stop()
+
+
+class ListedMembership(StaticMembership):
+    """Members with the DHT addresses a signed roster would list for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed: dict[bytes, Address] = {}
+
+    def listed_address(self, verify_key: bytes) -> Address | None:
+        return self.listed.get(verify_key)
+
+
+async def test_the_roster_listed_address_needs_no_challenge_and_a_replay_elsewhere_still_does() -> None:
+    membership = ListedMembership()
+    ids = [NodeIdentity.generate() for _ in range(3)]
+    for identity in ids:
+        membership.add(identity.verify_key)
+    a, b, c = (DHTServer(i, membership, GENEROUS) for i in ids)
+    transport, attacker = await open_probe()
+    try:
+        for server in (a, b, c):
+            await server.start("127.0.0.1", 0)
+            membership.listed[server.identity.verify_key] = server.address
+        wire = tap(a)
+        assert await a.ping(b.address) is not None          # a request from a listed address
+        await until(lambda: address_of(b, a) == a.address)
+        assert b.stats["addresses_roster_listed"] == 1 and b.stats["address_challenges"] == 0
+        ping = next(d for d, dest in wire.sent if dest == b.address and d[4] == Kind.PING)
+        transport.sendto(ping, c.address)                   # replayed from another port
+        assert await attacker.reply(Kind.PING) is not None  # C challenges that port
+        await asyncio.sleep(0.2)
+        assert c.stats["address_challenges"] == 1 and c.stats["addresses_roster_listed"] == 0
+        assert address_of(c, a) is None                     # nothing learnt from the replay
+        transport.sendto(ping, b.address)                   # and B does not move A there
+        await asyncio.sleep(0.2)
+        assert address_of(b, a) == a.address and b.stats["addresses_roster_listed"] == 1
+    finally:
+        transport.close()
+        for server in (a, b, c):
+            await server.stop()
