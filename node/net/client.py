@@ -54,6 +54,10 @@ class PeerConnection:
         closed.add_done_callback(done)
         return True
 
+    def same(self, other: "PeerConnection") -> bool:
+        """Is ``other`` the same pooled connection?"""
+        return self._protocol is other._protocol
+
     def close(self) -> None:
         self._protocol.close()
 

@@ -185,6 +185,39 @@ def test_a_member_that_stays_down_is_redialled_ever_more_rarely(tmp_path: Path) 
     run_virtual(_federation(tmp_path, 4, run))
 
 
+def test_an_idle_kept_connection_is_kept_open_by_keep_alives(tmp_path: Path) -> None:
+    """Kept connections nothing uses carry a ping just before the pool's idle timeout,
+    so they stay open: no drop, no new handshake; a connection in use needs no ping."""
+    async def run(network: SimNetwork, sites: list[Site], operator: Path) -> None:
+        home = sites[0]
+        settings = KeeperSettings(warm_peers=2, idle_timeout_s=60.0, dial_deadline_s=5.0)
+        assert settings.keepalive_s == 55.0
+        home.client = PeerClient(home.member.identity, home.member.membership.client_tls(),
+                                 roster=home.member.membership.roster,
+                                 transport=host_transport(network, 0,
+                                                          home.member.identity.node_id_hex),
+                                 idle_timeout_s=settings.idle_timeout_s)
+        keeper = PeerKeeper(home.client, home.member.membership.roster,
+                            home.member.identity.node_id_hex, settings)
+        keeper.start()
+        await asyncio.sleep(1.0)
+        busy_id, idle_id = keeper.kept
+        busy = next(s for s in sites if s.member.identity.node_id_hex == busy_id)
+        for _ in range(20):                       # 10 idle timeouts; one member asked often
+            await home.client.call(busy.member.member, "GET", ASK_PATH, timeout=2.0)
+            await asyncio.sleep(30.0)
+        assert keeper.stats["dropped"] == 0 and keeper.stats["dials"] == 2, keeper.stats
+        assert network.handshakes[home.host] == 2 and network.connections(home.host) == 2
+        assert keeper.warm(busy_id) and keeper.warm(idle_id)
+        # only the idle one was pinged: once per keep-alive period (600 s / 55 s)
+        assert 9 <= keeper.stats["keepalives"] <= 11, keeper.stats
+        assert keeper.stats["keepalive_failures"] == 0
+        await keeper.stop()
+        await home.client.close()
+
+    run_virtual(_federation(tmp_path, 4, run))
+
+
 def test_a_revoked_member_is_let_go_and_another_kept(tmp_path: Path) -> None:
     async def run(network: SimNetwork, sites: list[Site], operator: Path) -> None:
         home = sites[0]
