@@ -70,6 +70,10 @@ class GetResult:
     lookup: LookupStats
 
 
+# store answers that mean the holder has the record (STALE: it already held it, or newer)
+_TAKEN = frozenset({StoreStatus.STORED, StoreStatus.STALE})
+
+
 @dataclass
 class _Publication:
     record: Record
@@ -386,13 +390,12 @@ class DHTServer:
         if self._holders_current(pub):
             stored_here = pub.local
             acks = await self._store_on(pub.holders, record, pub.local)
-            if all(a in (StoreStatus.STORED, StoreStatus.STALE) for a in acks):
+            if all(a in _TAKEN for a in acks):
                 self.stats["republish_lookups_spared"] += 1
                 self.stats["records_published"] += 1
                 return PublishResult(len(acks), 0, 0, pub.local, LookupStats())
             self.stats["republish_lookups_needed"] += 1
-            placed = {c.id for c, a in zip(pub.holders, acks)
-                      if a in (StoreStatus.STORED, StoreStatus.STALE)}
+            placed = {c.id for c, a in zip(pub.holders, acks) if a in _TAKEN}
         else:
             placed = set()
         outcome = await self.find_node(record.key)
@@ -403,7 +406,7 @@ class DHTServer:
         acks = [StoreStatus.STORED] * (len(holders) - len(fresh))
         acks += await self._store_on(fresh, record, local and not stored_here)
         pub.holders, pub.found_at, pub.local = holders, _loop_time(), local
-        accepted = sum(1 for a in acks if a in (StoreStatus.STORED, StoreStatus.STALE))
+        accepted = sum(1 for a in acks if a in _TAKEN)
         unreachable = sum(1 for a in acks if a is None)
         self.stats["records_published"] += 1
         return PublishResult(accepted, len(acks) - accepted - unreachable, unreachable,

@@ -233,6 +233,10 @@ class PeerKeeper:
             self._choose()
 
     # -- dialling ----------------------------------------------------------------------
+    def _current(self, k: _Kept) -> bool:
+        """Is ``k`` still what this running keeper keeps (not dropped or replaced)?"""
+        return self._running and self._kept.get(k.member.node_id) is k
+
     def _adopt(self, k: _Kept, connection: PeerConnection) -> None:
         if k.redial is not None:
             k.redial.cancel()
@@ -247,8 +251,7 @@ class PeerKeeper:
     def _keep_alive_later(self, k: _Kept, delay: float) -> None:
         def due() -> None:
             k.keepalive = None
-            if not self._running or self._kept.get(k.member.node_id) is not k \
-                    or k.connection is None:
+            if not self._current(k) or k.connection is None:
                 return
             left = k.used_at + self.settings.keepalive_s - self._now()
             if left > _CLOCK_SLACK_S:                # used meanwhile: wait from then
@@ -269,7 +272,7 @@ class PeerKeeper:
             log.debug("keep-alive to %s failed: %s", k.member.name, exc)
         finally:
             k.dialing = None
-        if not self._running or self._kept.get(k.member.node_id) is not k:
+        if not self._current(k):
             return
         if k.connection is None:                     # closed meanwhile: dial as usual
             self._dial_soon(k, self._backoff(k.failures))
@@ -284,7 +287,7 @@ class PeerKeeper:
             return
         k.connection = None
         self._stop_keepalive(k)
-        if not self._running or self._kept.get(k.member.node_id) is not k:
+        if not self._current(k):
             return
         self.stats["dropped"] += 1
         lived = self._now() - k.opened_at
@@ -307,7 +310,7 @@ class PeerKeeper:
 
         def due() -> None:
             k.redial = None
-            if self._running and self._kept.get(k.member.node_id) is k and k.connection is None:
+            if self._current(k) and k.connection is None:
                 k.dialing = asyncio.get_running_loop().create_task(self._dial(k))
         k.redial = asyncio.get_running_loop().call_later(delay, due)
 
@@ -325,7 +328,7 @@ class PeerKeeper:
             log.debug("warm connection to %s not opened: %s", k.member.name, exc)
         finally:
             k.dialing = None
-        if k.connection is None and self._running and self._kept.get(k.member.node_id) is k:
+        if k.connection is None and self._current(k):
             self._dial_soon(k, self._backoff(max(1, k.failures)))
 
     # -- closing -----------------------------------------------------------------------
