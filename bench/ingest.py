@@ -65,9 +65,9 @@ def load_series(folder: Path) -> Series:
 
 
 def _ingest(work: Path, name: str, series: Series, senders: int,
-            move_port: int = 0) -> tuple[Rate, MedfedNode]:
+            move_port: int = 0, receivers: int | None = None) -> tuple[Rate, MedfedNode]:
     """Store the series into a fresh node; the node is left running for the caller."""
-    node = MedfedNode(work / name, move_port=move_port).start()
+    node = MedfedNode(work / name, move_port=move_port, receivers=receivers).start()
     try:
         seconds = store(node.target, series.files, senders)
         stored = node.stored_instances()
@@ -81,13 +81,13 @@ def _ingest(work: Path, name: str, series: Series, senders: int,
 
 
 def measure_medfed(work: Path, series: Series, parallel: int, find_repeats: int,
-                   console: Console) -> ServerFigures:
+                   console: Console, receivers: int | None = None) -> ServerFigures:
     console.log("medfed: storescu, 1 association (fresh node)")
-    one, node = _ingest(work, "node-1", series, 1)
+    one, node = _ingest(work, "node-1", series, 1, receivers=receivers)
     node.stop()
     console.log(f"medfed: storescu x {parallel} parallel (fresh node)")
     move_port = free_port()
-    many, node = _ingest(work, "node-n", series, parallel, move_port)
+    many, node = _ingest(work, "node-n", series, parallel, move_port, receivers)
     try:
         console.log(f"medfed: C-FIND x {find_repeats}, findscu --repeat, C-GET, C-MOVE")
         samples, matches = find_latencies(node.target, series.patient_id, find_repeats)
@@ -133,7 +133,7 @@ def _rounds(series_dir: Path, series: Series, args: argparse.Namespace, work: Pa
             theirs.append(figures)
         shutil.rmtree(work / "round", ignore_errors=True)
         mine.append(measure_medfed(work / "round", series, args.parallel,
-                                   args.find_repeats, console))
+                                   args.find_repeats, console, args.receivers))
         if not orthanc_first and not args.skip_orthanc:
             figures, version = measure_orthanc(series_dir, series, args, console)
             theirs.append(figures)
@@ -175,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
                    help="use this folder of Part-10 files instead of generating one")
     p.add_argument("--parallel", type=int, default=4, help="parallel storescu senders")
     p.add_argument("--find-repeats", type=int, default=50)
+    p.add_argument("--receivers", type=int, default=None,
+                   help="the node's [dicom] receivers (default: the node's own default)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved medfed/Orthanc rounds; figures are medians")
     p.add_argument("--skip-orthanc", action="store_true",

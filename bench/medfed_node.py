@@ -36,8 +36,9 @@ def _cli(*args: str | Path) -> list[str]:
 class MedfedNode:
     """``with MedfedNode(folder) as node:`` a fresh node on an ephemeral DICOM port."""
 
-    def __init__(self, folder: Path, move_port: int = 0) -> None:
+    def __init__(self, folder: Path, move_port: int = 0, receivers: int | None = None) -> None:
         self.folder = folder
+        self.receivers = receivers  # `[dicom] receivers`; None = the node's default
         self.move_port = move_port  # a C-MOVE destination BENCHSCP on this port, if set
         self.config = folder / "medfed.toml"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -62,12 +63,22 @@ class MedfedNode:
                               capture_output=True, timeout=60)
         if init.returncode != 0:
             raise BenchError(f"medfed init failed: {init.stderr.decode(errors='replace')[-500:]}")
+        if self.receivers is not None:
+            self._set_receivers(self.receivers)
         env = dict(os.environ, COLUMNS="200", TERM="dumb")
         self._proc = subprocess.Popen(_cli("run", "--config", self.config, "--log-level",
                                            "WARNING"), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, env=env)
         self.target = Target(self._wait_for_port(), AE_TITLE)
         return self
+
+    def _set_receivers(self, count: int) -> None:
+        """Write `receivers = count` into the [dicom] table of the config init wrote."""
+        text = self.config.read_text()
+        if "\n[dicom]\n" not in "\n" + text:
+            raise BenchError(f"{self.config} has no [dicom] table to set receivers in")
+        self.config.write_text(("\n" + text).replace("\n[dicom]\n",
+                                                     f"\n[dicom]\nreceivers = {count}\n", 1)[1:])
 
     def _wait_for_port(self) -> int:
         """The node prints its bound port once its DICOM service listens."""
