@@ -224,3 +224,20 @@ def test_findscu_repeat_and_move_rows_are_targets() -> None:
     assert move.target and move.ratio == pytest.approx(2.0) and move.met is True
     medians = median_figures([mine, theirs, mine])
     assert medians.find_repeat_ms == pytest.approx(1.0) and medians.move is not None
+
+
+def test_receivers_option_reaches_the_node_it_starts(tmp_path: Path) -> None:
+    """`--receivers N` is written into the [dicom] table of the config `medfed init` made,
+    and the node reads it back (the A/B of receiver counts depends on it)."""
+    import tomllib
+
+    from bench.medfed_node import MedfedNode
+
+    node = MedfedNode(tmp_path / "n", receivers=3)
+    node.config.parent.mkdir()
+    node.config.write_text('[node]\nname = "x"\n\n[dicom]\nport = 0\n')
+    node._set_receivers(3)
+    assert tomllib.loads(node.config.read_text())["dicom"] == {"receivers": 3, "port": 0}
+    node.config.write_text('[node]\nname = "x"\n')
+    with pytest.raises(BenchError, match="no \\[dicom\\] table"):
+        node._set_receivers(3)
