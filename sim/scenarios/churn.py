@@ -7,7 +7,8 @@ rejoins. Meanwhile ``--queries`` federated queries are spread evenly over
 ``--duration-s`` of simulated time from random live sites. Recall counts the
 (site, patient) pairs of sites that were up when the query started; a query is
 ``complete`` when it found all of them. ``dht_planned`` is the share of queries the DHT
-index planned without falling back to asking everyone; for each single-patient query
+index planned without falling back to asking everyone (``dht_fallbacks`` counts the
+reasons of the others); for each single-patient query
 the home site also reads the patient's index key, and ``dht.lookup_success`` is the
 share of those lookups that returned a record from every live site holding the patient.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from typing import Any
 
 from node.dht.index_keys import IndexKeys
@@ -72,6 +74,7 @@ async def run(ctx: SimContext) -> dict[str, Any]:
     start = ctx.now()
     recall, bins = Recall(), {}
     complete = planned = 0
+    fallbacks: Counter[str] = Counter()   # why a query was broadcast instead of planned
     latencies: list[float] = []
     try:
         asks = make_asks(world.truth, o.queries, rng)
@@ -89,6 +92,8 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             recall.add(want, got)
             complete += want <= got
             planned += answer.plan.mode == "dht"
+            if answer.plan.mode != "dht":
+                fallbacks[str(answer.plan.detail.get("reason", "unknown"))] += 1
             latencies.append(answer.elapsed_ms)
             if ask.psn is not None and home.dht is not None:
                 result = await home.dht.get(keys.patient_key(ask.psn))
@@ -115,4 +120,5 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             "recall": round(recall.value, 4),
             "queries_complete": round(complete / len(latencies), 4) if latencies else 0.0,
             "dht_planned": round(planned / len(latencies), 4) if latencies else 0.0,
+            "dht_fallbacks": dict(sorted(fallbacks.items())),
             "latency_ms": latency_summary(latencies), "instances": world.instances}

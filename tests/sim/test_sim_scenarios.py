@@ -100,6 +100,8 @@ def test_churn_keeps_recall_of_live_sites_over_simulated_hours(tmp_path: Path) -
     assert report["departures"] >= 3 and report["returns"] >= 1
     assert report["recall"] == 1.0 and report["queries_complete"] == 1.0
     assert report["dht"]["lookup_success"] == 1.0
+    broadcast = round((1 - report["dht_planned"]) * report["queries"])
+    assert sum(report["dht_fallbacks"].values()) == broadcast   # every fallback has a reason
     assert [p[0] for p in report["series"]["recall_over_time"]] == sorted(
         p[0] for p in report["series"]["recall_over_time"])
 
