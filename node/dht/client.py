@@ -43,7 +43,7 @@ class RpcClient:
     async def call(self, contact: Contact, kind: Kind, body: bytes) -> Datagram | None:
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        reply = await self.protocol.request(contact.address, kind, body, contact.id,
+        reply = await self.protocol.request(contact.address, kind, body, contact.verify_key,
                                             self.config.rpc_timeout)
         if reply is None:
             if self.protocol.transport is None or self.protocol.transport.is_closing():
@@ -63,7 +63,7 @@ class RpcClient:
 
     async def ping(self, contact: Contact) -> bool:
         """One probe, no failure accounting (used to test a full bucket's oldest)."""
-        return await self.protocol.request(contact.address, Kind.PING, b"", contact.id,
+        return await self.protocol.request(contact.address, Kind.PING, b"", contact.verify_key,
                                            self.config.rpc_timeout) is not None
 
     def members(self, contacts: list[Contact]) -> list[Contact]:

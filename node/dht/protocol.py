@@ -1,4 +1,4 @@
-"""UDP transport of the DHT: signed datagrams, request/response matching, deadlines.
+"""UDP transport of the DHT: authenticated datagrams, request/response matching, deadlines.
 
 Why UDP with a signature per datagram rather than the mTLS peer API: a lookup touches
 ~8–20 different nodes once each, so on the peer API almost every RPC would pay a fresh
@@ -7,9 +7,12 @@ connection (TLS 1.3, ECDSA P-256, both sides) + one message takes ~2.8 ms median
 Ed25519 signature costs ~22 µs to make and ~59 µs to check, and a whole signed DHT ping
 round trip takes ~0.3 ms median (tests/test_dht_network.py prints it). The DHT needs
 authenticity and membership, not confidentiality: keys are HMACs and records hold no PHI.
+A datagram to a known node carries a MAC under the pair's key instead of a signature
+(``node.dht.pairkeys``: the same authenticity for its recipient at ~1.5 µs, the key
+agreement paid once per peer); only a bootstrap PING to an unknown id is signed.
 
 Every incoming datagram passes, in order: size bound, strict parse, id == hash(key),
-membership, addressed to this node, signature, freshness (±``max_skew``), replay cache — any failure drops it
+membership, addressed to this node, MAC or signature, freshness (±``max_skew``), replay cache — any failure drops it
 silently and bumps ``stats["dropped_<reason>"]``. Requests are answered by an injected
 async handler; replies are matched to the pending request by msg_id AND expected
 sender. The sender hook is told whether the datagram proves the sender's address (a
@@ -33,9 +36,10 @@ from node.dht.ids import Address
 from node.dht.link import LinkModel
 from node.dht.membership import Membership
 from node.dht.messages import REPLY_KIND, Kind
+from node.dht.pairkeys import PairKeyError, PairKeys
 from node.dht.replay import ReplayCache
 from node.dht.wire import ANYONE, MSG_ID_BYTES, Datagram, WireError, open_datagram, seal
-from node.identity import NodeIdentity
+from node.identity import NodeIdentity, node_id_for
 from node.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         self._on_sender = on_sender
         self._clock = clock
         self._replay = ReplayCache(self.max_skew_ms)
+        self._keys = PairKeys(identity)
         self._pending: dict[bytes, _Pending] = {}
         self._tasks = TaskSet()   # request handlers, in arrival order
         self._timers: set[asyncio.TimerHandle] = set()
@@ -91,7 +96,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         self.stats["datagrams_in"] += 1
         address: Address = (addr[0], addr[1])
         try:
-            dgram = open_datagram(data, self.membership, self.identity.node_id)
+            dgram = open_datagram(data, self.membership, self.identity.node_id, self._keys)
         except WireError as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
             return
@@ -138,15 +143,18 @@ class DHTProtocol(asyncio.DatagramProtocol):
             log.exception("DHT request handler failed (kind %s)", dgram.kind)
             return
         if reply is not None:
-            self._send(reply[0], dgram.msg_id, reply[1], address, dgram.sender_id)
+            self._send(reply[0], dgram.msg_id, reply[1], address, dgram.sender_key)
 
     # -- sending -------------------------------------------------------------------
     async def request(self, address: Address, kind: Kind, body: bytes,
-                      expect_id: bytes | None, timeout: float) -> Datagram | None:
-        """Send one request and wait for its signed reply; None after ``timeout``."""
+                      expect_key: bytes | None, timeout: float) -> Datagram | None:
+        """Send one request to the member with verify key ``expect_key`` (None: whoever
+        is at ``address``, a signed PING to anyone) and wait for its authenticated reply
+        from that member; None after ``timeout``."""
         if self.transport is None or self.transport.is_closing():
             return None
         msg_id = os.urandom(MSG_ID_BYTES)
+        expect_id = None if expect_key is None else node_id_for(expect_key)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Datagram | None] = loop.create_future()
         self._pending[msg_id] = _Pending(REPLY_KIND[kind], expect_id, future, address)
@@ -155,7 +163,7 @@ class DHTProtocol(asyncio.DatagramProtocol):
         # waiter future and a callback hop to each of the million RPCs of a large run)
         deadline = loop.call_later(timeout, self._expire, future)
         try:
-            self._send(kind, msg_id, body, address, expect_id or ANYONE)
+            self._send(kind, msg_id, body, address, expect_key)
             return await future
         except ConnectionAbortedError:  # the node is stopping
             return None
@@ -169,10 +177,19 @@ class DHTProtocol(asyncio.DatagramProtocol):
             future.set_result(None)
 
     def _send(self, kind: Kind, msg_id: bytes, body: bytes, address: Address,
-              recipient_id: bytes) -> None:
+              recipient_key: bytes | None) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        data = seal(self.identity, kind, msg_id, self.now_ms(), body, recipient_id)
+        if recipient_key is None:
+            data = seal(self.identity, kind, msg_id, self.now_ms(), body, ANYONE)
+        else:
+            try:
+                key = self._keys.key_for(recipient_key)
+            except PairKeyError:
+                self.stats["dropped_unkeyable"] += 1
+                return
+            data = seal(self.identity, kind, msg_id, self.now_ms(), body,
+                        node_id_for(recipient_key), key)
         delay = 0.0 if self.link is None else self.link.plan(self.local_address, address,
                                                              len(data))
         if delay is None:

@@ -45,6 +45,7 @@ SUMMARY = ("Byzantine members forge DHT records and send garbage, an outsider re
            "captured datagrams, k−1 share holders pool their shares: nothing forged is "
            "accepted, nothing is decrypted.")
 DROPS = ("dropped_replayed", "dropped_stale", "dropped_malformed", "dropped_bad_signature",
+         "dropped_bad_mac",
          "dropped_non_member", "dropped_too_large", "dropped_bad_id")
 
 

@@ -16,6 +16,7 @@ from node.dht.membership import StaticMembership
 from node.dht.messages import Kind, StoreRequest, StoreStatus, decode_store_ack
 from node.dht.records import sign_record
 from node.dht.server import DHTServer
+from node.dht.pairkeys import PairKeys
 from node.dht.wire import open_datagram, seal
 from node.identity import NodeIdentity
 
@@ -80,7 +81,8 @@ async def test_forged_records_are_refused_on_store() -> None:
             body = StoreRequest(record).encode()
             transport.sendto(seal(prober, Kind.STORE, os.urandom(8), now_ms(), body,
                                   target.node_id), target.address)
-            reply = open_datagram(await probe.reply(Kind.STORE_ACK), cluster.membership)
+            reply = open_datagram(await probe.reply(Kind.STORE_ACK), cluster.membership,
+                                  prober.node_id, PairKeys(prober))
             statuses.append(decode_store_ack(reply.body))
         assert statuses == [StoreStatus.REJECTED] * 3 + [StoreStatus.STORED]
         assert target.stats["store_rejected"] == 3

@@ -17,6 +17,7 @@ from node.dht.messages import Kind, StoreRequest, StoreStatus, decode_store_ack
 from node.dht.records import sign_record
 from node.dht.storage import MemoryRecordStore, PutResult
 from node.dht.storage_sqlite import SQLiteRecordStore
+from node.dht.pairkeys import PairKeys
 from node.dht.wire import open_datagram, seal
 from node.identity import NodeIdentity
 from tests.dht.test_dht_hostile import open_probe
@@ -45,7 +46,8 @@ async def test_one_publisher_cannot_fill_a_running_node() -> None:
                                   target.node_id), target.address)
             reply = await probe.reply(Kind.STORE_ACK)
             assert reply is not None
-            return decode_store_ack(open_datagram(reply, cluster.membership).body)
+            return decode_store_ack(open_datagram(reply, cluster.membership, who.node_id,
+                                                 PairKeys(who)).body)
 
         keys = [os.urandom(32) for _ in range(QUOTA + 3)]
         got = [await store(flooder, k) for k in keys]

@@ -23,7 +23,7 @@ from node.dht.ids import Contact, distance
 from node.dht.membership import StaticMembership
 from node.dht.server import DHTServer
 from node.dht.messages import Kind
-from node.dht.wire import open_datagram
+from node.dht.wire import read_header
 from node.identity import NodeIdentity
 from sim.netmodel import NetModel
 from sim.network import HostTransport, SimNetwork
@@ -58,7 +58,7 @@ async def _scenario() -> dict[str, object]:
     sent: Counter[tuple[str, str]] = Counter()       # (sender host, kind) of each datagram
 
     def tap(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> None:
-        sent[(src[0], Kind(open_datagram(data, membership).kind).name)] += 1
+        sent[(src[0], Kind(read_header(data).kind).name)] += 1
     network.tap = tap
 
     async def start(i: int) -> DHTServer:
