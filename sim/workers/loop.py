@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 
 from sim.vclock import VirtualTimeLoop
 
@@ -14,11 +13,8 @@ class WindowLoop(VirtualTimeLoop):
         Cancelled timers at the head of the heap are dropped, as asyncio itself does."""
         if self._ready:  # type: ignore[attr-defined]
             return self.time()
-        heap = self._scheduled  # type: ignore[attr-defined]
-        while heap and heap[0]._cancelled:
-            self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
-            heapq.heappop(heap)._scheduled = False
-        return heap[0].when() if heap else None
+        timer = self.next_timer()
+        return None if timer is None else timer.when()
 
 
 async def run_until(when: float) -> None:
