@@ -9,6 +9,7 @@ publishers never needs a datagram above the size bound.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -94,21 +95,36 @@ class FindValueRequest:
 
 
 def encode_contact(contact: Contact) -> bytes:
-    packed = packed_ip(contact.ip)
-    return contact.verify_key + u8(len(packed)) + packed + u16(contact.port)
+    return _contact_bytes(contact.verify_key, contact.ip, contact.port)
 
 
-def read_contact(reader: Reader) -> Contact:
-    key = reader.take(VERIFY_KEY_BYTES, "contact key")
-    size = reader.u8("address length")
-    if size not in (4, 16):
-        raise DecodeError("contact address must be IPv4 or IPv6")
-    host = ip_text(reader.take(size, "address"))
-    port = reader.u16("port")
+# Every NODES reply carries k contacts, encoded by its sender and parsed by its reader:
+# at 1,000 simulated nodes a million replies in the world's build alone, from the same
+# few thousand contacts. Both directions are pure functions of the contact's bytes;
+# the caches are bounded (a parse that fails raises and is not remembered).
+@functools.lru_cache(maxsize=1 << 14)
+def _contact_bytes(verify_key: bytes, host: str, port: int) -> bytes:
+    packed = packed_ip(host)
+    return verify_key + u8(len(packed)) + packed + u16(port)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _contact_from(raw: bytes) -> Contact:
+    key, size = raw[:VERIFY_KEY_BYTES], raw[VERIFY_KEY_BYTES]
+    host = ip_text(raw[VERIFY_KEY_BYTES + 1:VERIFY_KEY_BYTES + 1 + size])
+    port = int.from_bytes(raw[-2:], "big")
     try:
         return contact_of(key, host, port)
     except ValueError as exc:
         raise DecodeError(str(exc)) from exc
+
+
+def read_contact(reader: Reader) -> Contact:
+    head = reader.take(VERIFY_KEY_BYTES + 1, "contact key")
+    size = head[-1]
+    if size not in (4, 16):
+        raise DecodeError("contact address must be IPv4 or IPv6")
+    return _contact_from(head + reader.take(size + 2, "address"))
 
 
 def _encode_contacts(contacts: list[Contact]) -> bytes:
