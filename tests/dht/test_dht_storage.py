@@ -87,3 +87,19 @@ async def test_sqlite_store_corrupt_file_is_a_clear_error(tmp_path) -> None:
     path.write_bytes(b"this is not a database " * 200)
     with pytest.raises(SQLiteStoreError, match="not a database"):
         await SQLiteRecordStore.open(path)
+
+
+async def test_sweeps_skip_until_the_earliest_expiry_and_still_remove_everything_due(store) -> None:
+    t = int(time.time() * 1000)
+    await store.put(rec(PUBS[0], t, life_ms=1_000))
+    await store.put(rec(PUBS[1], t, life_ms=5_000))
+    await store.put(rec(PUBS[0], t + 1, life_ms=3_000))   # replaces the one due at t+1000
+    assert await store.sweep(t + 999) == 0
+    assert await store.sweep(t + 1_500) == 0              # the replaced record is gone already
+    assert await store.count() == 2
+    assert await store.sweep(t + 3_001) == 1              # the bound was recomputed
+    assert [r.publisher for r in await store.get(KEY, t + 3_001)] == [PUBS[1].node_id]
+    await store.put(rec(PUBS[2], t, life_ms=4_000))       # due before the one left
+    assert await store.sweep(t + 4_000) == 1
+    assert await store.sweep(t + 5_000) == 1
+    assert await store.count() == 0
