@@ -1,4 +1,4 @@
-"""RPC message bodies (inside a signed datagram), fixed binary, strictly parsed.
+"""RPC message bodies (inside an authenticated datagram), fixed binary, strictly parsed.
 
 Contacts are sent as (verify key, IP, port): the id is derived from the key, so a peer
 cannot advertise a contact under an id that its key does not hash to. A FIND_VALUE

@@ -13,7 +13,7 @@ Ed25519 signature (64 bytes), which anyone can check: the PING to ``ANYONE`` bel
 accepted for any datagram. ``read_header`` parses a datagram without authenticating it
 (for observers of the wire, such as tests' taps).
 
-The signed recipient id stops a datagram captured on its way to one node from being
+The authenticated recipient id stops a datagram captured on its way to one node from being
 replayed to another: a node drops every datagram not addressed to it. The only
 exception is a PING to ``ANYONE`` (32 zero bytes), sent to an address whose node id is
 not known yet (bootstrap); it proves nothing about the sender's address, so a node
