@@ -11,9 +11,10 @@ time = ``Node.start()`` until the DICOM port listens) and measured:
   kinds; "store" = the node's side without DIMSE: the same identifier answered as
   the SCP does (SQL, then each match encoded to its response bytes). The fixed queries (one month, SMITH^J*)
   return more matches as the archive grows; the "[~10]" / "[~100]" variants are
-  narrowed at each size to return about as many (a date range from a random study to
-  the k-th study after it; the longest name prefix matching >= k studies), and the
-  per-match cost is the slope between the ~10 and ~100 date ranges;
+  narrowed at each size to return about as many (``bench.scale_narrow``: whole days
+  from a random study's day, or StudyDate=that day + a StudyTime range when one day
+  holds k; the longest name prefix matching >= k studies), and the per-match cost is
+  the slope between the ~10 and ~100 date ranges;
 - the peer API's query executor (``run_query``: what ``POST /v1/query`` runs, without
   TLS and HTTP) by pseudonym and by modality + month;
 - the index publisher's term bookkeeping: first publish (all terms read once) and an
@@ -46,6 +47,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelFind)
 
 from bench.find_client import LeanFindSCU, findscu_per_query
+from bench.scale_narrow import date_terms, name_prefixes
 from node.deid.actions import pseudonym
 from node.index.publisher import IndexPublisher
 from node.pacs.find import find_rows, find_sync
@@ -141,54 +143,18 @@ async def _samples(store: MetadataStore, repeat: int, seed: int) -> dict[str, li
            "studies": [rng.choice(studies)[0] for _ in range(repeat)],
            "series": [rng.choice(series)[0] for _ in range(repeat)],
            "months": [rng.choice(months) for _ in range(repeat)]}
+    dated = [(str(d), str(t)) for d, t in await store.fetchall(
+        "SELECT study_date, study_time FROM studies")]
+    ct_dated = [(str(d), str(t)) for d, t in await store.fetchall(
+        "SELECT st.study_date, st.study_time FROM study_modalities sm "
+        "JOIN studies st ON st.id = sm.study_id WHERE sm.modality = 'CT'")]
     for k in HELD:
-        out[f"dates{k}"] = await _date_ranges(store, rng, repeat, k, "studies", "1 = 1")
-        out[f"ct_dates{k}"] = await _date_ranges(store, rng, repeat, k, "study_modalities",
-                                                 "modality = 'CT'")
-    out[f"names{HELD[0]}"] = await _name_prefixes(store, rng, repeat, HELD[0])
-    return out
-
-
-async def _date_ranges(store: MetadataStore, rng: random.Random, repeat: int, k: int,
-                       table: str, where: str) -> list[str]:
-    """Date ranges (DA range values) that hold about ``k`` matches at any archive size:
-    from a random study's date to the date of the k-th study after it (ties at the end
-    date add a few)."""
-    n = int((await store.fetchone(
-        f"SELECT count(*) FROM {table} WHERE {where} AND study_date <> ''"))[0])
-    ranges = []
-    for _ in range(repeat):
-        first = rng.randrange(max(1, n - k + 1))
-        rows = await store.fetchall(
-            f"SELECT study_date FROM {table} WHERE {where} AND study_date <> '' "
-            "ORDER BY study_date LIMIT ? OFFSET ?", (k, first))
-        ranges.append(f"{rows[0][0]}-{rows[-1][0]}")
-    return ranges
-
-
-async def _name_prefixes(store: MetadataStore, rng: random.Random, repeat: int, k: int
-                         ) -> list[str]:
-    """PatientName wildcards ``PREFIX*`` whose STUDY-level answer holds k..3k matches:
-    the longest prefix of a random patient's name that matches at least k studies."""
-    names = [str(r[0]) for r in await store.fetchall("SELECT name FROM patient_phi")]
-    count_sql = ("SELECT count(*) FROM studies st JOIN patient_phi pp ON "
-                 "pp.patient_id = st.patient_id WHERE lower(pp.name) LIKE lower(?)")
-    out: list[str] = []
-    for _ in range(repeat):
-        best: tuple[int, str] | None = None
-        for _try in range(30):
-            name = rng.choice(names)
-            for cut in range(len(name), 0, -1):
-                prefix = name[:cut].replace("%", "").replace("_", "")
-                n = int((await store.fetchone(count_sql, (prefix + "%",)))[0])
-                if n >= k:
-                    break
-            if best is None or abs(n - 2 * k) < abs(best[0] - 2 * k):
-                best = (n, prefix)
-            if k <= n <= 3 * k:
-                break
-        assert best is not None
-        out.append(best[1] + "*")
+        out[f"dates{k}"] = date_terms(dated, rng, repeat, k)
+        out[f"ct_dates{k}"] = date_terms(ct_dated, rng, repeat, k)
+    names = [(str(n), int(c)) for n, c in await store.fetchall(
+        "SELECT pp.name, count(*) FROM studies st JOIN patient_phi pp "
+        "ON pp.patient_id = st.patient_id GROUP BY pp.patient_id, pp.name")]
+    out[f"names{HELD[0]}"] = [p for p, _ in name_prefixes(names, rng, repeat, HELD[0])]
     return out
 
 
@@ -215,15 +181,15 @@ def cfind_kinds(s: dict[str, list[Any]]) -> dict[str, Callable[[Any, int], int]]
             a, SR, "STUDY", PatientName="SMITH^J*", StudyInstanceUID=""),
         # the same query kinds narrowed so the number of matches stays the same
         f"StudyDate range [~{k} matches]": lambda a, i: _find(
-            a, SR, "STUDY", StudyDate=s[f"dates{k}"][i], StudyInstanceUID="",
+            a, SR, "STUDY", **s[f"dates{k}"][i].keys(), StudyInstanceUID="",
             ModalitiesInStudy=""),
         f"ModalitiesInStudy=CT + date range [~{k}]": lambda a, i: _find(
-            a, SR, "STUDY", ModalitiesInStudy="CT", StudyDate=s[f"ct_dates{k}"][i],
+            a, SR, "STUDY", ModalitiesInStudy="CT", **s[f"ct_dates{k}"][i].keys(),
             StudyInstanceUID="", NumberOfStudyRelatedInstances=""),
         f"PatientName prefix* [~{k}]": lambda a, i: _find(
             a, SR, "STUDY", PatientName=s[f"names{k}"][i], StudyInstanceUID=""),
         f"StudyDate range [~{k2} matches]": lambda a, i: _find(
-            a, SR, "STUDY", StudyDate=s[f"dates{k2}"][i], StudyInstanceUID="",
+            a, SR, "STUDY", **s[f"dates{k2}"][i].keys(), StudyInstanceUID="",
             ModalitiesInStudy=""),
         "ModalitiesInStudy=CT (all dates)": lambda a, i: _find(
             a, SR, "STUDY", ModalitiesInStudy="CT", StudyInstanceUID="",
@@ -250,9 +216,9 @@ def _findscu_keys(s: dict[str, list[Any]]) -> dict[str, dict[str, str]]:
                 "StudyDate": f"{s['months'][0]}01-{s['months'][0]}28",
                 "StudyInstanceUID": "", "ModalitiesInStudy": ""},
             f"StudyDate range [~{k} matches]": {
-                "StudyDate": s[f"dates{k}"][0], "StudyInstanceUID": "", "ModalitiesInStudy": ""},
+                **s[f"dates{k}"][0].keys(), "StudyInstanceUID": "", "ModalitiesInStudy": ""},
             f"StudyDate range [~{k2} matches]": {
-                "StudyDate": s[f"dates{k2}"][0], "StudyInstanceUID": "", "ModalitiesInStudy": ""}}
+                **s[f"dates{k2}"][0].keys(), "StudyInstanceUID": "", "ModalitiesInStudy": ""}}
 
 
 def measure_cfind(node: NodeThread, samples: dict[str, list[Any]], repeat: int

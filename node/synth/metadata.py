@@ -3,7 +3,9 @@ reproduce (``medfed synth --metadata-only``).
 
 Shape (as measured at a hospital archive, issue 12): per 1,000 instances about 5.6
 patients, 11.5 studies and 23 series; modalities CT, MR, CR, US, DX, MG, PT in
-realistic proportions; study dates over ten years. The records go through the same row
+realistic proportions; study dates over ten years; patient names from a pool of
+50,000 family and 2 x 3,000 given names with Zipf-like frequencies
+(``node.synth.name_pool``). The records go through the same row
 functions a C-STORE commits through for patients, studies and series
 (``MetadataWriter.ingest_pathless``; the instances of a batch in one statement), many
 per transaction, with ``source='synthetic'`` and no file: the node answers C-FIND and
@@ -22,7 +24,8 @@ from typing import Callable, Iterator
 from ..store.db import MetadataStore
 from ..store.records import InstanceRec, InstanceRecord, PatientRec, SeriesRec, StudyRec
 from ..store.writer import SqlConnection
-from .names import FAMILY, FEMALE, INSTITUTIONS, MALE
+from .name_pool import name_pool
+from .names import INSTITUTIONS
 
 SOURCE = "synthetic"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -57,12 +60,13 @@ def archive_records(instances: int, seed: int = 1, *, site: str = "S") -> Iterat
         raise SynthStoreError("--instances must be at least 1")
     rng = random.Random(seed)
     modalities = [m for m, w in _MODALITIES for _ in range(w)]
+    names = name_pool()
     made = 0
     patient = 0
     while made < instances:
         patient += 1
         female = rng.random() < 0.5
-        name = (f"{rng.choice(FAMILY)}^{rng.choice(FEMALE if female else MALE)}")
+        name = names.patient_name(rng, female)
         born = _FIRST_DAY - dt.timedelta(days=rng.randrange(365 * 5, 365 * 90))
         pat = PatientRec(pid=f"{site}{seed:02d}-{patient:08d}", name=name,
                          birth_date=born.strftime("%Y%m%d"), sex="F" if female else "M")
