@@ -32,6 +32,7 @@ from node.bundle.stream import new_bundle_key
 from node.net.assertion import accept_assertion
 from node.net.reqsign import RequestRefused
 from node.policy import Level, decide, policy_from_dict
+from node.replica.store import read_file
 from node.sharing.build import build_bundle_file, ordered_sources, series_sources
 from node.sharing.catalog import Catalog, CatalogEntry
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 FETCH_PATH = "/v1/series/fetch"
 FRAME = struct.Struct(">I")
 MAX_HEADER_BYTES = 4096
-READ_SIZE = 1 << 20
 
 
 class FrameError(Exception):
@@ -94,15 +94,6 @@ def _refuse(status: int, code: str, reason: str) -> RequestRefused:
     return RequestRefused(status, code, reason)
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    handle = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, READ_SIZE):
-            yield chunk
-    finally:
-        handle.close()
-
-
 class OwnerFetch:
     """Serves this node's own series to authorised members."""
 
@@ -143,7 +134,7 @@ class OwnerFetch:
         path = self.bundles_dir / f"{entry.bundle_id}.mfb"
         header = FetchHeader(entry.bundle_id, self._seal(call, entry.bundle_key), entry.instances,
                              entry.size, False)
-        return await self._stream(call, header, _file_chunks(path))
+        return await self._stream(call, header, read_file(path))
 
     async def _entry(self, doc: dict[str, Any]) -> CatalogEntry:
         bundle_id, keyed = doc.get("bundle_id"), doc.get("keyed_series_uid")
@@ -176,7 +167,7 @@ class OwnerFetch:
             size = path.stat().st_size
             header = FetchHeader(path.name.removesuffix(".mfb"), self._seal(call, key), len(sources),
                                  size, True)
-            return await self._stream(call, header, _file_chunks(path))
+            return await self._stream(call, header, read_file(path))
         finally:
             path.unlink(missing_ok=True)
 
