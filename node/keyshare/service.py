@@ -223,6 +223,11 @@ class KeyShareService:
         return await self._collect(bundle_id, body, candidates, k=k, wave=wave,
                                    deadline_s=deadline_s, combine_only=True)
 
+    def first_wave(self, bundle_id: str, owner_node_id: str, *, k: int) -> list[str]:
+        """The holders ``collect_key`` asks at once (the rest stand by for failures)."""
+        wave = max(k, self.node.cfg.federation.shares_n)
+        return share_candidates(bundle_id, self._active_ids(), owner_node_id)[:wave]
+
     async def _collect(self, bundle_id: str, body: dict[str, Any], candidates: list[str], *,
                        k: int, wave: int, deadline_s: float, combine_only: bool) -> Any:
         shares, tally = await gather_shares(bundle_id, candidates, lambda h: self._ask(h, body),

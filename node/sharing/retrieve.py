@@ -30,6 +30,7 @@ from node.dht.records import PayloadKind
 from node.net.assertion import UserAssertion
 from node.net.errors import PeerError, PeerRefused
 from node.replica.placement import ranked, replica_candidates
+from node.sharing.hedge import ReplicaPathDialer
 from node.sharing.owner import FETCH_PATH, FrameError, split_header
 from node.sharing.pipeline import Progress, decode_stream, read_until_ready
 from node.sharing.publisher import replica_index_key, series_index_key
@@ -187,13 +188,34 @@ class Retriever:
         """The owner path, audited; raises _Attempt("owner: why (after N ms)")."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        dialer = None if identified else self._replica_path_dialer(ref)
         try:
-            result = await self._from_owner(ref, assertion, make_sink, identified, progress)
+            result = await self._from_owner(ref, assertion, make_sink, identified, progress,
+                                            on_dial=None if dialer is None else dialer.on_dial)
         except _Attempt as exc:
             raise _Attempt(f"owner: {exc} (after {(loop.time() - started) * 1e3:.0f} ms)") from None
+        finally:
+            if dialer is not None:
+                dialer.stop()
         result = replace(result, attempts=tuple(problems))
         self._audit(assertion, result)
         return result
+
+    def _replica_path_dialer(self, ref: SeriesRef) -> ReplicaPathDialer | None:
+        """Who the replica path would call first (the placement's replica holders, the key
+        shares' first wave), to dial while a cold owner connection opens (``hedge``)."""
+        node = self.node
+        keyshare, replica = node.service("keyshare"), node.service("replica")
+        if (ref.bundle_id is None or ref.owner is None or keyshare is None or replica is None
+                or node.membership is None or node.client is None):
+            return None
+        k = node.cfg.federation.shares_k
+        wanted = self._placement_guess(ref.bundle_id, ref.owner) + keyshare.first_wave(  # type: ignore[attr-defined]
+            ref.bundle_id, ref.owner, k=k)
+        roster = node.membership.roster
+        members = [m for m in (roster.member(h) for h in dict.fromkeys(wanted)
+                               if h not in (node.node_id, ref.owner)) if m is not None]
+        return ReplicaPathDialer(node.client, members, timeout_s=min(self.deadline_s, 10.0))
 
     def _owner_known_down(self, owner: str) -> str | None:
         """Why this node believes ``owner`` is down: a connect to it failed within
@@ -243,7 +265,8 @@ class Retriever:
 
     # -- owner path ---------------------------------------------------------------
     async def _from_owner(self, ref: SeriesRef, assertion: UserAssertion, make_sink: Callable[[str], InstanceSink],
-                          identified: bool, progress: Progress | None) -> FetchResult:
+                          identified: bool, progress: Progress | None, *,
+                          on_dial: Callable[[], None] | None = None) -> FetchResult:
         node = self.node
         assert node.membership is not None and node.client is not None and ref.owner is not None
         member = node.membership.roster.member(ref.owner)
@@ -254,7 +277,8 @@ class Retriever:
             body["bundle_id"] = ref.bundle_id
         else:
             body["keyed_series_uid"] = ref.keyed_series_uid
-        stream = node.client.stream(member, "POST", FETCH_PATH, body, timeout=self.deadline_s)
+        stream = node.client.stream(member, "POST", FETCH_PATH, body, timeout=self.deadline_s,
+                                    on_dial=on_dial)
         try:
             return await self._decode_framed(stream, ref, make_sink, progress)
         except PeerRefused as exc:
