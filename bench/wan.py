@@ -169,7 +169,8 @@ def _report(pub: Published, times: list[tuple[Link | None, str, list[float]]],
             orthanc: dict[tuple[float, float], OrthancLink] | None, rss: Fetched | None,
             big: Published | None, slices: int, elapsed: float) -> str:
     rows = [Row(link, path, statistics.median(s), pub.bundle_bytes,
-                None if orthanc is None else getattr(orthanc.get((link.rate_mbit, link.rtt_ms)), "cget_s", None))
+                None if orthanc is None else getattr(orthanc.get((link.rate_mbit, link.rtt_ms)), "cget_s", None),
+                new_connection=path.endswith(COLD))
             for link, path, s in times if link is not None]
     loop = next((statistics.median(s) for link, path, s in times if link is None), None)
     repeat = max(len(s) for _, _, s in times)
@@ -190,8 +191,9 @@ def _report(pub: Published, times: list[tuple[Link | None, str, list[float]]],
              "**warm pool** = keeper stopped, but one signed GET /v1/roster sent to every member just before, "
              "as right after the federated query that found the series",
              "- link limit = bundle bytes / rate + RTT. A cold process cannot reach it: TCP handshake, "
-             "TLS 1.3 handshake and the request take 3 RTT before the first byte (floor = bytes / rate + "
-             "3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms). Running node and warm pool: the connections "
+             "TLS 1.3 handshake and the request take 3 RTT before the first byte (new-connection floor = "
+             "bytes / rate + 3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms; column \"medfed / new-connection "
+             "floor\", cold rows only). Running node and warm pool: the connections "
              "are open, so 1 RTT (floor = the limit). The emulator forwards over loopback TCP, so it models "
              "no TCP slow start, on new or on idle connections alike",
              ""] + table(rows)

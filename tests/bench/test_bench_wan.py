@@ -57,6 +57,18 @@ def test_table_marks_misses() -> None:
     assert "**no**" in lines[2] and lines[2].endswith("| yes |")
 
 
+def test_cold_rows_compare_with_the_new_connection_floor() -> None:
+    cold = Row(Link(1000, 10), "owner, cold process", 0.53, 56_400_000, cget_s=None,
+               new_connection=True)
+    assert cold.floor_s == pytest.approx(0.4512 + 0.06)      # bytes / rate + 3 RTT
+    assert cold.vs_floor == pytest.approx(0.53 / 0.5112)
+    warm = Row(Link(1000, 10), "owner, warm pool", 0.48, 56_400_000, cget_s=None)
+    assert warm.floor_s is None and warm.vs_floor is None
+    lines = table([cold, warm])
+    assert "| medfed / new-connection floor |" in lines[0]
+    assert lines[2].endswith("| **no** | 1.04 | - |") and lines[3].endswith("| yes | - | - |")
+
+
 def test_orthanc_json_by_link() -> None:
     doc = {"links": [{"rate_mbit": 100.0, "rtt_ms": 20.0, "cget": {"seconds": 18.9},
                       "raw_stream_zstd": {"seconds": 5.3}, "raw_stream": {"seconds": 12.8}}]}
