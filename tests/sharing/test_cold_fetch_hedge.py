@@ -16,7 +16,6 @@ from typing import Any
 
 from node.sharing import hedge
 from node.sharing.retrieve import Retriever, SeriesRef, local_assertion
-from sim.data import Placement, plant
 from sim.grid import SimGrid, virtual_host
 from sim.netmodel import NetModel
 from sim.network import SimNetwork
@@ -24,6 +23,7 @@ from sim.scenarios.common import CLINICIAN
 from sim.scenarios.sharing import MemorySink, sharing_services
 from sim.vclock import run_virtual
 from tests.keyshare_helpers import audit_entries
+from tests.sharing_support import bystander, publish_one_series
 
 
 def _released(grid: SimGrid) -> int:
@@ -40,13 +40,8 @@ def _run(tmp_path: Path, *, hedged: bool) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         try:
             owner = grid.nodes[0]
-            await plant({0: owner}, [Placement(site=0, patient=1, modality="CT")], seed=9,
-                        slices=2, size=16)
-            publisher = owner.service("publisher")
-            await publisher.run_due()  # type: ignore[union-attr]
-            (entry,) = await publisher.catalog.entries()  # type: ignore[union-attr]
-            busy = {owner.node_id, *entry.replica_holders}
-            i = next(i for i, n in enumerate(grid.nodes) if n.node_id not in busy)
+            entry = await publish_one_series(owner, seed=9)
+            i = bystander(grid, owner, entry)
             requester, host = grid.nodes[i], virtual_host(i)
             ref = SeriesRef(owner.node_id, entry.bundle_id)
             out: dict[str, Any] = {"instances": entry.instances}

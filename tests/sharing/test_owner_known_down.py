@@ -15,13 +15,13 @@ from pathlib import Path
 
 from node.net.keeper import KeeperSettings
 from node.sharing.retrieve import OWNER_DOWN_MEMORY_S, Retriever, SeriesRef, local_assertion
-from sim.data import Placement, plant
 from sim.grid import SimGrid
 from sim.netmodel import NetModel
 from sim.network import SimNetwork
 from sim.scenarios.common import CLINICIAN
 from sim.scenarios.sharing import MemorySink, sharing_services
 from sim.vclock import run_virtual
+from tests.sharing_support import bystander, publish_one_series
 
 
 def test_keeper_knows_the_owner_is_down_and_back(tmp_path: Path) -> None:
@@ -31,13 +31,8 @@ def test_keeper_knows_the_owner_is_down_and_back(tmp_path: Path) -> None:
                                    network=network, bootstrap="roster")
         try:
             owner = grid.nodes[0]
-            await plant({0: owner}, [Placement(site=0, patient=1, modality="CT")], seed=9,
-                        slices=2, size=16)
-            publisher = owner.service("publisher")
-            await publisher.run_due()  # type: ignore[union-attr]
-            (entry,) = await publisher.catalog.entries()  # type: ignore[union-attr]
-            busy = {owner.node_id, *entry.replica_holders}
-            requester = next(n for n in grid.nodes if n.node_id not in busy)
+            entry = await publish_one_series(owner, seed=9)
+            requester = grid.nodes[bystander(grid, owner, entry)]
             ref = SeriesRef(owner.node_id, entry.bundle_id)
             out: dict[str, object] = {"instances": entry.instances}
 
@@ -104,11 +99,7 @@ def test_a_fetch_by_series_uid_asks_the_owner_without_waiting_for_the_index(tmp_
                                    network=network, bootstrap="roster")
         try:
             owner = grid.nodes[0]
-            await plant({0: owner}, [Placement(site=0, patient=1, modality="CT")], seed=4,
-                        slices=2, size=16)
-            publisher = owner.service("publisher")
-            await publisher.run_due()  # type: ignore[union-attr]
-            (entry,) = await publisher.catalog.entries()  # type: ignore[union-attr]
+            entry = await publish_one_series(owner, seed=4)
             requester = grid.nodes[5]
             await asyncio.sleep(5)                        # the keeper's connections are open
             loop = asyncio.get_running_loop()

@@ -15,22 +15,18 @@ from pathlib import Path
 
 from node.net.assertion import CLOCK_SKEW_S, DEFAULT_TTL_S
 from node.sharing.retrieve import FetchError, FetchRefused, Retriever, SeriesRef, local_assertion
-from sim.data import Placement, plant
 from sim.grid import SimGrid
 from sim.netmodel import NetModel
 from sim.network import SimNetwork
 from sim.scenarios.common import CLINICIAN
 from sim.scenarios.sharing import MemorySink, sharing_services
 from sim.vclock import EPOCH, run_virtual
+from tests.sharing_support import publish_one_series
 
 
 async def _published(grid: SimGrid) -> tuple[str, str, int]:
     owner = grid.nodes[0]
-    await plant({0: owner}, [Placement(site=0, patient=1, modality="CT")], seed=5, slices=2,
-                size=16)
-    publisher = owner.service("publisher")
-    await publisher.run_due()  # type: ignore[union-attr]
-    (entry,) = await publisher.catalog.entries()  # type: ignore[union-attr]
+    entry = await publish_one_series(owner, seed=5)
     assert entry.reached("published")
     return owner.node_id, entry.bundle_id, entry.instances
 
