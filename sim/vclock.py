@@ -148,9 +148,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._scheduled = heap = kept
             self._timer_cancelled_count = 0
         else:
-            while heap and heap[0][1]._cancelled:
-                self._timer_cancelled_count -= 1
-                heapq.heappop(heap)[1]._scheduled = False
+            self.next_timer()   # drops the cancelled timers at the head
 
         ready = self._ready  # type: ignore[attr-defined]
         timeout = None
