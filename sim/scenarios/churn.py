@@ -87,7 +87,7 @@ async def run(ctx: SimContext) -> dict[str, Any]:
             home = grid.nodes[rng.choice(sorted(live))]
             svc = home.service(FederatedQueryService.name)
             assert isinstance(svc, FederatedQueryService)
-            answer = await svc.query(ask.query, **CLINICIAN)
+            answer = await svc.query(ask.query, broadcast=o.broadcast, **CLINICIAN)
             want, got = ask.expected(world.truth, live), found_pairs(answer, index)
             recall.add(want, got)
             complete += want <= got

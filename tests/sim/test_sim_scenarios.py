@@ -106,6 +106,16 @@ def test_churn_keeps_recall_of_live_sites_over_simulated_hours(tmp_path: Path) -
         p[0] for p in report["series"]["recall_over_time"])
 
 
+def test_churn_reports_why_queries_were_broadcast(tmp_path: Path) -> None:
+    """``--broadcast`` in the churn scenario, as in the query scenario: every query asks
+    every member, and ``dht_fallbacks`` names the planner's reason for each."""
+    report = _run(tmp_path, "churn", nodes=6, seed=18, queries=4, churn_per_hour=0.5,
+                  duration_s=1800.0, session_mean_s=600.0, broadcast=True)
+    assert report["dht_planned"] == 0.0
+    assert report["dht_fallbacks"] == {"broadcast requested": 4}
+    assert report["recall"] == 1.0
+
+
 def test_revocation_reaches_every_member_and_the_site_is_refused(tmp_path: Path) -> None:
     report = _run(tmp_path, "revocation", nodes=10, seed=19)
     assert report["members"] == 9 and report["members_refusing"] == 9
