@@ -16,6 +16,7 @@ from .dht.config import DHTConfig
 from .dht.server import DHTServer
 from .identity import NodeIdentity, node_id_for
 from .net.client import PeerClient
+from .net.idle import PEER_IDLE_TIMEOUT_S
 from .net.membership import Membership, MembershipPaths, load_membership
 from .net.roster import split_address
 from .net.rosterbook import RosterBook
@@ -62,7 +63,7 @@ def build_federation_parts(identity: NodeIdentity, membership: Membership, audit
                            *, dht_config: DHTConfig | None = None,
                            peer_settings: PeerServerSettings | None = None,
                            transport: Transport = SOCKETS,
-                           idle_timeout_s: float = 600.0) -> FederationParts:
+                           idle_timeout_s: float = PEER_IDLE_TIMEOUT_S) -> FederationParts:
     peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit,
                       settings=peer_settings or PeerServerSettings(), transport=transport)
     client = PeerClient(identity, membership.client_tls(), roster=membership.roster,

@@ -23,6 +23,7 @@ from .identity import NodeIdentity
 from .logsetup import guard_phi_loggers
 from .net.client import PeerClient
 from .net.gossip import GossipSettings, RosterGossip
+from .net.idle import server_keepalive_timeout
 from .net.keeper import KeeperSettings, PeerKeeper
 from .net.membership import Membership
 from .net.roster import split_address
@@ -192,7 +193,7 @@ class Node:
         fed = self.cfg.federation
         peer_settings = PeerServerSettings(  # the replay cache survives restarts
             nonce_journal=self.cfg.data_dir / "peer-nonces.log",
-            keepalive_timeout_s=fed.peer_idle_timeout_s + 60.0)   # clients close first
+            keepalive_timeout_s=server_keepalive_timeout(fed.peer_idle_timeout_s))   # clients close first
         parts = build_federation_parts(self.identity, self.membership, self.audit,
                                        dht_config=dht_config, peer_settings=peer_settings,
                                        transport=self.transport,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.net.idle import PEER_IDLE_TIMEOUT_S
+
 AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
@@ -127,7 +129,7 @@ class FederationSettings:
     roster_pull_interval_s: float = 10.0  # anti-entropy: offer/fetch rosters this often
     roster_pull_peers: int = 3       # members asked per anti-entropy round
     warm_peers: int = 32             # members whose peer connections are kept open
-    peer_idle_timeout_s: float = 600.0  # a peer connection unused this long is closed
+    peer_idle_timeout_s: float = PEER_IDLE_TIMEOUT_S  # a peer connection unused this long is closed
 
 
 def default_policy() -> dict[str, Any]:

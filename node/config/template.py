@@ -93,9 +93,10 @@ index_republish_s = 600
 repair_interval_s = 300
 # Peer connections (mutual TLS) to this many members are kept open and re-opened when
 # they drop (the most recently asked, then a fixed sample of the roster); any peer
-# connection unused for peer_idle_timeout_s seconds is closed.
+# connection unused for peer_idle_timeout_s seconds is closed. Peer sockets use TCP
+# keep-alive (probes after 120 s idle), so firewalls and NATs keep idle connections.
 warm_peers = 32
-peer_idle_timeout_s = 600
+peer_idle_timeout_s = 1800
 
 # Site policy: what this site answers to whom (first matching rule wins; default deny).
 # level: deny | count (small counts shown as "<N") | deidentified | identified (PHI;

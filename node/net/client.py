@@ -20,6 +20,7 @@ from aiohttp.connector import Connection
 from yarl import URL
 
 from node.identity import NodeIdentity
+from node.net.idle import PEER_IDLE_TIMEOUT_S
 from node.net.errors import PeerProtocolError, PeerRefused, PeerTimeout, PeerUnreachable
 from node.net.pki import node_dns_name
 from node.net.reqsign import sign_request
@@ -110,7 +111,7 @@ class PeerClient:
                  clock: Callable[[], float] | None = None, limit_per_host: int = 8,
                  roster: RosterBook | None = None, link: LinkHook | None = None,
                  observers: list[Observer] | None = None,
-                 transport: Transport = SOCKETS, idle_timeout_s: float = 600.0) -> None:
+                 transport: Transport = SOCKETS, idle_timeout_s: float = PEER_IDLE_TIMEOUT_S) -> None:
         """With ``roster``, calls to nodes that are not active members fail without sending.
 
         ``link`` (simulator only) is awaited before each request to model the network:

@@ -17,6 +17,8 @@ keeps a bounded set of members' connections open and re-opens them when they dro
   connection nothing else used for ``keepalive_s`` (just under the idle timeout) carries
   another ping, so it stays open instead of idling out and being dialled again (1,000
   simulated members: 142,000 such drops and redials an hour, each a new connection).
+  The idle timeout is 30 min (``node.net.idle``: TCP keep-alive, not this ping, keeps
+  NATs and firewalls awake), so that is one ping per ~28 min per idle kept connection.
   When it closes — the peer restarted, the host went down — the keeper hears it (the
   connection's close event, no polling) and dials again after a seeded, exponential
   backoff, for as long as the member is kept. Every dial has a deadline.
@@ -34,6 +36,7 @@ from typing import Any
 
 from node.net.client import PeerClient, PeerConnection
 from node.net.errors import PeerError, PeerTimeout, PeerUnreachable
+from node.net.idle import PEER_IDLE_TIMEOUT_S
 from node.net.roster import Member, Roster
 from node.net.rosterbook import RosterBook
 from node.net.server import PING_PATH, ROSTER_PATH
@@ -45,7 +48,7 @@ log = logging.getLogger("medfed.keeper")
 @dataclass(frozen=True)
 class KeeperSettings:
     warm_peers: int = 32             # members whose connections are kept open (0: none)
-    idle_timeout_s: float = 600.0    # a pooled connection nobody uses closes after this
+    idle_timeout_s: float = PEER_IDLE_TIMEOUT_S  # a pooled connection nobody uses closes after this
     dial_deadline_s: float = 5.0     # one dial: TCP + TLS + the ping's answer
     backoff_first_s: float = 1.0     # first redial after a drop or a failed dial
     backoff_max_s: float = 300.0     # redials of a member that stays away: this often

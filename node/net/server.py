@@ -26,6 +26,7 @@ from aiohttp import web
 from node.identity import NodeIdentity
 from node.net.auditsink import AuditSink, record
 from node.net.guard import GuardSettings, RequestGuard
+from node.net.idle import PEER_IDLE_TIMEOUT_S, server_keepalive_timeout
 from node.net.jsonbody import parse_json_object
 from node.net.nonces import NonceCache
 from node.net.pki import PKIError, node_id_from_peercert
@@ -54,8 +55,8 @@ class PeerServerSettings:
     handshake_audit_window_s: float = 60.0   # refused handshakes: one summary per window
     shutdown_timeout_s: float = 5.0
     # an idle connection is closed after this; longer than the clients' idle timeout
-    # (federation.peer_idle_timeout_s, 600 s) so that the client, which knows, closes first
-    keepalive_timeout_s: float = 660.0
+    # (federation.peer_idle_timeout_s) so that the client, which knows, closes first
+    keepalive_timeout_s: float = server_keepalive_timeout(PEER_IDLE_TIMEOUT_S)
 
 
 @dataclass(frozen=True)

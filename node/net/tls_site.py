@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from node.net.idle import tcp_keepalive
+
 OnRefused = Callable[[str, str], None]   # (peer address, reason)
 
 
@@ -40,6 +42,12 @@ class _Acceptor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # nothing may be read before TLS takes over
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                tcp_keepalive(sock)    # both ends probe an idle connection (node.net.idle)
+            except OSError:
+                pass                   # not a TCP socket (a test's socketpair): nothing to keep
         self._site._spawn(transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused

@@ -22,6 +22,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from node.net.idle import keepalive_socket
 from node.net.tls_site import AuditedTLSSite, OnRefused
 
 DatagramFactory = Callable[[], asyncio.DatagramProtocol]
@@ -73,7 +74,8 @@ class SocketTransport:
     def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
                        idle_timeout_s: float) -> aiohttp.BaseConnector:
         return aiohttp.TCPConnector(ssl=tls, limit_per_host=limit_per_host,
-                                    keepalive_timeout=idle_timeout_s)
+                                    keepalive_timeout=idle_timeout_s,
+                                    socket_factory=keepalive_socket)   # TCP keep-alive: node.net.idle
 
 
 SOCKETS = SocketTransport()
