@@ -24,6 +24,7 @@ from node.dht.messages import (FindNodeRequest, FindValueRequest, Kind, NodesRes
                                StoreRequest, StoreStatus, ValuesResponse, decode_store_ack)
 from node.dht.protocol import DHTProtocol
 from node.dht.records import Record
+from node.dht.value_spans import Span, page_budget, spans_after
 from node.dht.routing import RoutingTable
 from node.dht.wire import Datagram
 
@@ -100,22 +101,44 @@ class RpcClient:
         return page
 
     async def find_value(self, contact: Contact, key: bytes) -> Reply | None:
-        """First page with contacts, then records-only pages while the holder has more."""
+        """First page with contacts; if the holder has more, the rest of the publisher-id
+        space in ranges paged side by side (``value_spans``). ``truncated``: some range
+        still had records when its page budget ran out (``max_value_pages`` in all)."""
         first = await self._values_page(contact, FindValueRequest(key))
         if first is None:
             return None
         records: list[Record] = list(first.records)
-        rpcs, more = 1, first.more
-        after = first.records[-1].publisher if first.records else None
-        while more and rpcs < self.config.max_value_pages:
+        rpcs, truncated = 1, False
+        if first.more and self.config.max_value_pages <= 1:
+            truncated = True
+        elif first.more and first.records:
+            spans = spans_after(first.records[-1].publisher, len(first.records),
+                                self.config.max_value_streams)
+            budget = page_budget(self.config.max_value_pages, len(spans))
+            for got, pages, cut in await asyncio.gather(
+                    *(self._read_span(contact, key, span, budget) for span in spans)):
+                records += got
+                rpcs += pages
+                truncated = truncated or cut
+        return Reply(self.members(first.contacts), self.keeper.verified(records, key), rpcs,
+                     truncated)
+
+    async def _read_span(self, contact: Contact, key: bytes, span: Span,
+                         budget: int) -> tuple[list[Record], int, bool]:
+        """Records-only pages from ``span.after`` until the range ends, the holder has no
+        more, stops making progress or goes silent (what it sent so far is kept)."""
+        records: list[Record] = []
+        after, pages = span.after, 0
+        while pages < budget:
             page = await self._values_page(contact, FindValueRequest(key, after, False))
-            rpcs += 1
-            if page is None or not page.records or (
-                    after is not None and page.records[0].publisher <= after):
-                break  # holder gone or not making progress: keep what we have
-            records.extend(page.records)
-            after, more = page.records[-1].publisher, page.more
-        return Reply(self.members(first.contacts), self.keeper.verified(records, key), rpcs)
+            pages += 1
+            if page is None or not page.records or page.records[0].publisher <= after:
+                return records, pages, False   # gone or not making progress
+            records += [r for r in page.records if span.holds(r.publisher)]
+            if not page.more or span.passed(page.records[-1].publisher):
+                return records, pages, False
+            after = page.records[-1].publisher
+        return records, pages, True
 
     async def store(self, contact: Contact, record: Record) -> StoreStatus | None:
         dgram = await self.call(contact, Kind.STORE, StoreRequest(record).encode())

@@ -43,6 +43,7 @@ class DHTConfig:
     evict_after_failures: int = 2       # consecutive timeouts before a contact is dropped
     max_inflight: int = 256             # concurrent incoming requests served
     max_value_pages: int = 64           # FIND_VALUE pages fetched from one holder
+    max_value_streams: int = 8          # ranges of one holder's records paged side by side
     max_records_per_publisher: int = 25_000  # records held here for one publisher (a
                                         # quarter of the default store capacity)
     routing_path: Path | None = None    # JSON routing table; None = not persisted
@@ -67,8 +68,8 @@ class DHTConfig:
              "refresh_interval and save_interval must be > 0"),
             (self.max_skew > 0, "max_skew must be > 0"),
             (self.evict_after_failures >= 1, "evict_after_failures must be >= 1"),
-            (self.max_inflight >= 1 and self.max_value_pages >= 1,
-             "max_inflight and max_value_pages must be >= 1"),
+            (self.max_inflight >= 1 and self.max_value_pages >= 1 and self.max_value_streams >= 1,
+             "max_inflight, max_value_pages and max_value_streams must be >= 1"),
             (self.max_records_per_publisher >= 1, "max_records_per_publisher must be >= 1"),
         ]
         for ok, message in checks:

@@ -50,6 +50,7 @@ class Reply:
     contacts: list[Contact]
     records: list[Record] = field(default_factory=list)
     rpcs: int = 1   # datagram round trips this reply took (value pages add to it)
+    truncated: bool = False   # the holder had more records than one read takes
 
 
 QueryFn = Callable[[Contact], Awaitable[Reply | None]]

@@ -68,6 +68,7 @@ class PublishResult:
 class GetResult:
     records: list[Record]  # verified, unexpired, newest per publisher
     lookup: LookupStats
+    truncated: bool = False   # a holder had more records than one read fetches
 
 
 # store answers that mean the holder has the record (STALE: it already held it, or newer)
@@ -354,7 +355,7 @@ class DHTServer:
                                          answering=self.liveness.heard_since)
         found = [r for reply in outcome.replies.values() for r in reply.records]
         return GetResult(newest_per_publisher(await self.keeper.local(key) + found),
-                         outcome.stats)
+                         outcome.stats, any(r.truncated for r in outcome.replies.values()))
 
     # -- publishing ----------------------------------------------------------------
     async def publish(self, key: bytes, count: int, payload_kind: PayloadKind = PayloadKind.NONE,

@@ -155,6 +155,9 @@ class DhtPlanner:
             "duration_s": asyncio.get_running_loop().time() - started}
         if len(roster) > 1 and any(s.responses == 0 for s in stats):
             return _broadcast(roster, "a DHT lookup reached no holder", **detail)
+        if any(r.truncated for r in results):   # sites past the read would be missed
+            return _broadcast(roster, "a DHT key holds more records than one read fetches",
+                              **detail)
         chosen = candidates(terms, {k: _holders(r) for k, r in zip(keys, results)})
         if await self._home_holds(terms):
             chosen.add(node.node_id)

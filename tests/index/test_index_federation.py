@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from pathlib import Path
@@ -184,6 +185,33 @@ async def test_modality_bodypart_month_query_plans_exactly_matching_sites(
     assert plan.mode == "dht" and truth <= {m.node_id for m in plan.sites}
     assert len(plan.sites) < N_BIG and plan.detail["terms"] == ["modality+bodypart",
                                                                  "modality+month"]
+
+
+async def test_a_key_read_that_runs_out_of_pages_asks_everyone(big: LocalFederation) -> None:
+    """The most common modality + body part is published by more sites than one page
+    holds. A reader allowed one page per holder cannot know the sites past it, so the
+    planner asks every member instead of the few it read."""
+    sites: dict[tuple[str, str], int] = {}
+    for node in big.nodes:
+        for modality, body_part in await node.store.fetchall(
+                "SELECT DISTINCT modality, body_part FROM series", ()):
+            sites[(modality, body_part)] = sites.get((modality, body_part), 0) + 1
+    (modality, body_part), holders = max(sites.items(), key=lambda kv: (kv[1], kv[0]))
+    assert holders > 7                           # ~7 signed records fit one datagram
+    reader = big.nodes[5]
+    assert reader.dht is not None
+    query = FederatedQuery(modality=modality, body_part=body_part)
+    narrowed = await plan_at(reader, query)
+    assert narrowed.mode == "dht" and holders <= len(narrowed.sites) < N_BIG
+    config = reader.dht.config
+    reader.dht.config = replace(config, max_value_pages=1)
+    reader.dht._rpc().config = reader.dht.config
+    try:
+        plan = await plan_at(reader, query)
+    finally:
+        reader.dht.config = reader.dht._rpc().config = config
+    assert plan.mode == "broadcast" and len(plan.sites) == N_BIG
+    assert "more records than one read fetches" in plan.detail["reason"]
 
 
 async def test_no_plain_identifier_in_any_dht_key_or_record(big: LocalFederation) -> None:
