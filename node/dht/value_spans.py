@@ -2,10 +2,10 @@
 
 A FIND_VALUE page holds what fits in one datagram (~7 signed records), and a holder
 pages on from a cursor (the last publisher id seen). Read one page after another, a
-key with many publishers costs one round trip per page: at 1,000 simulated sites a
-modality + body part key held ~250 records, ~36 round trips (1.5-2.5 s at 20 ms one
-way), and 7 of 30 churn-scenario queries ran past the planner's 2.5 s and were
-broadcast to every member. Publisher ids are hashes, spread evenly over 256 bits, so
+key with many publishers costs one round trip per page: at 1,000 simulated sites 7 of
+30 churn-scenario queries read modality + body part keys of more than 64 pages (~450
+records, one 40 ms round trip each), ran past the planner's 2.5 s and were broadcast
+to every member. Publisher ids are hashes, spread evenly over 256 bits, so
 the first page tells how dense they are; the rest of the id space is cut into ranges
 of about ``PAGES_PER_SPAN`` pages each, and each range is paged from its own cursor at
 the same time (the holder's cursor is stateless: "records after this id").
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ID_BITS = 256
 PAGES_PER_SPAN = 3      # pages one range is expected to take
 
 

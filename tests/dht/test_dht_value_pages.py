@@ -9,7 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from node.dht.cluster import Cluster, start_cluster
+from node.dht.config import DHTConfig
 from node.dht.records import sign_record
+from node.dht.server import GetResult
 from node.identity import NodeIdentity
 from tests.dht_support import LOADED
 
@@ -48,45 +50,37 @@ def _count_in_flight(reader: Any) -> dict[str, int]:
     return seen
 
 
-async def test_many_publishers_are_read_in_ranges_side_by_side() -> None:
-    cluster = await start_cluster(2, LOADED)
+async def _read(config: DHTConfig) -> tuple[GetResult, set[bytes], dict[str, int]]:
+    """PUBLISHERS records on one node, read by the other: (what it got, who published,
+    how many page requests ran at once / in all)."""
+    cluster = await start_cluster(2, config)
     try:
         key = os.urandom(32)
         publishers = await _held_by_one(cluster, key, PUBLISHERS)
         reader = cluster.servers[1]
         seen = _count_in_flight(reader)
-        got = await reader.get(key)
-        assert {r.publisher for r in got.records} == publishers     # none lost between ranges
-        assert not got.truncated
-        assert seen["most"] >= 4, seen         # ranges were paged at the same time
-        # one page per ~7 records, plus at most one overlap page per range
-        assert seen["pages"] <= PUBLISHERS // 7 + 2 + LOADED.max_value_streams, seen
+        return await reader.get(key), publishers, seen
     finally:
         await cluster.stop()
+
+
+async def test_many_publishers_are_read_in_ranges_side_by_side() -> None:
+    got, publishers, seen = await _read(LOADED)
+    assert {r.publisher for r in got.records} == publishers     # none lost between ranges
+    assert not got.truncated
+    assert seen["most"] >= 4, seen         # ranges were paged at the same time
+    # one page per ~7 records, plus at most one overlap page per range
+    assert seen["pages"] <= PUBLISHERS // 7 + 2 + LOADED.max_value_streams, seen
 
 
 async def test_one_range_at_a_time_reads_the_same_records() -> None:
     """The check above can fail: with one stream the pages go one after another."""
-    cluster = await start_cluster(2, replace(LOADED, max_value_streams=1))
-    try:
-        key = os.urandom(32)
-        publishers = await _held_by_one(cluster, key, PUBLISHERS)
-        reader = cluster.servers[1]
-        seen = _count_in_flight(reader)
-        got = await reader.get(key)
-        assert {r.publisher for r in got.records} == publishers
-        assert seen["most"] == 1
-    finally:
-        await cluster.stop()
+    got, publishers, seen = await _read(replace(LOADED, max_value_streams=1))
+    assert {r.publisher for r in got.records} == publishers
+    assert seen["most"] == 1
 
 
 async def test_a_read_that_runs_out_of_pages_is_marked_truncated() -> None:
-    cluster = await start_cluster(2, replace(LOADED, max_value_pages=4))
-    try:
-        key = os.urandom(32)
-        publishers = await _held_by_one(cluster, key, PUBLISHERS)
-        got = await cluster.servers[1].get(key)
-        assert got.truncated
-        assert 0 < len(got.records) < len(publishers)
-    finally:
-        await cluster.stop()
+    got, publishers, _seen = await _read(replace(LOADED, max_value_pages=4))
+    assert got.truncated
+    assert 0 < len(got.records) < len(publishers)
