@@ -4,8 +4,9 @@ Issue 6. One invocation runs, on the same 300-slice 512x512 CT series and the sa
 (/work/shared/bench/wan_proxy.py: one-way delay and a shared token bucket):
   1. Orthanc's C-GET (/work/shared/bench/orthanc_wan_baseline.sh, SERIES_DIR = our files);
   2. medfed bundle retrieval, owner path, per link (and once without a proxy link);
-  3. peak RSS of a requester (its own process) fetching a ~1 GB series (--rss-gb);
-  4. medfed retrieval with the owner down (replica + 2 of 3 key shares), per link.
+  3. medfed retrieval with the owner down (replica + 2 of 3 key shares), per link;
+  4. the owner back up, peak RSS of a requester (its own process) fetching a ~1 GB
+     series (--rss-gb): last, so its memory churn reaches no timed row.
 Times are wall clock of ``Retriever.fetch`` into a DICOM folder, so they include the TLS
 handshake, decryption, decompression and writing the files. Targets: within 10 % of the
 compressed-size link limit (bundle bytes / rate + RTT), ≥ 3.3× faster than C-GET at
@@ -151,16 +152,23 @@ async def run_medfed(series_files: list[Path], links: list[Link], work: Path, rs
             for mode in MODES:
                 times.append((link, f"owner, {mode}",
                               await _row(fed, req, requester, pub, link, out, repeat, mode=mode)))
-        if rss_gb > 0:
-            rss, big = await _rss(fed, req, requester, rss_gb)
-            _log(f"RSS: peak {rss.peak_rss_mb:.0f} MB (before the fetch {rss.start_rss_mb:.0f} MB), "
-                 f"{rss.instances} instances in {rss.seconds:.1f} s")
         await fed.stop_node(0)
         _log("owner down: replica + key shares")
         for link in links:
             for mode in MODES:
                 times.append((link, f"owner down, {mode}",
                               await _row(fed, req, requester, pub, link, out, repeat, mode=mode)))
+        # Last, after every timed row: the RSS series leaves ~3 GB of page cache (ingest,
+        # bundle, replica) that the VM's DAMON pageout evicts 1-2 min later, and pages
+        # handed back to the host fault in again on first use. While that ran (2026-12-07,
+        # bench.wan with --rss-gb 1 between the rows), the rows timed in it were 1.3-1.9x
+        # the link limit, their writes of fetched files into the page cache 28 % of the
+        # requester's CPU samples instead of 2 %.
+        if rss_gb > 0:
+            await fed.restart_node(0, requester)
+            rss, big = await _rss(fed, req, requester, rss_gb)
+            _log(f"RSS: peak {rss.peak_rss_mb:.0f} MB (before the fetch {rss.start_rss_mb:.0f} MB), "
+                 f"{rss.instances} instances in {rss.seconds:.1f} s")
     finally:
         if req is not None:
             await req.stop()

@@ -103,6 +103,21 @@ class WanFederation:
                 wan_proxy(self.pairs(others), rate_mbit=link.rate_mbit, delay_ms=link.one_way_ms):
             yield
 
+    def make_node(self, i: int) -> Node:
+        m = self.members[i]
+        return Node(node_config(self.base, m.name, i, self.server_ports[i]), m.identity,
+                    membership=m.membership, peer_sock=None, services=bench_services(),
+                    with_dicom=False)
+
+    async def restart_node(self, i: int, requester: int) -> None:
+        """Start a stopped node again: same identity, config and data folder."""
+        if i in self.down:
+            async with self.links(requester, None):
+                self.nodes[i] = self.make_node(i)
+                await self.nodes[i].start()
+                await self.nodes[i].bootstrap_dht()
+            self.down.discard(i)
+
     async def stop_node(self, i: int) -> None:
         if i not in self.down:
             self.down.add(i)
@@ -124,10 +139,8 @@ async def start_wan_federation(base: Path) -> WanFederation:
     fed = WanFederation(base, members, nodes, roster_ports, server_ports)
     async with fed.links(0, None):
         for i, m in enumerate(members):
-            m.identity.save(base / m.name / "keys")   # for the RSS child process
-            node = Node(node_config(base, m.name, i, server_ports[i]), m.identity,
-                        membership=m.membership, peer_sock=None, services=bench_services(),
-                        with_dicom=False)
+            m.identity.save(base / m.name / "keys")   # for the requester's own process
+            node = fed.make_node(i)
             await node.start()
             nodes.append(node)
         for node in nodes:

@@ -82,3 +82,22 @@ def test_vm_rss_from_proc_status() -> None:
     status = "Name:\tpython\nVmPeak:\t  900 kB\nVmRSS:\t  123456 kB\nThreads:\t4\n"
     assert vm_rss_kb(status) == 123456
     assert vm_rss_kb("Name:\tzombie\nState:\tZ\n") == 0
+
+
+def test_spent_output_is_emptied_and_moved_aside_not_deleted(tmp_path) -> None:
+    from bench.wan_requester import spend
+
+    spent = tmp_path / "spent"
+    for n in range(2):
+        out = tmp_path / "out"
+        (out / "series").mkdir(parents=True)
+        for i in range(3):
+            (out / "series" / f"{i}.dcm").write_bytes(b"x" * 1000)
+        inodes = {p.stat().st_ino for p in (out / "series").iterdir()}
+        spend(out, spent)
+        assert not out.exists()
+        moved = sorted(spent.iterdir())[n] / "series"
+        assert {p.stat().st_ino for p in moved.iterdir()} == inodes   # the same files, kept
+        assert all(p.stat().st_size == 0 for p in moved.iterdir())     # and emptied
+    spend(tmp_path / "never-written", spent)                            # nothing to do
+    assert len(list(spent.iterdir())) == 2
