@@ -23,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from bench.wan_links import Link
-from bench.wan_proxy_ctl import free_port, wan_proxy
+from bench.wan_proxy_ctl import rebindable_ports, wan_proxy
 from node.config.model import NodeConfig
 from node.net.testbed import LocalMember, build_federation
 from node.net.server import ROSTER_PATH
@@ -130,11 +130,12 @@ class WanFederation:
 
 async def start_wan_federation(base: Path) -> WanFederation:
     """Seven nodes; each peer server on its own port Q behind the roster port P."""
-    _operator, members = build_federation(base, list(NAMES))
+    ports = rebindable_ports(2 * len(NAMES))   # proxies and a restarted owner bind them again
+    _operator, members = build_federation(base, list(NAMES), ports=ports[:len(NAMES)])
     roster_ports = [m.sock.getsockname()[1] for m in members]
     for m in members:
         m.sock.close()
-    server_ports = [free_port() for _ in members]
+    server_ports = ports[len(NAMES):]
     nodes: list[Node] = []
     fed = WanFederation(base, members, nodes, roster_ports, server_ports)
     async with fed.links(0, None):

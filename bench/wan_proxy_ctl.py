@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -22,6 +24,48 @@ READY_TIMEOUT_S = 15.0
 
 class ProxyError(RuntimeError):
     """The WAN proxy did not start; the message carries its stderr."""
+
+
+def ephemeral_range(text: str | None = None) -> tuple[int, int]:
+    """The kernel's ephemeral port range (``/proc/sys/net/ipv4/ip_local_port_range``)."""
+    if text is None:
+        try:
+            text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        except OSError:
+            return 32768, 60999
+    low, high = (int(x) for x in text.split())
+    return low, high
+
+
+def rebindable_ports(count: int, host: str = "127.0.0.1", *, rng: random.Random | None = None
+                     ) -> list[int]:
+    """``count`` distinct ports, free now for TCP and UDP, below the ephemeral range.
+
+    Why: the benchmark starts a new proxy on the roster ports for every fetch (and binds
+    the owner's server port again when it restarts). A port from the ephemeral range
+    is free between two fetches, so any outgoing connection on the machine may take it
+    as its local port meanwhile, and the next bind fails ("address already in use":
+    one ``bench.wan`` run in about ten, 2026-12-07). Outgoing connections never take a
+    port below the range."""
+    rng = rng or random.Random()
+    low, _high = ephemeral_range()
+    chosen: list[int] = []
+    for _ in range(200 * count):
+        if len(chosen) == count:
+            break
+        port = rng.randrange(10_000, low)
+        if port in chosen:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        chosen.append(port)
+    if len(chosen) < count:
+        raise ProxyError(f"found only {len(chosen)} of {count} free ports below {low}")
+    return chosen
 
 
 

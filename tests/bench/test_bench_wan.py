@@ -101,3 +101,32 @@ def test_spent_output_is_emptied_and_moved_aside_not_deleted(tmp_path) -> None:
         assert all(p.stat().st_size == 0 for p in moved.iterdir())     # and emptied
     spend(tmp_path / "never-written", spent)                            # nothing to do
     assert len(list(spent.iterdir())) == 2
+
+
+def test_rebindable_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    import random
+    import socket
+
+    from bench.wan_proxy_ctl import ephemeral_range, rebindable_ports
+
+    assert ephemeral_range("32768\t60999\n") == (32768, 60999)
+    low, _ = ephemeral_range()
+    ports = rebindable_ports(14, rng=random.Random(3))
+    assert len(set(ports)) == 14 and all(10_000 <= p < low for p in ports)
+    for port in ports:                      # free for both the proxy (TCP) and the DHT (UDP)
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+
+
+def test_rebindable_ports_skip_a_taken_port() -> None:
+    import random
+    import socket
+
+    from bench.wan_proxy_ctl import rebindable_ports
+
+    first = rebindable_ports(1, rng=random.Random(5))[0]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first))
+        again = rebindable_ports(1, rng=random.Random(5))[0]   # same draws, first one busy
+    assert again != first
