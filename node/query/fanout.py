@@ -2,9 +2,9 @@
 
 A clinician waits for the slowest site only up to the deadline: then every site that has
 not answered is reported as ``timeout`` and its request is cancelled. A site that has
-not answered after ``hedge_after_s`` gets a second request (a freshly signed one, so a
-new nonce); the first answer wins and the other request is cancelled. Concurrency is
-bounded by ``max_parallel`` requests in flight.
+not answered ``hedge_after_s`` after its request left gets a second request (a freshly
+signed one, so a new nonce); the first answer wins and the other request is cancelled.
+Concurrency is bounded by ``max_parallel`` requests in flight.
 """
 
 from __future__ import annotations
@@ -102,18 +102,28 @@ class _SiteCall:
     def _ms(self) -> float:
         return round((asyncio.get_running_loop().time() - self.started) * 1000, 1)
 
-    async def _attempt(self) -> dict[str, Any]:
+    async def _attempt(self, sent: asyncio.Event | None = None) -> dict[str, Any]:
         async with self._gate:
+            if sent is not None:
+                sent.set()
             left = self._end - asyncio.get_running_loop().time()
             if left <= 0:
                 raise PeerTimeout(self.site.node_id, "deadline passed before the request left")
             return await self._ask(self.site, left)
 
     async def run(self) -> SiteAnswer:
-        tries = {asyncio.ensure_future(self._attempt())}
+        # The hedge clock starts when the first request leaves, not while it waits for a
+        # free slot: with 450 planned sites asked 32 at a time, most wait over a second
+        # without being slow, and hedging them queued copies that only delayed the rest
+        # (450 sites at 120 ms each: 480 requests instead of 450, 30 "hedged" answers).
+        sent = asyncio.Event()
+        first = asyncio.ensure_future(self._attempt(sent))
+        tries = {first}
         hedged = False
         last: BaseException | None = None
+        leaving = asyncio.ensure_future(sent.wait())
         try:
+            await asyncio.wait({first, leaving}, return_when=asyncio.FIRST_COMPLETED)
             done, _ = await asyncio.wait(tries, timeout=self._settings.hedge_after_s)
             if not done and self._hedge:
                 tries.add(asyncio.ensure_future(self._attempt()))
@@ -134,7 +144,7 @@ class _SiteCall:
         except AnswerError as exc:
             return _failure(self.site, exc, self._ms())
         finally:
-            await _cancel_all(tries)
+            await _cancel_all(tries | {leaving})
 
 
 async def fan_out(sites: Sequence[Member], ask: Ask, settings: FanOutSettings, *,
