@@ -131,11 +131,10 @@ class WanFederation:
 async def start_wan_federation(base: Path) -> WanFederation:
     """Seven nodes; each peer server on its own port Q behind the roster port P."""
     ports = rebindable_ports(2 * len(NAMES))   # proxies and a restarted owner bind them again
-    _operator, members = build_federation(base, list(NAMES), ports=ports[:len(NAMES)])
-    roster_ports = [m.sock.getsockname()[1] for m in members]
+    roster_ports, server_ports = ports[:len(NAMES)], ports[len(NAMES):]
+    _operator, members = build_federation(base, list(NAMES), ports=roster_ports)
     for m in members:
         m.sock.close()
-    server_ports = ports[len(NAMES):]
     nodes: list[Node] = []
     fed = WanFederation(base, members, nodes, roster_ports, server_ports)
     async with fed.links(0, None):

@@ -57,9 +57,9 @@ def spend(out: Path, spent: Path) -> None:
     every inode freed in the last 1-5 minutes, checking each one (``recently_deleted``).
     Deleting 300 files after every fetch made each later fetch's file creates walk
     thousands of them: 21 % of the requester's CPU samples (perf, 2026-12-07), a cost
-    of the benchmark's own deleting, not of fetching. Not kept whole either: 158 MB of dirty pages per fetch
-    would be written back while later fetches run. Emptied files hold no pages, so
-    nothing is written back, and their inodes stay in use."""
+    of the benchmark's own deleting, not of fetching. Not kept whole either: 158 MB of
+    dirty pages per fetch would be written back while later fetches run. Emptied files
+    hold no pages, so nothing is written back, and their inodes stay in use."""
     if not out.exists():
         return
     for path in out.rglob("*"):

@@ -118,7 +118,7 @@ class FederationSettings:
     """How this node takes part in the federation (query fan-out, sharing, index)."""
 
     query_deadline_s: float = 5.0
-    hedge_after_s: float = 1.0       # re-send to a peer that has not answered this long after the request left
+    hedge_after_s: float = 1.0       # re-send to a peer silent this long after the request left
     max_parallel: int = 32           # concurrent peer requests of one query
     shares_k: int = 3                # key shares needed to decrypt a bundle
     shares_n: int = 5                # key shares handed out
