@@ -187,8 +187,9 @@ KEEPER_DIAL_WAIT_S = 10.0
 async def prepare(node: Node, mode: str) -> None:
     """Put the requester in the state of one kind of row, before the clock starts.
 
-    - ``cold process``: no connection open, nothing known about who is down, no keeper
-      (a process that starts and fetches at once, like ``medfed fetch``);
+    - ``cold process``: no connection open, nothing known about who is down, no keeper,
+      new connections first-flight (a process that starts and fetches at once, like
+      ``medfed fetch`` with no node running);
     - ``running node``: the node's keeper started afresh with the pool empty and nothing
       remembered, its first dial to every member done (answered, or failed for a member
       that is down), then ``RUNNING_IDLE_S`` idle: a hospital's ``medfed run`` node that
@@ -199,6 +200,7 @@ async def prepare(node: Node, mode: str) -> None:
     assert node.client is not None and node.membership is not None and node.keeper is not None
     await node.keeper.stop()
     await node.client.close()          # the pool and the failed-connect memory
+    await node.client.set_first_flight(mode == COLD)   # what ``medfed fetch`` alone does
     if mode == RUNNING:
         node.keeper.start()
         await node.keeper.dialled(KEEPER_DIAL_WAIT_S)

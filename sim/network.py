@@ -425,12 +425,14 @@ class HostTransport:
 
     async def serve_peer(self, runner: web.AppRunner, host: str, port: int, *,
                          tls: ssl.SSLContext, on_refused: OnRefused, handshake_timeout: float,
-                         sock: object | None) -> tuple[web.BaseSite, int]:
+                         sock: object | None, first_flight: object | None = None
+                         ) -> tuple[web.BaseSite, int]:
         site = SimSite(runner, self.network, (self.host, port), self.dns_name)
         await site.start()
         return site, port
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
-                       idle_timeout_s: float) -> aiohttp.BaseConnector:
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int, idle_timeout_s: float,
+                       first_flight: object | None = None) -> aiohttp.BaseConnector:
+        # the simulated network models no handshakes: first-flight keys change nothing here
         return SimConnector(self.network, self.host, self.peercert, limit_per_host,
                             idle_timeout_s)

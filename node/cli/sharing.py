@@ -50,6 +50,8 @@ async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified
     node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()])
     await node.start()
     try:
+        if node.client is not None:   # a process that fetches and exits: no TLS round trip
+            await node.client.set_first_flight(True)
         await node.bootstrap_dht()
         assertion = local_assertion(node, user, purpose)
         with _progress() as report:

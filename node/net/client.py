@@ -20,6 +20,8 @@ from aiohttp.connector import Connection
 from yarl import URL
 
 from node.identity import NodeIdentity
+from node.net.firstflight.client import ClientKeys
+from node.net.firstflight.noise_ik import StaticKey
 from node.net.idle import PEER_IDLE_TIMEOUT_S
 from node.net.errors import PeerProtocolError, PeerRefused, PeerTimeout, PeerUnreachable
 from node.net.pki import node_dns_name
@@ -111,7 +113,8 @@ class PeerClient:
                  clock: Callable[[], float] | None = None, limit_per_host: int = 8,
                  roster: RosterBook | None = None, link: LinkHook | None = None,
                  observers: list[Observer] | None = None,
-                 transport: Transport = SOCKETS, idle_timeout_s: float = PEER_IDLE_TIMEOUT_S) -> None:
+                 transport: Transport = SOCKETS, idle_timeout_s: float = PEER_IDLE_TIMEOUT_S,
+                 first_flight: bool = False) -> None:
         """With ``roster``, calls to nodes that are not active members fail without sending.
 
         ``link`` (simulator only) is awaited before each request to model the network:
@@ -119,7 +122,11 @@ class PeerClient:
         the call's deadline. ``observers`` (tests, simulator: ``node.testing.traffic``)
         see every request body and every response chunk, in plain text above TLS.
         Connections stay open for re-use until idle for ``idle_timeout_s``; ``answered``
-        listeners (``node.net.keeper``) hear which connection each answer came over."""
+        listeners (``node.net.keeper``) hear which connection each answer came over.
+        ``first_flight`` (``set_first_flight``): new connections to members carry their
+        first request in the handshake (``node.net.firstflight``), two round trips to the
+        first answer byte instead of TLS's three; for a process that fetches and exits.
+        A running node keeps TLS: its keeper holds connections open, idle, for minutes."""
         if not tls.check_hostname:
             raise ValueError("peer client TLS context must check the server's node name")
         self.identity = identity
@@ -137,6 +144,7 @@ class PeerClient:
         self._session: aiohttp.ClientSession | None = None
         self._connect_failed: dict[str, float] = {}    # node id -> when a connect last failed
         self._dials: dict[str, "asyncio.Task[bool]"] = {}   # node id -> preconnect under way
+        self._first_flight = first_flight
 
     async def __aenter__(self) -> "PeerClient":
         return self
@@ -156,10 +164,35 @@ class PeerClient:
         if session is not None:
             await session.close()
 
+    @property
+    def first_flight(self) -> bool:
+        return self._first_flight
+
+    async def set_first_flight(self, on: bool) -> None:
+        """Switch how new connections open; closes the pool (``close``) if it changes."""
+        if on != self._first_flight:
+            await self.close()
+            self._first_flight = on
+
+    def _first_flight_keys(self) -> ClientKeys | None:
+        if not self._first_flight or self._roster is None:
+            return None
+        roster = self._roster
+
+        def server_key(hostname: str) -> bytes | None:
+            labels = hostname.split(".")
+            member = roster.member("".join(labels[:2])) if len(labels) > 2 else None
+            if member is None or node_dns_name(member.node_id) != hostname:
+                return None
+            return member.box_key
+
+        return ClientKeys(StaticKey(bytes(self.identity.box_key)), server_key)
+
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = self._transport.peer_connector(self._tls, self._limit_per_host,
-                                                       self._idle_timeout)
+                                                       self._idle_timeout,
+                                                       first_flight=self._first_flight_keys())
             # read_bufsize: aiohttp pauses the socket once twice this much is buffered; at
             # its 64 KiB default a 1 Gbit/s stream pauses and resumes every ~128 KiB and
             # ``stream`` never gets its full chunks

@@ -29,6 +29,9 @@ from node.net.guard import GuardSettings, RequestGuard
 from node.net.idle import PEER_IDLE_TIMEOUT_S, server_keepalive_timeout
 from node.net.jsonbody import parse_json_object
 from node.net.nonces import NonceCache
+from node.net.firstflight.channel import PEER_NODE_ID
+from node.net.firstflight.noise_ik import StaticKey
+from node.net.firstflight.server import ServerKeys
 from node.net.pki import PKIError, node_id_from_peercert
 from node.net.reqsign import RequestRefused
 from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError
@@ -179,7 +182,9 @@ class PeerServer:
         try:
             _site, bound = await self._transport.serve_peer(
                 runner, host, port, tls=self._tls, on_refused=self._handshake_refused,
-                handshake_timeout=self.settings.handshake_timeout_s, sock=sock)
+                handshake_timeout=self.settings.handshake_timeout_s, sock=sock,
+                first_flight=ServerKeys(StaticKey(bytes(self.identity.box_key)),
+                                        self._member_with_box_key))
         except OSError:
             await runner.cleanup()
             raise
@@ -229,8 +234,18 @@ class PeerServer:
     def _handshake_refused(self, where: str, reason: str) -> None:
         self._handshakes.note(where, reason)
 
+    def _member_with_box_key(self, box_key: bytes) -> str | None:
+        """Who proved ``box_key`` in a first-flight handshake: an active member, or None."""
+        for member in self.roster.current.active():
+            if member.box_key == box_key:
+                return member.node_id
+        return None
+
     def _peer_node_id(self, request: web.Request) -> str:
         transport = request.transport
+        proven = transport.get_extra_info(PEER_NODE_ID) if transport is not None else None
+        if isinstance(proven, str):
+            return proven        # set only by node.net.firstflight after the Noise handshake
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         try:
             return node_id_from_peercert(peercert)

@@ -4,6 +4,8 @@ With ``ssl=`` on ``create_server`` asyncio drops failed handshakes silently, so 
 non-member knocking with a foreign certificate would leave no trace. Here the listener
 accepts plain TCP, upgrades with ``loop.start_tls`` (public API) under a deadline, and
 reports each failure; only connections that completed the mTLS handshake reach aiohttp.
+With ``first_flight`` keys the same port also serves first-flight connections
+(``node.net.firstflight``): the first byte, peeked, tells which handshake a client began.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from node.net.firstflight import server as first_flight
+from node.net.firstflight.frames import MAGIC
+from node.net.firstflight.peek import first_byte
 from node.net.idle import tcp_keepalive
 
 OnRefused = Callable[[str, str], None]   # (peer address, reason)
@@ -66,12 +71,14 @@ def _describe(exc: BaseException) -> str:
 
 class AuditedTLSSite(web.BaseSite):
     __slots__ = ("_host", "_port", "_bound_port", "_on_refused", "_handshake_timeout",
-                 "_pending", "_sock")
+                 "_pending", "_sock", "_first_flight")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  ssl_context: ssl.SSLContext, on_refused: OnRefused,
-                 handshake_timeout: float = 10.0, sock: socket.socket | None = None) -> None:
+                 handshake_timeout: float = 10.0, sock: socket.socket | None = None,
+                 first_flight: first_flight.ServerKeys | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
+        self._first_flight = first_flight
         self._sock = sock
         self._host = host
         self._port = port
@@ -113,6 +120,19 @@ class AuditedTLSSite(web.BaseSite):
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+        if self._first_flight is not None:
+            begun = await first_byte(transport, self._handshake_timeout)
+            if begun is None:
+                transport.abort()
+                self._on_refused(where, "TLS handshake did not complete in time")
+                return
+            if begun == MAGIC[:1]:
+                server = self._runner.server
+                assert server is not None
+                first_flight.accept(transport, self._first_flight, server, where=where,
+                                    on_refused=self._on_refused,
+                                    handshake_timeout=self._handshake_timeout)
+                return
         holding = _Holding()
         assert self._ssl_context is not None
         try:

@@ -22,6 +22,8 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from node.net.firstflight.client import ClientKeys, FirstFlightConnector
+from node.net.firstflight.server import ServerKeys
 from node.net.idle import keepalive_socket
 from node.net.tls_site import AuditedTLSSite, OnRefused
 
@@ -40,14 +42,17 @@ class Transport(Protocol):
 
     async def serve_peer(self, runner: web.AppRunner, host: str, port: int, *,
                          tls: ssl.SSLContext, on_refused: OnRefused, handshake_timeout: float,
-                         sock: socket.socket | None) -> tuple[web.BaseSite, int]:
-        """Serve ``runner``'s app to members; returns the site (to stop) and bound port."""
+                         sock: socket.socket | None,
+                         first_flight: ServerKeys | None = None) -> tuple[web.BaseSite, int]:
+        """Serve ``runner``'s app to members (also over first-flight connections, given
+        ``first_flight`` keys); returns the site (to stop) and bound port."""
         ...
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
-                       idle_timeout_s: float) -> aiohttp.BaseConnector:
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int, idle_timeout_s: float,
+                       first_flight: ClientKeys | None = None) -> aiohttp.BaseConnector:
         """The connector the peer client's session opens connections through; a pooled
-        connection closes after ``idle_timeout_s`` unused."""
+        connection closes after ``idle_timeout_s`` unused. With ``first_flight`` keys, new
+        connections to members carry their first request in the handshake."""
         ...
 
 
@@ -65,17 +70,21 @@ class SocketTransport:
 
     async def serve_peer(self, runner: web.AppRunner, host: str, port: int, *,
                          tls: ssl.SSLContext, on_refused: OnRefused, handshake_timeout: float,
-                         sock: socket.socket | None) -> tuple[web.BaseSite, int]:
+                         sock: socket.socket | None,
+                         first_flight: ServerKeys | None = None) -> tuple[web.BaseSite, int]:
         site = AuditedTLSSite(runner, host, port, ssl_context=tls, on_refused=on_refused,
-                              handshake_timeout=handshake_timeout, sock=sock)
+                              handshake_timeout=handshake_timeout, sock=sock,
+                              first_flight=first_flight)
         await site.start()
         return site, site.port
 
-    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int,
-                       idle_timeout_s: float) -> aiohttp.BaseConnector:
-        return aiohttp.TCPConnector(ssl=tls, limit_per_host=limit_per_host,
-                                    keepalive_timeout=idle_timeout_s,
-                                    socket_factory=keepalive_socket)   # TCP keep-alive: node.net.idle
+    def peer_connector(self, tls: ssl.SSLContext, limit_per_host: int, idle_timeout_s: float,
+                       first_flight: ClientKeys | None = None) -> aiohttp.BaseConnector:
+        options = dict(ssl=tls, limit_per_host=limit_per_host, keepalive_timeout=idle_timeout_s,
+                       socket_factory=keepalive_socket)   # TCP keep-alive: node.net.idle
+        if first_flight is not None:
+            return FirstFlightConnector(first_flight, **options)
+        return aiohttp.TCPConnector(**options)
 
 
 SOCKETS = SocketTransport()
