@@ -50,7 +50,11 @@ async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified
     node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()])
     await node.start()
     try:
-        if node.client is not None:   # a process that fetches and exits: no TLS round trip
+        # a process that fetches and exits keeps no connections warm (no keeper), and its
+        # new connections carry their request in the handshake (node.net.firstflight)
+        if node.keeper is not None:
+            await node.keeper.stop()
+        if node.client is not None:
             await node.client.set_first_flight(True)
         await node.bootstrap_dht()
         assertion = local_assertion(node, user, purpose)

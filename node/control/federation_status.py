@@ -102,7 +102,8 @@ async def node_federation_status(node: Any) -> dict[str, Any] | None:
                                    node.gossip.state if node.gossip is not None else None,
                                    in_dht),
            "protection": protection_status(node.cfg, len(roster.active())),
-           "publish": await publish_backlog(node.store)}
+           "publish": await publish_backlog(node.store),
+           "peer_connections": node.peer.connections() if node.peer is not None else {}}
     publisher = node.service("publisher")
     if publisher is not None and getattr(publisher, "catalog", None) is not None:
         target = doc["protection"]

@@ -126,6 +126,7 @@ class PeerServer:
         self._routes: dict[tuple[str, str], _Route] = {}
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._site: web.BaseSite | None = None
         self._handshakes = RefusalSummary(
             lambda actor, outcome, **detail: record(self._audit, "peer.tls", actor, outcome,
                                                     "handshake", **detail),
@@ -180,7 +181,7 @@ class PeerServer:
                                keepalive_timeout=self.settings.keepalive_timeout_s)
         await runner.setup()
         try:
-            _site, bound = await self._transport.serve_peer(
+            site, bound = await self._transport.serve_peer(
                 runner, host, port, tls=self._tls, on_refused=self._handshake_refused,
                 handshake_timeout=self.settings.handshake_timeout_s, sock=sock,
                 first_flight=ServerKeys(StaticKey(bytes(self.identity.box_key)),
@@ -188,8 +189,13 @@ class PeerServer:
         except OSError:
             await runner.cleanup()
             raise
-        self._runner, self._port = runner, bound
+        self._runner, self._port, self._site = runner, bound, site
         return bound
+
+    def connections(self) -> dict[str, int]:
+        """Connections accepted since start, by handshake (TLS or first-flight)."""
+        accepted = getattr(self._site, "accepted", None)    # the simulator's site has none
+        return dict(accepted) if isinstance(accepted, dict) else {}
 
     async def stop(self) -> None:
         runner, self._runner, self._port = self._runner, None, None

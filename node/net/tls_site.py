@@ -71,7 +71,7 @@ def _describe(exc: BaseException) -> str:
 
 class AuditedTLSSite(web.BaseSite):
     __slots__ = ("_host", "_port", "_bound_port", "_on_refused", "_handshake_timeout",
-                 "_pending", "_sock", "_first_flight")
+                 "_pending", "_sock", "_first_flight", "accepted")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  ssl_context: ssl.SSLContext, on_refused: OnRefused,
@@ -79,6 +79,7 @@ class AuditedTLSSite(web.BaseSite):
                  first_flight: first_flight.ServerKeys | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._first_flight = first_flight
+        self.accepted = {"tls": 0, "first_flight": 0}    # handshakes completed, by kind
         self._sock = sock
         self._host = host
         self._port = port
@@ -117,6 +118,9 @@ class AuditedTLSSite(web.BaseSite):
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def _count_first_flight(self) -> None:
+        self.accepted["first_flight"] += 1
+
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
@@ -131,7 +135,8 @@ class AuditedTLSSite(web.BaseSite):
                 assert server is not None
                 first_flight.accept(transport, self._first_flight, server, where=where,
                                     on_refused=self._on_refused,
-                                    handshake_timeout=self._handshake_timeout)
+                                    handshake_timeout=self._handshake_timeout,
+                                    on_accepted=self._count_first_flight)
                 return
         holding = _Holding()
         assert self._ssl_context is not None
@@ -148,6 +153,7 @@ class AuditedTLSSite(web.BaseSite):
             return
         if tls is None or tls.is_closing():
             return
+        self.accepted["tls"] += 1
         server = self._runner.server
         assert server is not None
         handler = server()

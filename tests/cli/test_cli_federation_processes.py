@@ -246,6 +246,21 @@ def fetch_with_owner_down(owner: Site, asker: Site, work: Path, tag: str) -> Non
     assert len(list(out.rglob("*.dcm"))) == 3
 
 
+def fetch_without_a_running_node(owner: Site, asker: Site, work: Path) -> None:
+    """`medfed fetch` at a site whose node is stopped: a process of its own, whose new
+    connections carry their request in the handshake; the owner counts one of those."""
+    ref = series_ref(asker, owner)
+    before = owner.live_status()["peer_connections"]
+    asker.stop()
+    out = work / "fetched-standalone"
+    fetched = ok(asker.as_user("fetch", ref, "--out", out))
+    assert "fetched 3 instances" in fetched.stdout and "owner" in fetched.stdout, fetched.stdout
+    assert len(list(out.rglob("*.dcm"))) == 3
+    after = owner.live_status()["peer_connections"]
+    assert after["first_flight"] > before["first_flight"], (before, after)
+    asker.start()
+
+
 @pytest.fixture
 def sites(tmp_path: Path) -> Iterator[list[Site]]:
     made = [Site(name, tmp_path / name, free_port(), free_port()) for name in NAMES]
@@ -313,6 +328,7 @@ def test_five_hospitals_set_up_only_through_the_cli(tmp_path: Path, sites: list[
         owner = order[4]
         store_series(owner, tmp_path, seed=2)
         wait_for(lambda: published(owner, 1), "a series is published with 5 members", pause_s=0)
+        fetch_without_a_running_node(owner, order[3], tmp_path)
         fetch_with_owner_down(owner, order[2], tmp_path, "at-5")
 
         # -- revocation handed to one member reaches every other site; the owner, still

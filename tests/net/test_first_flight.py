@@ -261,3 +261,14 @@ async def test_tls_clients_are_served_on_the_same_port(fed: Fed) -> None:  # noq
             tls.call(fed.alpha.member, "POST", "/v1/echo", {"v": "tls"}, timeout=5),
             sealed.call(fed.alpha.member, "POST", "/v1/echo", {"v": "ff"}, timeout=5))
     assert (a["from"], a["got"], b["from"], b["got"]) == ("beta", {"v": "tls"}, "gamma", {"v": "ff"})
+
+
+async def test_the_server_counts_connections_by_handshake(fed: Fed) -> None:  # noqa: F811
+    from tests.net.test_peer_api import client_of
+
+    assert fed.server is not None
+    async with client_of(fed.beta) as tls, first_flight_client(fed, fed.gamma) as sealed:
+        await tls.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)
+        await sealed.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)
+        await sealed.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)   # pooled
+    assert fed.server.connections() == {"tls": 1, "first_flight": 1}

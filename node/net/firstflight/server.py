@@ -27,8 +27,10 @@ class ServerKeys:
 
 class FirstFlightServer(SealedLink):
     def __init__(self, keys: ServerKeys, make_handler: Callable[[], asyncio.Protocol], *,
-                 where: str, on_refused: OnRefused, handshake_timeout: float) -> None:
+                 where: str, on_refused: OnRefused, handshake_timeout: float,
+                 on_accepted: Callable[[], None] = lambda: None) -> None:
         super().__init__(expect_magic=True)
+        self._on_accepted = on_accepted
         self._keys = keys
         self._noise = responder(keys.static)
         self._make_handler = make_handler
@@ -58,6 +60,7 @@ class FirstFlightServer(SealedLink):
             raise FrameError("first-flight handshake refused: the caller's key is not an active member's")
         assert self.raw is not None
         self.raw.write(frame(self._noise.write_message(b"")))
+        self._on_accepted()
         sealed = SealedTransport(self.raw, {PEER_NODE_ID: node_id})
         sealed.noise = self._noise
         self.sealed = sealed
@@ -87,10 +90,12 @@ class FirstFlightServer(SealedLink):
 
 def accept(transport: asyncio.Transport, keys: ServerKeys,
            make_handler: Callable[[], asyncio.Protocol], *, where: str,
-           on_refused: OnRefused, handshake_timeout: float) -> None:
-    """Serve a connection whose first byte was ``MAGIC``'s (reading paused until now)."""
+           on_refused: OnRefused, handshake_timeout: float,
+           on_accepted: Callable[[], None] = lambda: None) -> None:
+    """Serve a connection whose first byte was ``MAGIC``'s (reading paused until now);
+    ``on_accepted`` hears of each caller that proved a member's key."""
     link = FirstFlightServer(keys, make_handler, where=where, on_refused=on_refused,
-                             handshake_timeout=handshake_timeout)
+                             handshake_timeout=handshake_timeout, on_accepted=on_accepted)
     transport.set_protocol(link)
     link.connection_made(transport)
     transport.resume_reading()
