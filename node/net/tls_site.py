@@ -130,6 +130,11 @@ class AuditedTLSSite(web.BaseSite):
                 transport.abort()
                 self._on_refused(where, "TLS handshake did not complete in time")
                 return
+            if begun == b"":
+                # closed before sending a byte: no handshake was tried, none refused (a
+                # first-flight client's unused preconnect, ``node.sharing.hedge``)
+                transport.close()
+                return
             if begun == MAGIC[:1]:
                 server = self._runner.server
                 assert server is not None

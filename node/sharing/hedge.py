@@ -8,6 +8,11 @@ key-share path then pays 2 round trips of handshakes of its own before its reque
 Dialled while the owner's dial is under way, those connections are ready when the owner
 fails, and the fallback costs only its requests' round trip.
 
+With first-flight connections (``node.net.firstflight``, what ``medfed fetch`` uses when no
+node runs) a dial is the TCP handshake only: the request still travels in the Noise
+handshake, so the fallback's first answer byte comes 1 round trip after the owner failed.
+An unused one closes without a byte sent, which the peer does not count as a refusal.
+
 Only connections, nothing above TLS: no key share is asked for (a release is audited at
 its holder and must not happen when the owner answers) and no bundle byte moves. It
 fires only when the owner's request finds no pooled connection (``PeerClient.stream``'s

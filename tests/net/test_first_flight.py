@@ -272,3 +272,15 @@ async def test_the_server_counts_connections_by_handshake(fed: Fed) -> None:  # 
         await sealed.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)
         await sealed.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)   # pooled
     assert fed.server.connections() == {"tls": 1, "first_flight": 1}
+
+
+async def test_an_unused_preconnect_closes_without_a_refusal_but_junk_is_audited(fed: Fed) -> None:  # noqa: F811
+    async with first_flight_client(fed) as client:
+        assert await client.preconnect(fed.alpha.member, timeout=5) is True   # TCP only
+    reader, writer = await asyncio.open_connection(*_address(fed))
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")     # then a knock with junk: refused
+    await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    refused = await audited_handshakes(fed)
+    assert len(refused) == 1 and "TLS handshake failed" in refused[0]["reason"], refused
+    assert fed.server is not None and fed.server.connections() == {"tls": 0, "first_flight": 0}
