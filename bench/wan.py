@@ -194,17 +194,21 @@ def _report(pub: Published, times: list[tuple[Link | None, str, list[float]]],
              "connect if needed, request, decrypt, decompress, write files. Every node but the requester "
              "sits behind one `wan_proxy.py` (shared token bucket); the DHT (UDP) is not proxied",
              "- what the requester is before the clock starts (`bench.wan_fed.prepare`): "
-             "**cold process** = no connection open, nothing remembered about who is down, keeper stopped "
-             "(a process that starts and fetches at once, like `medfed fetch`); "
+             "**cold process** = no connection open, nothing remembered about who is down, keeper stopped, "
+             "new connections first-flight (`node.net.firstflight`; a process that starts and fetches at "
+             "once, like `medfed fetch` with no node running); "
              f"**running node** = a `medfed run`-style node: its keeper (`node.net.keeper`) started afresh "
              f"on an empty pool, its first dial to every member done (answered, or failed for a member that "
              f"is down), then {RUNNING_IDLE_S:g} s idle; no query made; "
              "**warm pool** = keeper stopped, but one signed GET /v1/roster sent to every member just before, "
              "as right after the federated query that found the series",
-             "- link limit = bundle bytes / rate + RTT. A cold process cannot reach it: TCP handshake, "
-             "TLS 1.3 handshake and the request take 3 RTT before the first byte (new-connection floor = "
-             "bytes / rate + 3 RTT, 1.085x the limit at 1 Gbit/s / 20 ms; column \"medfed / new-connection "
-             "floor\", cold rows only). Running node and warm pool: the connections "
+             "- link limit = bundle bytes / rate + RTT. A cold process cannot reach it: the TCP handshake, "
+             "then the request inside the first-flight handshake take 2 RTT before the first byte "
+             "(new-connection floor = bytes / rate + 2 RTT, 1.043x the limit at 1 Gbit/s / 20 ms; over "
+             "TLS 1.3 it was 3 RTT, 1.085x; column \"medfed / new-connection floor\", cold rows only). "
+             "With the owner down, a cold process learns so when the emulated connect fails (1.5 RTT) "
+             "and asks the replica path then, over connections dialled meanwhile (`node.sharing.hedge`): "
+             "2.5 RTT, 1.064x. Running node and warm pool: the connections "
              "are open, so 1 RTT (floor = the limit). The emulator forwards over loopback TCP, so it models "
              "no TCP slow start, on new or on idle connections alike",
              ""] + table(rows)

@@ -15,8 +15,9 @@ from typing import Any
 LIMIT_SLACK = 1.10
 SPEEDUP_TARGETS: dict[tuple[float, float], float] = {(100.0, 20.0): 3.3, (1000.0, 20.0): 10.0}
 RSS_TARGET_MB = 300.0
-# A new connection: TCP handshake, TLS 1.3 handshake and the request before the first byte
-NEW_CONNECTION_RTTS = 3
+# A new connection: the TCP handshake, then the request inside the first-flight (Noise IK)
+# handshake (node.net.firstflight), before the first byte; over TLS 1.3 it was 3
+NEW_CONNECTION_RTTS = 2
 
 
 class LinkSpecError(ValueError):
@@ -104,7 +105,7 @@ class Row:
 
     @property
     def floor_s(self) -> float | None:
-        """A new connection's floor, bytes / rate + 3 RTT (cold rows only)."""
+        """A new connection's floor, bytes / rate + 2 RTT (cold rows only)."""
         return self.link.limit_s(self.bundle_bytes, NEW_CONNECTION_RTTS) if self.new_connection else None
 
     @property

@@ -60,8 +60,8 @@ def test_table_marks_misses() -> None:
 def test_cold_rows_compare_with_the_new_connection_floor() -> None:
     cold = Row(Link(1000, 10), "owner, cold process", 0.53, 56_400_000, cget_s=None,
                new_connection=True)
-    assert cold.floor_s == pytest.approx(0.4512 + 0.06)      # bytes / rate + 3 RTT
-    assert cold.vs_floor == pytest.approx(0.53 / 0.5112)
+    assert cold.floor_s == pytest.approx(0.4512 + 0.04)      # bytes / rate + 2 RTT
+    assert cold.vs_floor == pytest.approx(0.53 / 0.4912)
     warm = Row(Link(1000, 10), "owner, warm pool", 0.48, 56_400_000, cget_s=None)
     assert warm.floor_s is None and warm.vs_floor is None
     lines = table([cold, warm])
