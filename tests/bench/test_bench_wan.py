@@ -66,7 +66,7 @@ def test_cold_rows_compare_with_the_new_connection_floor() -> None:
     assert warm.floor_s is None and warm.vs_floor is None
     lines = table([cold, warm])
     assert "| medfed / new-connection floor |" in lines[0]
-    assert lines[2].endswith("| **no** | 1.04 | - |") and lines[3].endswith("| yes | - | - |")
+    assert lines[2].endswith("| **no** | 1.08 | - |") and lines[3].endswith("| yes | - | - |")
 
 
 def test_orthanc_json_by_link() -> None:
