@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -71,7 +72,7 @@ def _describe(exc: BaseException) -> str:
 
 class AuditedTLSSite(web.BaseSite):
     __slots__ = ("_host", "_port", "_bound_port", "_on_refused", "_handshake_timeout",
-                 "_pending", "_sock", "_first_flight", "accepted")
+                 "_pending", "_sock", "_first_flight", "accepted", "_handshaking")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  ssl_context: ssl.SSLContext, on_refused: OnRefused,
@@ -80,6 +81,7 @@ class AuditedTLSSite(web.BaseSite):
         super().__init__(runner, ssl_context=ssl_context)
         self._first_flight = first_flight
         self.accepted = {"tls": 0, "first_flight": 0}    # handshakes completed, by kind
+        self._handshaking: weakref.WeakSet[first_flight.FirstFlightServer] = weakref.WeakSet()
         self._sock = sock
         self._host = host
         self._port = port
@@ -107,6 +109,8 @@ class AuditedTLSSite(web.BaseSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        for link in list(self._handshaking):
+            link.drop()
         for task in list(self._pending):
             task.cancel()
         if self._pending:
@@ -138,10 +142,10 @@ class AuditedTLSSite(web.BaseSite):
             if begun == MAGIC[:1]:
                 server = self._runner.server
                 assert server is not None
-                first_flight.accept(transport, self._first_flight, server, where=where,
-                                    on_refused=self._on_refused,
-                                    handshake_timeout=self._handshake_timeout,
-                                    on_accepted=self._count_first_flight)
+                self._handshaking.add(first_flight.accept(
+                    transport, self._first_flight, server, where=where,
+                    on_refused=self._on_refused, handshake_timeout=self._handshake_timeout,
+                    on_accepted=self._count_first_flight))
                 return
         holding = _Holding()
         assert self._ssl_context is not None

@@ -292,3 +292,20 @@ async def test_an_unused_preconnect_closes_without_a_refusal_but_junk_is_audited
     assert len(refused) == 1 and "TLS handshake failed" in refused[0]["reason"], refused
     assert fed.server._handshakes._count == 0     # none more, held back for the summary
     assert fed.server.connections() == {"tls": 0, "first_flight": 0}
+
+
+async def test_stopping_the_server_ends_a_handshake_under_way_without_a_refusal(fed: Fed) -> None:  # noqa: F811
+    reader, writer = await asyncio.open_connection(*_address(fed))
+    writer.write(MAGIC)                    # message 1 never comes
+    await writer.drain()
+    assert fed.server is not None
+    site = fed.server._site
+    for _ in range(500):                   # until the server has taken the connection over
+        if site._handshaking:              # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.01)
+    assert len(site._handshaking) == 1     # type: ignore[union-attr]
+    await fed.server.stop()
+    assert await asyncio.wait_for(reader.read(), 5) == b""     # closed at once, not at 3 s
+    writer.close()
+    assert [e for e in fed.audit.entries if e["action"] == "peer.tls"] == []

@@ -82,6 +82,14 @@ class FirstFlightServer(SealedLink):
             self._report("first-flight handshake failed: peer closed the connection")
         super().connection_lost(exc)
 
+    def drop(self) -> None:
+        """The server stops: end a connection still in its handshake, without a refusal."""
+        if self.sealed is None and self.raw is not None:
+            self._reported = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self.raw.abort()
+
     def _report(self, reason: str) -> None:
         if not self._reported:
             self._reported = True
@@ -91,11 +99,14 @@ class FirstFlightServer(SealedLink):
 def accept(transport: asyncio.Transport, keys: ServerKeys,
            make_handler: Callable[[], asyncio.Protocol], *, where: str,
            on_refused: OnRefused, handshake_timeout: float,
-           on_accepted: Callable[[], None] = lambda: None) -> None:
+           on_accepted: Callable[[], None] = lambda: None) -> FirstFlightServer:
     """Serve a connection whose first byte was ``MAGIC``'s (reading paused until now);
-    ``on_accepted`` hears of each caller that proved a member's key."""
+    ``on_accepted`` hears of each caller that proved a member's key. Once the handshake is
+    done, aiohttp's server owns the connection (and closes it when it stops); until then
+    the caller may ``drop`` it."""
     link = FirstFlightServer(keys, make_handler, where=where, on_refused=on_refused,
                              handshake_timeout=handshake_timeout, on_accepted=on_accepted)
     transport.set_protocol(link)
     link.connection_made(transport)
     transport.resume_reading()
+    return link
