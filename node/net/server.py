@@ -25,13 +25,13 @@ from aiohttp import web
 
 from node.identity import NodeIdentity
 from node.net.auditsink import AuditSink, record
+from node.net.firstflight.channel import PEER_NODE_ID
+from node.net.firstflight.noise_ik import StaticKey
+from node.net.firstflight.server import ServerKeys
 from node.net.guard import GuardSettings, RequestGuard
 from node.net.idle import PEER_IDLE_TIMEOUT_S, server_keepalive_timeout
 from node.net.jsonbody import parse_json_object
 from node.net.nonces import NonceCache
-from node.net.firstflight.channel import PEER_NODE_ID
-from node.net.firstflight.noise_ik import StaticKey
-from node.net.firstflight.server import ServerKeys
 from node.net.pki import PKIError, node_id_from_peercert
 from node.net.reqsign import RequestRefused
 from node.net.roster import MAX_ROSTER_BYTES, Member, RosterError

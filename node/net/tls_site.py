@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from node.net.firstflight import server as first_flight
+from node.net.firstflight import server as ff_server
 from node.net.firstflight.frames import MAGIC
 from node.net.firstflight.peek import first_byte
 from node.net.idle import tcp_keepalive
@@ -77,11 +77,11 @@ class AuditedTLSSite(web.BaseSite):
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  ssl_context: ssl.SSLContext, on_refused: OnRefused,
                  handshake_timeout: float = 10.0, sock: socket.socket | None = None,
-                 first_flight: first_flight.ServerKeys | None = None) -> None:
+                 first_flight: ff_server.ServerKeys | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._first_flight = first_flight
         self.accepted = {"tls": 0, "first_flight": 0}    # handshakes completed, by kind
-        self._handshaking: weakref.WeakSet[first_flight.FirstFlightServer] = weakref.WeakSet()
+        self._handshaking: weakref.WeakSet[ff_server.FirstFlightServer] = weakref.WeakSet()
         self._sock = sock
         self._host = host
         self._port = port
@@ -142,7 +142,7 @@ class AuditedTLSSite(web.BaseSite):
             if begun == MAGIC[:1]:
                 server = self._runner.server
                 assert server is not None
-                self._handshaking.add(first_flight.accept(
+                self._handshaking.add(ff_server.accept(
                     transport, self._first_flight, server, where=where,
                     on_refused=self._on_refused, handshake_timeout=self._handshake_timeout,
                     on_accepted=self._count_first_flight))
