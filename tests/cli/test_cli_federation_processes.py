@@ -248,7 +248,8 @@ def fetch_with_owner_down(owner: Site, asker: Site, work: Path, tag: str) -> Non
 
 def fetch_without_a_running_node(owner: Site, asker: Site, work: Path) -> None:
     """`medfed fetch` at a site whose node is stopped: a process of its own, whose new
-    connections carry their request in the handshake; the owner counts one of those."""
+    connections carry their request in the handshake; the owner counts one of those. Then
+    the same with the owner stopped too: replica + key shares, over first-flight as well."""
     ref = series_ref(asker, owner)
     before = owner.live_status()["peer_connections"]
     asker.stop()
@@ -258,6 +259,12 @@ def fetch_without_a_running_node(owner: Site, asker: Site, work: Path) -> None:
     assert len(list(out.rglob("*.dcm"))) == 3
     after = owner.live_status()["peer_connections"]
     assert after["first_flight"] > before["first_flight"], (before, after)
+    owner.stop()
+    out = work / "fetched-standalone-owner-down"
+    fetched = ok(asker.as_user("fetch", ref, "--out", out))
+    assert "fetched 3 instances" in fetched.stdout and "replica" in fetched.stdout, fetched.stdout
+    assert len(list(out.rglob("*.dcm"))) == 3
+    owner.start()
     asker.start()
 
 
