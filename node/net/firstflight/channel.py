@@ -52,7 +52,7 @@ class SealedTransport(asyncio.Transport):
             self.pending += data
             self.wants_keys()
             return
-        self._raw.write(b"".join(frame(m) for m in seal(self.noise, data)))
+        self._send(data)
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -61,7 +61,11 @@ class SealedTransport(asyncio.Transport):
         """The keys exist now: send what waited for them."""
         if self.pending and self.noise is not None:
             data, self.pending = bytes(self.pending), bytearray()
-            self._raw.write(b"".join(frame(m) for m in seal(self.noise, data)))
+            self._send(data)
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.noise is not None
+        self._raw.write(b"".join(frame(m) for m in seal(self.noise, data)))
 
     def wants_keys(self) -> None:
         """A write arrived before the keys (the client overrides: message 1 goes out)."""
