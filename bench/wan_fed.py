@@ -200,7 +200,7 @@ async def prepare(node: Node, mode: str) -> None:
     assert node.client is not None and node.membership is not None and node.keeper is not None
     await node.keeper.stop()
     await node.client.close()          # the pool and the failed-connect memory
-    await node.client.set_first_flight(mode == COLD)   # what ``medfed fetch`` alone does
+    await node.client.set_first_flight(mode == COLD)   # what Node(one_shot=True) does
     if mode == RUNNING:
         node.keeper.start()
         await node.keeper.dialled(KEEPER_DIAL_WAIT_S)

@@ -63,11 +63,13 @@ def build_federation_parts(identity: NodeIdentity, membership: Membership, audit
                            *, dht_config: DHTConfig | None = None,
                            peer_settings: PeerServerSettings | None = None,
                            transport: Transport = SOCKETS,
-                           idle_timeout_s: float = PEER_IDLE_TIMEOUT_S) -> FederationParts:
+                           idle_timeout_s: float = PEER_IDLE_TIMEOUT_S,
+                           first_flight: bool = False) -> FederationParts:
     peer = PeerServer(identity, membership.roster, membership.server_tls(), audit=audit,
                       settings=peer_settings or PeerServerSettings(), transport=transport)
     client = PeerClient(identity, membership.client_tls(), roster=membership.roster,
-                        transport=transport, idle_timeout_s=idle_timeout_s)
+                        transport=transport, idle_timeout_s=idle_timeout_s,
+                        first_flight=first_flight)
     dht = DHTServer(identity, RosterMembership(membership.roster), dht_config,
                     transport=transport)
     return FederationParts(membership, peer, client, dht)

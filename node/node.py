@@ -59,9 +59,12 @@ class Node:
                  membership: Membership | None = None, peer_sock: socket.socket | None = None,
                  services: Sequence[NodeService] = (), dht_config: DHTConfig | None = None,
                  with_dicom: bool = True, transport: Transport = SOCKETS,
-                 audit_sync_s: float = 1.0) -> None:
+                 audit_sync_s: float = 1.0, one_shot: bool = False) -> None:
         """``transport``: real sockets (default) or the simulator's in-memory network;
-        ``audit_sync_s``: how often the audit log fsyncs and signs its head (real seconds)."""
+        ``audit_sync_s``: how often the audit log fsyncs and signs its head (real seconds);
+        ``one_shot``: a process that does one thing and exits (``medfed fetch`` with no node
+        running): no keeper holds connections warm, and new peer connections carry their
+        request in the handshake (``node.net.firstflight``)."""
         self.cfg = cfg
         self.identity = identity or NodeIdentity.load_or_create(cfg.key_dir)
         self.store = MetadataStore.for_config(cfg)
@@ -85,6 +88,7 @@ class Node:
         self._with_dicom = with_dicom
         self.transport = transport
         self._audit_sync_s = audit_sync_s
+        self._one_shot = one_shot
         self._stopping = asyncio.Event()
         self._started: list[NodeService] = []
         self._folder_lock: DataFolderLock | None = None
@@ -197,7 +201,8 @@ class Node:
         parts = build_federation_parts(self.identity, self.membership, self.audit,
                                        dht_config=dht_config, peer_settings=peer_settings,
                                        transport=self.transport,
-                                       idle_timeout_s=fed.peer_idle_timeout_s)
+                                       idle_timeout_s=fed.peer_idle_timeout_s,
+                                       first_flight=self._one_shot)
         self.peer, self.client, self.dht = parts.peer, parts.client, parts.dht
         for svc in self.services:
             register_routes = getattr(svc, "register_routes", None)
@@ -226,11 +231,12 @@ class Node:
                                    GossipSettings.from_federation(self.cfg.federation),
                                    rng=random.Random(self.identity.node_id))  # repeatable (sim)
         await self.gossip.start()
-        self.keeper = PeerKeeper(self.client, self.membership.roster, self.node_id,
-                                 KeeperSettings(warm_peers=fed.warm_peers,
-                                                idle_timeout_s=fed.peer_idle_timeout_s),
-                                 rng=random.Random(self.identity.node_id))  # repeatable (sim)
-        self.keeper.start()
+        if not self._one_shot:     # a process that exits soon holds no connections warm
+            self.keeper = PeerKeeper(self.client, self.membership.roster, self.node_id,
+                                     KeeperSettings(warm_peers=fed.warm_peers,
+                                                    idle_timeout_s=fed.peer_idle_timeout_s),
+                                     rng=random.Random(self.identity.node_id))  # repeatable (sim)
+            self.keeper.start()
 
     async def bootstrap_dht(self) -> int:
         """Join the DHT through the roster's other members (a sample of them first:

@@ -47,15 +47,10 @@ async def _fetch(cfg: NodeConfig, ref_text: str, out: Path, fmt: str, identified
     ref = parse_series_ref(ref_text)
     if load_node_membership(NodeIdentity.load_or_create(cfg.key_dir), cfg.data_dir) is None:
         raise FetchError("this node is not a federation member; join a federation first ('medfed join')")
-    node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()])
+    node = Node(cfg, with_dicom=False, services=[KeyShareService(), ReplicaService()],
+                one_shot=True)
     await node.start()
     try:
-        # a process that fetches and exits keeps no connections warm (no keeper), and its
-        # new connections carry their request in the handshake (node.net.firstflight)
-        if node.keeper is not None:
-            await node.keeper.stop()
-        if node.client is not None:
-            await node.client.set_first_flight(True)
         await node.bootstrap_dht()
         assertion = local_assertion(node, user, purpose)
         with _progress() as report:
