@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import json
 import struct
+import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from node.net.firstflight.frames import MAGIC, frame
 from node.net.firstflight.noise_ik import StaticKey, initiator
 from node.net.reqsign import sign_request
 
-from tests.net.test_peer_api import Fed, audited_handshakes, fed  # noqa: F401  (the fixture)
+from tests.net.test_peer_api import Fed, audited_handshakes, client_of, fed  # noqa: F401  (the fixture)
 
 
 class Relay:
@@ -91,8 +93,6 @@ async def test_call_and_stream_over_first_flight(fed: Fed) -> None:  # noqa: F81
 
 def _http_request(f: Fed, sender: Any, body: bytes, path: str = "/v1/echo",
                   identity: NodeIdentity | None = None) -> bytes:
-    import time
-
     target = f.alpha.member
     headers = sign_request(identity or sender.identity, target.node_id, "POST", path, body,
                            now=time.time(), lifetime_s=60).to_headers()
@@ -148,8 +148,6 @@ async def hand_made(f: Fed, static: bytes, server_key: bytes, request: bytes, *,
 
 
 def _status_and_json(answer: bytes) -> tuple[int, Any]:
-    import json
-
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
@@ -214,8 +212,6 @@ async def test_garbage_after_the_magic_is_refused_and_the_port_keeps_serving(
 async def test_the_request_leaves_before_the_server_has_sent_a_byte(fed: Fed) -> None:  # noqa: F811
     """What makes it first flight: the whole signed request (here a 20 kB body) is on the
     wire before anything came back; over TLS the client would wait for the handshake."""
-    from dataclasses import replace
-
     async with Relay(_address(fed)) as relay, first_flight_client(fed) as client:
         via = replace(fed.alpha.member, peer_address=relay.address)
         got = await client.call(via, "POST", "/v1/echo", {"x": "y" * 20_000}, timeout=5)
@@ -229,8 +225,6 @@ async def test_the_request_leaves_before_the_server_has_sent_a_byte(fed: Fed) ->
 
 
 async def test_an_answer_altered_on_the_way_is_not_delivered(fed: Fed) -> None:  # noqa: F811
-    from dataclasses import replace
-
     async with Relay(_address(fed), flip=200) as relay, first_flight_client(fed) as client:
         via = replace(fed.alpha.member, peer_address=relay.address)
         with pytest.raises(PeerError):
@@ -254,8 +248,6 @@ async def test_magic_alone_times_out_and_is_audited(fed: Fed) -> None:  # noqa: 
 
 
 async def test_tls_clients_are_served_on_the_same_port(fed: Fed) -> None:  # noqa: F811
-    from tests.net.test_peer_api import client_of
-
     async with client_of(fed.beta) as tls, first_flight_client(fed, fed.gamma) as sealed:
         a, b = await asyncio.gather(
             tls.call(fed.alpha.member, "POST", "/v1/echo", {"v": "tls"}, timeout=5),
@@ -264,8 +256,6 @@ async def test_tls_clients_are_served_on_the_same_port(fed: Fed) -> None:  # noq
 
 
 async def test_the_server_counts_connections_by_handshake(fed: Fed) -> None:  # noqa: F811
-    from tests.net.test_peer_api import client_of
-
     assert fed.server is not None
     async with client_of(fed.beta) as tls, first_flight_client(fed, fed.gamma) as sealed:
         await tls.call(fed.alpha.member, "POST", "/v1/echo", {}, timeout=5)
